@@ -1,0 +1,32 @@
+# diffuse: build, test, benchmark and demo targets.
+CARGO ?= cargo
+# Release tests: the numeric tests (UNet, sampling chains, statistics) are ~20x faster
+# optimised, which outweighs the longer compile.
+TEST_PROFILE ?= --release
+
+.PHONY: all build test fmt-check clippy bench demo clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+test:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test $(TEST_PROFILE)
+
+# Benchmarks print medians over repeats and ratios against bounds measured in the same run.
+# PEER_PYTHON=/tmp/peers/bin/python adds PyTorch+diffusers measured side by side.
+bench:
+	$(CARGO) bench --bench core -- $(BENCH_ARGS)
+
+# The main job, end to end, on the bundled data.
+demo: build
+	mkdir -p out
+	./target/release/diffuse schedule --compare linear,scaled-linear,cosine,sigmoid,quadratic --plot out/schedules.png
+	./target/release/diffuse noise data/sample.png --steps 6 -o out/forward_strip.png --gif out/forward.gif --seed 0
+	@echo "demo outputs in out/"
+
+clean:
+	$(CARGO) clean

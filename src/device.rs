@@ -1,0 +1,67 @@
+//! `--device auto|cpu|cuda[:N]|metal[:N]` parsing; every compute path takes the resulting `Device`.
+use crate::error::{Error, Result};
+use candle_core::Device;
+
+/// Parse a device spec. `auto` picks CUDA, then Metal, then CPU.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let (kind, ordinal) = match spec.split_once(':') {
+        Some((k, n)) => {
+            let n: usize = n.parse().map_err(|_| {
+                Error::invalid(format!("device '{spec}': '{n}' is not a device number"))
+            })?;
+            (k.to_string(), n)
+        }
+        None => (spec.clone(), 0),
+    };
+    match kind.as_str() {
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                Ok(Device::new_cuda(0)?)
+            } else if candle_core::utils::metal_is_available() {
+                Ok(Device::new_metal(0)?)
+            } else {
+                Ok(Device::Cpu)
+            }
+        }
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(Error::invalid(
+                    "device 'cuda': this build has no CUDA support (rebuild with `--features cuda`)",
+                ));
+            }
+            Device::new_cuda(ordinal)
+                .map_err(|e| Error::invalid(format!("device 'cuda:{ordinal}': {e}")))
+        }
+        "metal" => {
+            if !candle_core::utils::metal_is_available() {
+                return Err(Error::invalid(
+                    "device 'metal': this build has no Metal support (rebuild with `--features metal`)",
+                ));
+            }
+            Device::new_metal(ordinal)
+                .map_err(|e| Error::invalid(format!("device 'metal:{ordinal}': {e}")))
+        }
+        other => Err(Error::invalid(format!(
+            "unknown device '{other}' (expected auto, cpu, cuda[:N] or metal[:N])"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn parses_cpu_and_rejects_unknown() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        assert!(parse_device("auto").is_ok());
+        assert!(parse_device("tpu").unwrap_err().is_usage());
+        assert!(parse_device("cuda:x").unwrap_err().is_usage());
+        #[cfg(not(feature = "cuda"))]
+        assert!(parse_device("cuda:0")
+            .unwrap_err()
+            .to_string()
+            .contains("--features cuda"));
+    }
+}

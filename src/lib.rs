@@ -1,0 +1,15 @@
+//! diffuse: denoising diffusion models on Candle.
+//!
+//! The library holds all logic; the `diffuse` binary only parses arguments and calls it.
+pub mod device;
+pub mod error;
+pub mod forward;
+pub mod fsutil;
+pub mod rng;
+pub mod schedule;
+
+pub use error::{Error, Result};
+pub mod imageio;
+pub mod noising;
+pub mod plot;
+pub mod report;

@@ -1,0 +1,65 @@
+//! Helpers shared by the integration tests. Golden data lives in tests/data (copied from
+//! diffusers' outputs in ../shared/golden), so the repo stands alone.
+#![allow(dead_code)]
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub fn data_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("data")
+        .join(name)
+}
+
+pub fn load_golden(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(data_path(name), &Device::Cpu).expect("golden file")
+}
+
+/// Max absolute difference between two tensors of equal shape, computed in f64.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a: Vec<f64> = a
+        .to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f64> = b
+        .to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// schedule name -> (betas, alpha_bars)
+pub type GoldenSchedules = HashMap<String, (Vec<f64>, Vec<f64>)>;
+
+/// Rows of a golden schedule CSV, plus the `#` header lines.
+pub fn read_schedule_csv(name: &str) -> (GoldenSchedules, Vec<String>) {
+    let text = std::fs::read_to_string(data_path(name)).unwrap();
+    let mut out = GoldenSchedules::new();
+    let mut header = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            header.push(line.to_string());
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').collect();
+        if f[0] == "schedule" {
+            continue;
+        }
+        let e = out.entry(f[0].to_string()).or_default();
+        assert_eq!(f[1].parse::<usize>().unwrap(), e.0.len(), "rows in order");
+        e.0.push(f[2].parse().unwrap());
+        e.1.push(f[3].parse().unwrap());
+    }
+    (out, header)
+}
