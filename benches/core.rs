@@ -8,6 +8,9 @@ use diffuse::schedule::{BetaSchedule, Schedule};
 use std::collections::HashMap;
 use std::time::Instant;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Median seconds per call: each of `repeats` samples loops enough calls to last ~`min_s`.
 fn time<F: FnMut()>(mut f: F, repeats: usize, min_s: f64) -> f64 {
     f();

@@ -27,22 +27,35 @@ enum Coef {
 /// Elements handled per parallel task in the fused kernels.
 const PAR_CHUNK: usize = CHUNK;
 
+/// Call `f(sample, range)` for each run of elements of `[start, start+len)` that belong to one
+/// sample of `per` elements: keeps integer division out of the per-element loop.
+fn for_each_sample_run(
+    start: usize,
+    len: usize,
+    per: usize,
+    mut f: impl FnMut(usize, std::ops::Range<usize>),
+) {
+    let mut i = 0;
+    while i < len {
+        let s = (start + i) / per;
+        let end = ((s + 1) * per - start).min(len);
+        f(s, i..end);
+        i = end;
+    }
+}
+
 fn axpby_into(out: &mut [f32], x: &[f32], y: &[f32], a: &[f32], b: &[f32], per: usize) {
     out.par_chunks_mut(PAR_CHUNK)
         .enumerate()
         .for_each(|(c, o)| {
             let start = c * PAR_CHUNK;
-            let mut i = 0;
-            while i < o.len() {
-                let g = start + i;
-                let s = g / per;
-                let end = ((s + 1) * per - start).min(o.len());
+            let (x, y) = (&x[start..start + o.len()], &y[start..start + o.len()]);
+            for_each_sample_run(start, o.len(), per, |s, r| {
                 let (ca, cb) = (a[s], b[s]);
-                for k in i..end {
-                    o[k] = ca * x[start + k] + cb * y[start + k];
+                for ((ov, xv), yv) in o[r.clone()].iter_mut().zip(&x[r.clone()]).zip(&y[r]) {
+                    *ov = ca * xv + cb * yv;
                 }
-                i = end;
-            }
+            });
         });
 }
 
@@ -241,7 +254,17 @@ impl ForwardProcess {
         if x0.device().is_cpu() && x0.dtype() == DType::F32 {
             Self::batch_of(x0, t)?;
             let (a, b) = self.host_coefs(t)?;
-            let x = x0.flatten_all()?.to_vec1::<f32>()?;
+            let x0c = x0.contiguous()?;
+            let (storage, layout) = x0c.storage_and_layout();
+            let (candle_core::Storage::Cpu(CpuStorage::F32(data)), Some((lo, hi))) =
+                (&*storage, layout.contiguous_offsets())
+            else {
+                return Err(Error::Runtime(
+                    "q_sample_noise: expected contiguous f32 CPU storage".into(),
+                ));
+            };
+            // Read x0 in place: copying it out first cost a third of the pass.
+            let x = &data[lo..hi];
             let n = x.len();
             let per = n / a.len().max(1);
             let mut eps = vec![0f32; n];
@@ -255,10 +278,14 @@ impl ForwardProcess {
                 .for_each(|(c, (o, e))| {
                     let start = c * CHUNK;
                     rng::fill_normal_chunk(seed, draw, c as u64, e);
-                    for (k, (ov, ev)) in o.iter_mut().zip(e.iter()).enumerate() {
-                        let s = (start + k) / per;
-                        *ov = a[s] * x[start + k] + b[s] * ev;
-                    }
+                    let x = &x[start..start + o.len()];
+                    for_each_sample_run(start, o.len(), per, |s, r| {
+                        let (ca, cb) = (a[s], b[s]);
+                        for ((ov, xv), ev) in o[r.clone()].iter_mut().zip(&x[r.clone()]).zip(&e[r])
+                        {
+                            *ov = ca * xv + cb * ev;
+                        }
+                    });
                 });
             let shape = x0.shape().clone();
             return Ok((
