@@ -84,6 +84,7 @@ where
         chart
             .configure_mesh()
             .x_desc(x_label)
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_desc(&panel.y_label)
             .label_style((FAMILY, 13))
             .draw()
