@@ -142,6 +142,39 @@ mod tests {
         assert!((var - 1.0).abs() < 7e-3, "var {var}");
     }
 
+    /// The empirical CDF against the normal CDF at a few points (and the tails), 2^22 draws:
+    /// a Kolmogorov-style bound of 3e-3 is ~6 standard errors at n = 4M.
+    #[test]
+    fn distribution_matches_normal_cdf() {
+        let n = 1 << 22;
+        let v = NoiseRng::new(42).normal_vec(n);
+        // Phi(x) for x = -3, -2, -1, 0, 1, 2, 3, from tables.
+        let pts = [
+            (-3.0f32, 0.001_349_898),
+            (-2.0, 0.022_750_132),
+            (-1.0, 0.158_655_254),
+            (0.0, 0.5),
+            (1.0, 0.841_344_746),
+            (2.0, 0.977_249_868),
+            (3.0, 0.998_650_102),
+        ];
+        for (x, phi) in pts {
+            let frac = v.iter().filter(|y| **y < x).count() as f64 / n as f64;
+            let se = (phi * (1.0 - phi) / n as f64).sqrt();
+            assert!(
+                (frac - phi).abs() < 6.0 * se + 1e-6,
+                "P(X<{x}) = {frac}, expected {phi}"
+            );
+        }
+        // The tail beyond R = 3.44 is reached: P(|X| > 3.5) = 4.65e-4.
+        let tail = v.iter().filter(|y| y.abs() > 3.5).count() as f64 / n as f64;
+        assert!(
+            (tail - 4.652e-4).abs() < 6.0 * (4.652e-4 / n as f64).sqrt(),
+            "{tail}"
+        );
+        assert!(v.iter().all(|y| y.is_finite()));
+    }
+
     #[test]
     fn successive_draws_differ_and_resume() {
         let mut r = NoiseRng::new(1);
