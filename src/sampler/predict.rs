@@ -63,23 +63,6 @@ pub fn x0_and_eps(
     })
 }
 
-/// x0 only (what DPM-Solver++ needs): avoids computing eps.
-pub fn x0_only(
-    model_output: &Tensor,
-    sample: &Tensor,
-    ab: f64,
-    prediction: PredictionType,
-) -> Result<Tensor> {
-    let (a, b) = (ab.sqrt(), (1.0 - ab).sqrt());
-    Ok(match prediction {
-        PredictionType::Epsilon => {
-            (sample - model_output.affine(b, 0.0)?)?.affine(1.0 / a, 0.0)?
-        }
-        PredictionType::Sample => model_output.clone(),
-        PredictionType::VPrediction => lincomb(&[(a, sample), (-b, model_output)])?,
-    })
-}
-
 /// clip_sample: clamp x0 to [-range, range].
 pub fn clip(x0: Tensor, range: Option<f64>) -> Result<Tensor> {
     Ok(match range {

@@ -3,8 +3,9 @@
 use super::config::SchedulerConfig;
 use super::ddim::{ddim_step, DdimParams};
 use super::ddpm::{ddpm_step, DdpmParams};
-use super::dpm_solver::{dpm_first_order, dpm_second_order};
-use super::predict::{check_pair, x0_only};
+use super::dpm_solver::{dpm_first_order, dpm_second_order, Level, SigmaArithmetic};
+use super::predict::check_pair;
+use super::predict::lincomb;
 use super::timesteps::{ddim_timesteps, dpm_timesteps};
 use super::types::{PredictionType, SamplerKind, StepOutput};
 use crate::error::{Error, Result};
@@ -77,6 +78,15 @@ pub fn build(config: &SamplerConfig) -> Result<Box<dyn Scheduler>> {
 /// The scheduler `config` describes, on a given alpha_bar table (length T), e.g.
 /// diffusers' own float32 table.
 pub fn build_with(config: &SamplerConfig, alpha_bar: &[f64]) -> Result<Box<dyn Scheduler>> {
+    build_with_arithmetic(config, alpha_bar, SigmaArithmetic::F64)
+}
+
+/// As `build_with`, choosing how DPM-Solver++ forms its (alpha, sigma) levels.
+pub fn build_with_arithmetic(
+    config: &SamplerConfig,
+    alpha_bar: &[f64],
+    how: SigmaArithmetic,
+) -> Result<Box<dyn Scheduler>> {
     config.validate()?;
     let sc = &config.scheduler;
     let t_train = alpha_bar.len();
@@ -112,7 +122,7 @@ pub fn build_with(config: &SamplerConfig, alpha_bar: &[f64]) -> Result<Box<dyn S
                 clip: sc.clip_range(),
             },
         }),
-        SamplerKind::DpmSolverPP => Box::new(DpmSolverPP::new(config, alpha_bar, spacing)?),
+        SamplerKind::DpmSolverPP => Box::new(DpmSolverPP::new(config, alpha_bar, spacing, how)?),
     })
 }
 
@@ -174,8 +184,8 @@ impl Scheduler for Ddpm {
 
 struct DpmSolverPP {
     timesteps: Vec<usize>,
-    /// alpha_bar at each listed timestep, then the final level (1 for sigma = 0).
-    ab: Vec<f64>,
+    /// The level at each listed timestep, then the final one (sigma = 0 by default).
+    levels: Vec<Level>,
     prediction: PredictionType,
     order: usize,
     /// Use first order on the last step (diffusers' lower_order_final / euler_at_final /
@@ -190,6 +200,7 @@ impl DpmSolverPP {
         config: &SamplerConfig,
         alpha_bar: &[f64],
         spacing: super::types::TimestepSpacing,
+        how: SigmaArithmetic,
     ) -> Result<Self> {
         let sc = &config.scheduler;
         // diffusers replaces a zero-SNR alpha_bar of 0 by 2^-24 so lambda stays finite.
@@ -210,15 +221,15 @@ impl DpmSolverPP {
         let t_train = alpha_bar.len();
         let timesteps = dpm_timesteps(t_train, t_train - clipped, config.steps, spacing, sc.steps_offset)?;
         let zero_final = sc.final_sigmas_type.as_deref().unwrap_or("zero") == "zero";
-        let mut ab: Vec<f64> = timesteps.iter().map(|t| ab_at(*t)).collect();
-        ab.push(if zero_final { 1.0 } else { ab_at(0) });
+        let mut levels: Vec<Level> = timesteps.iter().map(|t| Level::new(ab_at(*t), how)).collect();
+        levels.push(Level::new(if zero_final { 1.0 } else { ab_at(0) }, how));
         let n = timesteps.len();
         let first_order_last = sc.euler_at_final.unwrap_or(false)
             || (sc.lower_order_final.unwrap_or(true) && n < 15)
             || zero_final;
         Ok(Self {
             timesteps,
-            ab,
+            levels,
             prediction: sc.prediction_type,
             order: sc.solver_order.unwrap_or(2),
             first_order_last,
@@ -247,13 +258,19 @@ impl Scheduler for DpmSolverPP {
             )));
         }
         check_pair(mo, x)?;
-        let x0 = x0_only(mo, x, self.ab[i], self.prediction)?;
+        let (l, prev_l, next_l) = (self.levels[i], self.levels[i.saturating_sub(1)], self.levels[i + 1]);
+        // diffusers' convert_model_output, with this level's alpha and sigma.
+        let x0 = match self.prediction {
+            PredictionType::Epsilon => (x - mo.affine(l.sigma, 0.0)?)?.affine(1.0 / l.alpha, 0.0)?,
+            PredictionType::Sample => mo.clone(),
+            PredictionType::VPrediction => lincomb(&[(l.alpha, x), (-l.sigma, mo)])?,
+        };
         let last_first_order = i == n - 1 && self.first_order_last;
         let prev = match &self.prev_x0 {
             Some(m1) if self.order == 2 && !last_first_order => {
-                dpm_second_order(x, &x0, m1, self.ab[i - 1], self.ab[i], self.ab[i + 1])?
+                dpm_second_order(x, &x0, m1, prev_l, l, next_l)?
             }
-            _ => dpm_first_order(x, &x0, self.ab[i], self.ab[i + 1])?,
+            _ => dpm_first_order(x, &x0, l, next_l)?,
         };
         self.prev_x0 = Some(x0.clone());
         self.next_index = i + 1;
