@@ -8,8 +8,8 @@ use diffuse::sampler::ddim::{ddim_step, DdimParams};
 use diffuse::sampler::ddpm::{ddpm_step, ddpm_variance, DdpmParams};
 use diffuse::sampler::timesteps::ddim_timesteps;
 use diffuse::sampler::{
-    build, build_with_arithmetic, run, sample, PredictionType, SamplerConfig, SamplerKind, SchedulerConfig,
-    SigmaArithmetic, StepInfo, TimestepSpacing, VarianceType,
+    build, build_with, build_with_arithmetic, run, sample, PredictionType, SamplerConfig,
+    SamplerKind, SchedulerConfig, SigmaArithmetic, StepInfo, TimestepSpacing, VarianceType,
 };
 use diffuse::schedule::{BetaSchedule, Schedule};
 use diffuse::Result;
@@ -128,7 +128,10 @@ fn ddpm_posterior_mean_and_variances_match_diffusers() {
             let at = |ab: &[f64]| (ab[t], if t > 0 { ab[t - 1] } else { 1.0 });
             let a = dab[t].sqrt();
             let mut outs = Vec::new();
-            for (label, ab) in [("diffusers alpha_bar", &dab), ("our f64 tables", &ours.alpha_bar)] {
+            for (label, ab) in [
+                ("diffusers alpha_bar", &dab),
+                ("our f64 tables", &ours.alpha_bar),
+            ] {
                 let (ab_t, ab_prev) = at(ab);
                 let s = ddpm_step(mo, x, ab_t, ab_prev, &p, None).unwrap();
                 let dm = max_abs_diff(&s.prev_sample, want_mean);
@@ -142,7 +145,10 @@ fn ddpm_posterior_mean_and_variances_match_diffusers() {
                     ds / small[k].max(1e-20),
                     dl / large[k].max(1e-20)
                 );
-                assert!(ds <= 1e-6 && dl <= 1e-6, "{variant} t {t} {label}: {ds} {dl}");
+                assert!(
+                    ds <= 1e-6 && dl <= 1e-6,
+                    "{variant} t {t} {label}: {ds} {dl}"
+                );
                 outs.push((s, dm, dx));
             }
             let (sd, dm, dx) = &outs[0];
@@ -192,7 +198,13 @@ fn analytic_model(
     }
 }
 
-fn chain_config(kind: SamplerKind, sched: &str, pred: PredictionType, spacing: TimestepSpacing, steps: usize) -> SamplerConfig {
+fn chain_config(
+    kind: SamplerKind,
+    sched: &str,
+    pred: PredictionType,
+    spacing: TimestepSpacing,
+    steps: usize,
+) -> SamplerConfig {
     SamplerConfig {
         kind,
         steps,
@@ -222,30 +234,69 @@ fn whole_chains_match_diffusers() {
             (PredictionType::VPrediction, "v_prediction"),
         ] {
             let runs = [
-                (SamplerKind::Ddim, "ddim", TimestepSpacing::Leading, "leading", 50),
-                (SamplerKind::Ddim, "ddim", TimestepSpacing::Trailing, "trailing", 50),
-                (SamplerKind::Ddim, "ddim", TimestepSpacing::Linspace, "linspace", 50),
-                (SamplerKind::DpmSolverPP, "dpmpp2m", TimestepSpacing::Linspace, "linspace", 20),
-                (SamplerKind::DpmSolverPP, "dpmpp2m", TimestepSpacing::Trailing, "trailing", 10),
+                (
+                    SamplerKind::Ddim,
+                    "ddim",
+                    TimestepSpacing::Leading,
+                    "leading",
+                    50,
+                ),
+                (
+                    SamplerKind::Ddim,
+                    "ddim",
+                    TimestepSpacing::Trailing,
+                    "trailing",
+                    50,
+                ),
+                (
+                    SamplerKind::Ddim,
+                    "ddim",
+                    TimestepSpacing::Linspace,
+                    "linspace",
+                    50,
+                ),
+                (
+                    SamplerKind::DpmSolverPP,
+                    "dpmpp2m",
+                    TimestepSpacing::Linspace,
+                    "linspace",
+                    20,
+                ),
+                (
+                    SamplerKind::DpmSolverPP,
+                    "dpmpp2m",
+                    TimestepSpacing::Trailing,
+                    "trailing",
+                    10,
+                ),
             ];
             for (kind, kname, spacing, sname, steps) in runs {
                 let key = format!("{kname}_{sched}_{pname}_{sname}_{steps}");
                 let cfg = chain_config(kind, sched, pred, spacing, steps);
                 let mut ours = build(&cfg).unwrap();
-                assert_eq!(ours.timesteps(), i64s(&g[&format!("{key}_timesteps")]), "{key}");
+                assert_eq!(
+                    ours.timesteps(),
+                    i64s(&g[&format!("{key}_timesteps")]),
+                    "{key}"
+                );
                 let mut model = analytic_model(m.clone(), dab.clone(), pred);
                 let mut rng = NoiseRng::new(0);
                 let x0 = run(ours.as_mut(), &mut model, x_t, &mut rng, None).unwrap();
                 // diffusers' own alpha_bar table, and (DPM) its f32 sigma arithmetic.
-                let mut emulated = build_with_arithmetic(&cfg, &dab, SigmaArithmetic::DiffusersF32).unwrap();
+                let mut emulated =
+                    build_with_arithmetic(&cfg, &dab, SigmaArithmetic::DiffusersF32).unwrap();
                 let x0_d = run(emulated.as_mut(), &mut model, x_t, &mut rng, None).unwrap();
                 let want = &g[&format!("{key}_x0")];
                 let (e, ed) = (max_abs_diff(&x0, want), max_abs_diff(&x0_d, want));
-                // What the f64 tables and f64 sigmas alone change.
+                // What the f64 tables and f64 sigmas alone change, and the tables' share.
                 let gap = max_abs_diff(&x0, &x0_d);
+                let mut table_only = build_with(&cfg, &dab).unwrap();
+                let x0_t = run(table_only.as_mut(), &mut model, x_t, &mut rng, None).unwrap();
+                let table_gap = max_abs_diff(&x0_t, &x0_d);
                 println!(
                     "{key}: final sample max err {e:.2e} (our f64 tables), {ed:.2e} (diffusers' \
-                     alpha_bar and f32 sigmas); difference between the two {gap:.2e}"
+                     alpha_bar and f32 sigmas); difference between the two {gap:.2e}, of which \
+                     {table_gap:.2e} with diffusers' table and f64 sigmas"
                 );
                 assert!(ed <= 1e-4, "{key}: {ed}");
                 assert!(e <= 1e-4 + gap && gap < 5e-4, "{key}: {e} (gap {gap})");
@@ -276,20 +327,67 @@ fn bad_inputs_are_usage_errors() {
         sample(&mut m, &x, &cfg, &mut NoiseRng::new(0), None).unwrap_err()
     };
     for (cfg, needle) in [
-        (SamplerConfig { steps: 0, ..Default::default() }, "at least 1"),
-        (SamplerConfig { steps: 1001, ..Default::default() }, "1001"),
-        (SamplerConfig { eta: 1.5, ..Default::default() }, "eta 1.5"),
-        (SamplerConfig { eta: -0.1, ..Default::default() }, "eta"),
-        (SamplerConfig { kind: SamplerKind::DpmSolverPP, steps: 0, ..Default::default() }, "at least 1"),
-        (SamplerConfig { kind: SamplerKind::Ddpm, steps: 2000, ..Default::default() }, "2000"),
+        (
+            SamplerConfig {
+                steps: 0,
+                ..Default::default()
+            },
+            "at least 1",
+        ),
+        (
+            SamplerConfig {
+                steps: 1001,
+                ..Default::default()
+            },
+            "1001",
+        ),
+        (
+            SamplerConfig {
+                eta: 1.5,
+                ..Default::default()
+            },
+            "eta 1.5",
+        ),
+        (
+            SamplerConfig {
+                eta: -0.1,
+                ..Default::default()
+            },
+            "eta",
+        ),
+        (
+            SamplerConfig {
+                kind: SamplerKind::DpmSolverPP,
+                steps: 0,
+                ..Default::default()
+            },
+            "at least 1",
+        ),
+        (
+            SamplerConfig {
+                kind: SamplerKind::Ddpm,
+                steps: 2000,
+                ..Default::default()
+            },
+            "2000",
+        ),
     ] {
         let e = run_cfg(cfg);
         let msg = e.to_string();
-        assert!(e.is_usage() && msg.contains(needle) && !msg.contains('\n'), "{msg}");
+        assert!(
+            e.is_usage() && msg.contains(needle) && !msg.contains('\n'),
+            "{msg}"
+        );
     }
     let e = SamplerKind::parse("euler").unwrap_err();
-    assert!(e.is_usage() && e.to_string().contains("unknown sampler 'euler'"), "{e}");
-    assert_eq!("DPM-Solver++".parse::<SamplerKind>().unwrap(), SamplerKind::DpmSolverPP);
+    assert!(
+        e.is_usage() && e.to_string().contains("unknown sampler 'euler'"),
+        "{e}"
+    );
+    assert_eq!(
+        "DPM-Solver++".parse::<SamplerKind>().unwrap(),
+        SamplerKind::DpmSolverPP
+    );
     assert_eq!(SamplerKind::parse("ddpm").unwrap(), SamplerKind::Ddpm);
     // A model that returns the wrong shape is a model error, not a panic.
     let mut bad = |x: &Tensor, _t: &Tensor| -> Result<Tensor> { Ok(x.narrow(3, 0, 2)?) };
@@ -306,7 +404,14 @@ fn bad_inputs_are_usage_errors() {
 /// whose x0 estimate is affine in x_t: x0_hat = m + k (x_t - a m), k = a s^2 / (a^2 s^2 + sig^2).
 /// Each step is then x_prev = A x_t + (terms in m) + std z, so mean and variance follow a
 /// scalar recursion per pixel.
-fn theory(kind: SamplerKind, ts: &[usize], ab: &[f64], eta: f64, var: VarianceType, m: &[f32]) -> (Vec<f64>, f64) {
+fn theory(
+    kind: SamplerKind,
+    ts: &[usize],
+    ab: &[f64],
+    eta: f64,
+    var: VarianceType,
+    m: &[f32],
+) -> (Vec<f64>, f64) {
     let s2 = 0.25;
     let mut mean = vec![0f64; m.len()];
     let mut v = 1.0;
@@ -314,24 +419,33 @@ fn theory(kind: SamplerKind, ts: &[usize], ab: &[f64], eta: f64, var: VarianceTy
         let ab_t = ab[t];
         let (a, sig) = (ab_t.sqrt(), (1.0 - ab_t).sqrt());
         let k = a * s2 / (a * a * s2 + sig * sig);
-        let (ab_prev, std, step): (f64, f64, Box<dyn Fn(f64, f64) -> f64>) = match kind {
+        let (std, step): (f64, Box<dyn Fn(f64, f64) -> f64>) = match kind {
             SamplerKind::Ddpm => {
                 let ab_prev = ts.get(i + 1).map_or(1.0, |p| ab[*p]);
                 let (c0, ct) = diffusers_posterior(ab_t, ab_prev);
-                let std = if t > 0 { ddpm_variance(ab_t, ab_prev, var).unwrap().sqrt() } else { 0.0 };
-                (ab_prev, std, Box::new(move |x, mj| c0 * (mj + k * (x - a * mj)) + ct * x))
+                let std = if t > 0 {
+                    ddpm_variance(ab_t, ab_prev, var).unwrap().sqrt()
+                } else {
+                    0.0
+                };
+                (
+                    std,
+                    Box::new(move |x, mj| c0 * (mj + k * (x - a * mj)) + ct * x),
+                )
             }
             _ => {
                 let ab_prev = if t >= 10 { ab[t - 10] } else { 1.0 };
                 let std = eta * ((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev)).sqrt();
                 let dir = (1.0 - ab_prev - std * std).max(0.0).sqrt();
-                (ab_prev, std, Box::new(move |x, mj| {
-                    let x0 = mj + k * (x - a * mj);
-                    ab_prev.sqrt() * x0 + dir * (x - a * x0) / sig
-                }))
+                (
+                    std,
+                    Box::new(move |x, mj| {
+                        let x0 = mj + k * (x - a * mj);
+                        ab_prev.sqrt() * x0 + dir * (x - a * x0) / sig
+                    }),
+                )
             }
         };
-        let _ = ab_prev;
         let slope = step(1.0, 0.0) - step(0.0, 0.0);
         for (mu, mj) in mean.iter_mut().zip(m) {
             *mu = step(*mu, *mj as f64);
@@ -351,7 +465,9 @@ fn diffusers_posterior(ab_t: f64, ab_prev: f64) -> (f64, f64) {
 /// pixel mean sqrt(v/n), pooled variance v sqrt(2/(64 (n-1))).
 #[test]
 fn stochastic_samplers_have_the_exact_output_moments() {
-    let ab = Schedule::named(BetaSchedule::Linear, 1000).unwrap().alpha_bar;
+    let ab = Schedule::named(BetaSchedule::Linear, 1000)
+        .unwrap()
+        .alpha_bar;
     let n = 2000;
     let m: Vec<f32> = (0..64).map(|i| (i as f32 / 63.0) * 2.0 - 1.0).collect();
     for (kind, steps, eta, var) in [
@@ -361,7 +477,13 @@ fn stochastic_samplers_have_the_exact_output_moments() {
         (SamplerKind::Ddim, 100, 1.0, VarianceType::FixedSmall),
         (SamplerKind::Ddim, 100, 0.5, VarianceType::FixedSmall),
     ] {
-        let mut cfg = chain_config(kind, "linear", PredictionType::Epsilon, TimestepSpacing::Leading, steps);
+        let mut cfg = chain_config(
+            kind,
+            "linear",
+            PredictionType::Epsilon,
+            TimestepSpacing::Leading,
+            steps,
+        );
         cfg.eta = eta;
         cfg.scheduler.variance_type = Some(var);
         let ts = build(&cfg).unwrap().timesteps().to_vec();
@@ -378,8 +500,16 @@ fn stochastic_samplers_have_the_exact_output_moments() {
         let draws0 = rng.draws;
         let x0 = sample(&mut model, &x_t, &cfg, &mut rng, Some(&mut cb)).unwrap();
         assert_eq!(seen, steps);
-        let noisy_steps = if kind == SamplerKind::Ddpm { ts.iter().filter(|t| **t > 0).count() } else { steps };
-        assert_eq!(rng.draws - draws0, noisy_steps as u64, "one noise draw per stochastic step");
+        let noisy_steps = if kind == SamplerKind::Ddpm {
+            ts.iter().filter(|t| **t > 0).count()
+        } else {
+            steps
+        };
+        assert_eq!(
+            rng.draws - draws0,
+            noisy_steps as u64,
+            "one noise draw per stochastic step"
+        );
         let v: Vec<f32> = x0.flatten_all().unwrap().to_vec1().unwrap();
         let (mut worst_mean, mut var_sum) = (0f64, 0f64);
         for j in 0..64 {
@@ -395,7 +525,13 @@ fn stochastic_samplers_have_the_exact_output_moments() {
              variance {var_emp:.4} vs exact {var_th:.4} ({:.2} SE; data variance 0.25)",
             (var_emp - var_th) / se_var
         );
-        assert!(worst_mean < 5.0, "{kind:?} {var:?}: mean off by {worst_mean} SE");
-        assert!((var_emp - var_th).abs() < 5.0 * se_var, "{kind:?} {var:?}: variance {var_emp} vs {var_th}");
+        assert!(
+            worst_mean < 5.0,
+            "{kind:?} {var:?}: mean off by {worst_mean} SE"
+        );
+        assert!(
+            (var_emp - var_th).abs() < 5.0 * se_var,
+            "{kind:?} {var:?}: variance {var_emp} vs {var_th}"
+        );
     }
 }

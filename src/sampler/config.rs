@@ -249,10 +249,7 @@ mod tests {
         assert_eq!(c.prediction_type, PredictionType::VPrediction);
         assert_eq!(c.timestep_spacing, Some(TimestepSpacing::Trailing));
         assert_eq!(c.variance_type, None);
-        assert_eq!(
-            c.schedule_config().unwrap().schedule,
-            BetaSchedule::Cosine
-        );
+        assert_eq!(c.schedule_config().unwrap().schedule, BetaSchedule::Cosine);
         assert!(c.clip_sample, "diffusers' default");
     }
 
@@ -261,7 +258,10 @@ mod tests {
         let sc = ScheduleConfig::new(BetaSchedule::Cosine);
         let c = SchedulerConfig::ddpm(&sc, PredictionType::Epsilon);
         let json = c.to_json();
-        assert!(json.contains("\"_class_name\": \"DDPMScheduler\""), "{json}");
+        assert!(
+            json.contains("\"_class_name\": \"DDPMScheduler\""),
+            "{json}"
+        );
         assert!(json.contains("\"beta_schedule\": \"squaredcos_cap_v2\""));
         assert!(json.contains("\"variance_type\": \"fixed_small\""));
         assert!(json.contains("\"trained_betas\": null"));

@@ -35,7 +35,10 @@ impl Level {
             SigmaArithmetic::DiffusersF32 => {
                 let ab = alpha_bar as f32;
                 if ab >= 1.0 {
-                    return Self { alpha: 1.0, sigma: 0.0 };
+                    return Self {
+                        alpha: 1.0,
+                        sigma: 0.0,
+                    };
                 }
                 let s = ((1.0 - ab) / ab).sqrt();
                 let alpha = 1.0 / (s * s + 1.0).sqrt();
@@ -79,5 +82,9 @@ pub fn dpm_second_order(
     // x_t = (s_t/s_s0) x - a_t (e^-h - 1) (D0 + D1/2), D0 = m0, D1 = (m0 - m1) / r0.
     let c = -t.alpha * ((-h).exp() - 1.0);
     let k = 0.5 / r0;
-    lincomb(&[(t.sigma / s0.sigma, sample), (c * (1.0 + k), m0), (-c * k, m1)])
+    lincomb(&[
+        (t.sigma / s0.sigma, sample),
+        (c * (1.0 + k), m0),
+        (-c * k, m1),
+    ])
 }

@@ -13,7 +13,7 @@ pub mod timesteps;
 pub mod types;
 
 pub use config::SchedulerConfig;
-pub use sampling::{run, sample, Model, OnStep, StepInfo};
 pub use dpm_solver::SigmaArithmetic;
+pub use sampling::{run, sample, Model, OnStep, StepInfo};
 pub use scheduler::{build, build_with, build_with_arithmetic, SamplerConfig, Scheduler};
 pub use types::{PredictionType, SamplerKind, StepOutput, TimestepSpacing, VarianceType};

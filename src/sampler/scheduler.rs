@@ -140,8 +140,17 @@ impl Scheduler for Ddim {
         &self.timesteps
     }
 
-    fn step(&mut self, i: usize, mo: &Tensor, x: &Tensor, rng: &mut NoiseRng) -> Result<StepOutput> {
-        let t = *self.timesteps.get(i).ok_or_else(|| out_of_run(i, self.timesteps.len()))?;
+    fn step(
+        &mut self,
+        i: usize,
+        mo: &Tensor,
+        x: &Tensor,
+        rng: &mut NoiseRng,
+    ) -> Result<StepOutput> {
+        let t = *self
+            .timesteps
+            .get(i)
+            .ok_or_else(|| out_of_run(i, self.timesteps.len()))?;
         let ab_prev = t
             .checked_sub(self.stride)
             .map_or(self.final_ab, |p| self.alpha_bar[p]);
@@ -150,7 +159,14 @@ impl Scheduler for Ddim {
         } else {
             None
         };
-        ddim_step(mo, x, self.alpha_bar[t], ab_prev, &self.params, noise.as_ref())
+        ddim_step(
+            mo,
+            x,
+            self.alpha_bar[t],
+            ab_prev,
+            &self.params,
+            noise.as_ref(),
+        )
     }
 }
 
@@ -165,8 +181,17 @@ impl Scheduler for Ddpm {
         &self.timesteps
     }
 
-    fn step(&mut self, i: usize, mo: &Tensor, x: &Tensor, rng: &mut NoiseRng) -> Result<StepOutput> {
-        let t = *self.timesteps.get(i).ok_or_else(|| out_of_run(i, self.timesteps.len()))?;
+    fn step(
+        &mut self,
+        i: usize,
+        mo: &Tensor,
+        x: &Tensor,
+        rng: &mut NoiseRng,
+    ) -> Result<StepOutput> {
+        let t = *self
+            .timesteps
+            .get(i)
+            .ok_or_else(|| out_of_run(i, self.timesteps.len()))?;
         // diffusers: the previous timestep is the next listed one; before the first, 1.
         let ab_prev = self
             .timesteps
@@ -178,7 +203,14 @@ impl Scheduler for Ddpm {
         } else {
             None
         };
-        ddpm_step(mo, x, self.alpha_bar[t], ab_prev, &self.params, noise.as_ref())
+        ddpm_step(
+            mo,
+            x,
+            self.alpha_bar[t],
+            ab_prev,
+            &self.params,
+            noise.as_ref(),
+        )
     }
 }
 
@@ -215,13 +247,24 @@ impl DpmSolverPP {
         let lambda = |a: f64| 0.5 * (a / (1.0 - a)).ln();
         // lambda_min_clipped drops the timesteps whose lambda is below it.
         let clipped = match sc.lambda_min_clipped {
-            Some(l) if l.is_finite() => (0..alpha_bar.len()).filter(|t| lambda(ab_at(*t)) < l).count(),
+            Some(l) if l.is_finite() => (0..alpha_bar.len())
+                .filter(|t| lambda(ab_at(*t)) < l)
+                .count(),
             _ => 0,
         };
         let t_train = alpha_bar.len();
-        let timesteps = dpm_timesteps(t_train, t_train - clipped, config.steps, spacing, sc.steps_offset)?;
+        let timesteps = dpm_timesteps(
+            t_train,
+            t_train - clipped,
+            config.steps,
+            spacing,
+            sc.steps_offset,
+        )?;
         let zero_final = sc.final_sigmas_type.as_deref().unwrap_or("zero") == "zero";
-        let mut levels: Vec<Level> = timesteps.iter().map(|t| Level::new(ab_at(*t), how)).collect();
+        let mut levels: Vec<Level> = timesteps
+            .iter()
+            .map(|t| Level::new(ab_at(*t), how))
+            .collect();
         levels.push(Level::new(if zero_final { 1.0 } else { ab_at(0) }, how));
         let n = timesteps.len();
         let first_order_last = sc.euler_at_final.unwrap_or(false)
@@ -244,7 +287,13 @@ impl Scheduler for DpmSolverPP {
         &self.timesteps
     }
 
-    fn step(&mut self, i: usize, mo: &Tensor, x: &Tensor, _rng: &mut NoiseRng) -> Result<StepOutput> {
+    fn step(
+        &mut self,
+        i: usize,
+        mo: &Tensor,
+        x: &Tensor,
+        _rng: &mut NoiseRng,
+    ) -> Result<StepOutput> {
         let n = self.timesteps.len();
         if i >= n {
             return Err(out_of_run(i, n));
@@ -258,10 +307,16 @@ impl Scheduler for DpmSolverPP {
             )));
         }
         check_pair(mo, x)?;
-        let (l, prev_l, next_l) = (self.levels[i], self.levels[i.saturating_sub(1)], self.levels[i + 1]);
+        let (l, prev_l, next_l) = (
+            self.levels[i],
+            self.levels[i.saturating_sub(1)],
+            self.levels[i + 1],
+        );
         // diffusers' convert_model_output, with this level's alpha and sigma.
         let x0 = match self.prediction {
-            PredictionType::Epsilon => (x - mo.affine(l.sigma, 0.0)?)?.affine(1.0 / l.alpha, 0.0)?,
+            PredictionType::Epsilon => {
+                (x - mo.affine(l.sigma, 0.0)?)?.affine(1.0 / l.alpha, 0.0)?
+            }
             PredictionType::Sample => mo.clone(),
             PredictionType::VPrediction => lincomb(&[(l.alpha, x), (-l.sigma, mo)])?,
         };
