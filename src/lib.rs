@@ -13,3 +13,4 @@ pub mod imageio;
 pub mod noising;
 pub mod plot;
 pub mod report;
+pub mod sampler;
