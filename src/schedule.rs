@@ -408,6 +408,21 @@ impl Schedule {
         Ok(())
     }
 
+    /// alpha_bar as diffusers holds it: betas rounded to f32, alpha = 1 - beta in f32, the
+    /// product accumulated in f64 (torch's CPU cumprod) and rounded to f32. Bit-identical to
+    /// diffusers when its f32 betas equal ours rounded (cosine: all 1000; linspace-based
+    /// schedules differ by an ulp in some betas, as torch's f32 linspace rounds differently).
+    pub fn alpha_bar_like_diffusers(&self) -> Vec<f64> {
+        let mut acc = 1.0f64;
+        self.betas
+            .iter()
+            .map(|b| {
+                acc *= (1.0f32 - *b as f32) as f64;
+                acc as f32 as f64
+            })
+            .collect()
+    }
+
     /// alpha_bar at t-1, with alpha_bar_prev(0) = 1 (diffusers' `one`).
     pub fn alpha_bar_prev(&self, t: usize) -> f64 {
         if t == 0 {

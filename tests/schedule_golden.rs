@@ -112,3 +112,21 @@ fn derived_columns_are_consistent() {
     }
     assert_eq!(s.row(0).posterior_variance, 0.0);
 }
+
+#[test]
+fn alpha_bar_like_diffusers_is_bit_exact_for_cosine() {
+    let (golden, _) = read_schedule_csv("schedules.csv");
+    let s = ours("squaredcos_cap_v2");
+    let ab = s.alpha_bar_like_diffusers();
+    let (_, g) = &golden["squaredcos_cap_v2"];
+    for t in 0..1000 {
+        assert_eq!(ab[t] as f32, g[t] as f32, "t = {t}");
+    }
+    // Linspace-based schedules: within one f32 ulp-level of diffusers (torch's f32 linspace
+    // rounds some betas differently).
+    let (_, g) = &golden["linear"];
+    let ab = ours("linear").alpha_bar_like_diffusers();
+    for t in 0..1000 {
+        assert!(((ab[t] - g[t]) / g[t]).abs() < 1e-6, "t = {t}");
+    }
+}

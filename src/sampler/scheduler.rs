@@ -72,13 +72,21 @@ pub trait Scheduler {
 /// The scheduler `config` describes, on our f64 schedule.
 pub fn build(config: &SamplerConfig) -> Result<Box<dyn Scheduler>> {
     let schedule = Schedule::new(&config.scheduler.schedule_config()?)?;
+    // DPM-Solver++'s f32 level arithmetic is only diffusers-exact on diffusers' own f32
+    // alpha_bar (at cosine t = 999, abar = 2.4e-9, one ulp of it decides whether sigma rounds
+    // to 1.0 or 0.99999994); DDPM and DDIM keep our f64 table.
+    if config.kind == SamplerKind::DpmSolverPP
+        && SigmaArithmetic::default() == SigmaArithmetic::DiffusersF32
+    {
+        return build_with(config, &schedule.alpha_bar_like_diffusers());
+    }
     build_with(config, &schedule.alpha_bar)
 }
 
 /// The scheduler `config` describes, on a given alpha_bar table (length T), e.g.
 /// diffusers' own float32 table.
 pub fn build_with(config: &SamplerConfig, alpha_bar: &[f64]) -> Result<Box<dyn Scheduler>> {
-    build_with_arithmetic(config, alpha_bar, SigmaArithmetic::F64)
+    build_with_arithmetic(config, alpha_bar, SigmaArithmetic::default())
 }
 
 /// As `build_with`, choosing how DPM-Solver++ forms its (alpha, sigma) levels.
