@@ -158,8 +158,11 @@ pub const PRESETS: &[(&str, &str)] = &[
 
 impl UNetConfig {
     pub fn from_json(text: &str, origin: &Path) -> Result<Self> {
-        let cfg: UNetConfig = serde_json::from_str(text)
-            .map_err(|e| Error::format(origin, format!("not a UNet2DModel config: {e}")))?;
+        let cfg: UNetConfig = serde_json::from_str(text).map_err(|e| {
+            // serde names the position, not the key: quote the offending line.
+            let line = text.lines().nth(e.line().saturating_sub(1)).unwrap_or("").trim();
+            Error::format(origin, format!("not a UNet2DModel config: {e} (`{line}`)"))
+        })?;
         for k in cfg.extra.keys() {
             if !k.starts_with('_') {
                 tracing::debug!(key = %k, "ignoring unknown UNet2DModel config key");
