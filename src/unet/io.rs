@@ -103,12 +103,9 @@ pub fn model_dir(dir: &Path) -> Result<PathBuf> {
     ))
 }
 
-/// Read and check a safetensors file against the parameter list of `cfg`: a missing,
-/// unexpected or mis-shaped tensor is an error naming it. Tensors are converted to f32.
-pub fn read_weights(path: &Path, cfg: &UNetConfig, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))?;
+/// Check a parsed safetensors file against the parameter list of `cfg`: a missing,
+/// unexpected or mis-shaped tensor is an error naming it.
+pub fn check_tensors(st: &safetensors::SafeTensors, cfg: &UNetConfig, path: &Path) -> Result<()> {
     let spec = param_spec(cfg)?;
     let want: BTreeMap<&str, &Shape> = spec.iter().map(|(k, s)| (k.as_str(), s)).collect();
     let have: BTreeMap<String, Vec<usize>> = st
@@ -116,19 +113,38 @@ pub fn read_weights(path: &Path, cfg: &UNetConfig, device: &Device) -> Result<Ha
         .into_iter()
         .map(|(k, v)| (k, v.shape().to_vec()))
         .collect();
-    let missing: Vec<&str> = want.keys().filter(|k| !have.contains_key(**k)).copied().collect();
-    let extra: Vec<&String> = have.keys().filter(|k| !want.contains_key(k.as_str())).collect();
-    let more = |n: usize| if n > 1 { format!(" (and {} more)", n - 1) } else { String::new() };
+    let missing: Vec<&str> = want
+        .keys()
+        .filter(|k| !have.contains_key(**k))
+        .copied()
+        .collect();
+    let extra: Vec<&String> = have
+        .keys()
+        .filter(|k| !want.contains_key(k.as_str()))
+        .collect();
+    let more = |n: usize| {
+        if n > 1 {
+            format!(" (and {} more)", n - 1)
+        } else {
+            String::new()
+        }
+    };
     if let Some(k) = missing.first() {
         return Err(Error::format(
             path,
-            format!("missing tensor '{k}'{} required by the config", more(missing.len())),
+            format!(
+                "missing tensor '{k}'{} required by the config",
+                more(missing.len())
+            ),
         ));
     }
     if let Some(k) = extra.first() {
         return Err(Error::format(
             path,
-            format!("unexpected tensor '{k}'{} not in the config", more(extra.len())),
+            format!(
+                "unexpected tensor '{k}'{} not in the config",
+                more(extra.len())
+            ),
         ));
     }
     for (k, s) in &want {
@@ -136,20 +152,64 @@ pub fn read_weights(path: &Path, cfg: &UNetConfig, device: &Device) -> Result<Ha
         if got.as_slice() != s.dims() {
             return Err(Error::format(
                 path,
-                format!("tensor '{k}' has shape {got:?}, the config expects {:?}", s.dims()),
+                format!(
+                    "tensor '{k}' has shape {got:?}, the config expects {:?}",
+                    s.dims()
+                ),
             ));
         }
     }
-    let mut out = HashMap::with_capacity(want.len());
-    for (k, _) in &want {
-        let view = st
-            .tensor(k)
-            .map_err(|e| Error::format(path, format!("tensor '{k}': {e}")))?;
+    Ok(())
+}
+
+fn parse_safetensors<'a>(bytes: &'a [u8], path: &Path) -> Result<safetensors::SafeTensors<'a>> {
+    safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))
+}
+
+/// Read a safetensors file checked against `cfg` (see `check_tensors`), converted to f32.
+pub fn read_weights(
+    path: &Path,
+    cfg: &UNetConfig,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = parse_safetensors(&bytes, path)?;
+    check_tensors(&st, cfg, path)?;
+    let mut out = HashMap::new();
+    for (k, view) in st.tensors() {
         let t = candle_core::safetensors::Load::load(&view, device)
             .map_err(|e| Error::format(path, format!("tensor '{k}': {e}")))?;
-        out.insert(k.to_string(), t.to_dtype(DType::F32)?);
+        out.insert(k, t.to_dtype(DType::F32)?);
     }
     Ok(out)
+}
+
+/// What a weights file holds: bytes on disk and the dtypes of its tensors.
+#[derive(Debug, Clone)]
+pub struct WeightsInfo {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub dtypes: Vec<String>,
+}
+
+/// Validate the weights file of a model directory without building the model.
+pub fn inspect_weights(path: &Path, cfg: &UNetConfig) -> Result<WeightsInfo> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = parse_safetensors(&bytes, path)?;
+    check_tensors(&st, cfg, path)?;
+    let mut dtypes: Vec<String> = st
+        .tensors()
+        .iter()
+        .map(|(_, v)| format!("{:?}", v.dtype()))
+        .collect();
+    dtypes.sort();
+    dtypes.dedup();
+    Ok(WeightsInfo {
+        path: path.to_path_buf(),
+        bytes: bytes.len() as u64,
+        dtypes,
+    })
 }
 
 /// A VarMap holding exactly `tensors` as trainable variables.
