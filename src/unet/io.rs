@@ -229,6 +229,19 @@ pub fn build(cfg: &UNetConfig, vm: &VarMap, device: &Device) -> Result<UNet2DMod
     UNet2DModel::new(cfg, VarBuilder::from_varmap(vm, DType::F32, device))
 }
 
+/// A model over detached copies of the VarMap's tensors: no autograd graph is recorded, the
+/// inference path (sampling, benchmarks). Changes to the VarMap later are not seen.
+pub fn frozen(cfg: &UNetConfig, vm: &VarMap, device: &Device) -> Result<UNet2DModel> {
+    let ts: HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .expect("varmap")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    UNet2DModel::new(cfg, VarBuilder::from_tensors(ts, DType::F32, device))
+}
+
 /// Load a diffusers UNet2DModel directory (or a pipeline directory with unet/).
 pub fn load(dir: &Path, device: &Device) -> Result<(UNetConfig, VarMap, UNet2DModel)> {
     let dir = model_dir(dir)?;

@@ -9,5 +9,5 @@ pub mod model;
 pub mod ops;
 
 pub use config::{preset_or_file, UNetConfig};
-pub use io::{init, load, param_count, param_counts_by_block, param_spec, save};
+pub use io::{frozen, init, load, param_count, param_counts_by_block, param_spec, save};
 pub use model::{Intermediates, UNet2DModel};

@@ -5,6 +5,41 @@
 use crate::rng::NoiseRng;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Opt-in per-op timing for benchmarks: one atomic load per op when off. Candle's CPU ops
+/// run synchronously, so wall time per call is the op's cost (not so on CUDA).
+static PROFILE: AtomicBool = AtomicBool::new(false);
+static TIMES: Mutex<Vec<(&'static str, Duration, usize)>> = Mutex::new(Vec::new());
+
+pub fn set_profiling(on: bool) {
+    PROFILE.store(on, Ordering::Relaxed);
+}
+
+/// Accumulated (op, total time, calls) since the last call; resets the counters.
+pub fn take_profile() -> Vec<(&'static str, Duration, usize)> {
+    std::mem::take(&mut *TIMES.lock().expect("profile"))
+}
+
+fn timed<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
+    if !PROFILE.load(Ordering::Relaxed) {
+        return f();
+    }
+    let t0 = Instant::now();
+    let r = f();
+    let dt = t0.elapsed();
+    let mut v = TIMES.lock().expect("profile");
+    match v.iter_mut().find(|e| e.0 == name) {
+        Some(e) => {
+            e.1 += dt;
+            e.2 += 1;
+        }
+        None => v.push((name, dt, 1)),
+    }
+    r
+}
 
 /// A 3x3 (or 1x1) convolution named like torch's nn.Conv2d (`weight`, `bias`).
 pub fn conv2d_layer(
@@ -24,13 +59,13 @@ pub fn conv2d_layer(
 }
 
 pub fn conv2d(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
-    conv.forward(x)
+    timed("conv2d", || conv.forward(x))
 }
 
 /// Linear layer on [.., in]. The input is made contiguous first: with Candle 0.11.1 a
 /// transposed [B, N, C] view fed to `Linear` gave wrong values on CPU (caught by the golden test).
 pub fn linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
-    lin.forward(&x.contiguous()?)
+    timed("linear", || lin.forward(&x.contiguous()?))
 }
 
 /// torch.nn.GroupNorm with affine parameters; parameters are public for future kernels.
@@ -63,6 +98,10 @@ impl GroupNorm {
 
 /// Group normalisation over [B, C, ...]: per (sample, group) mean and biased variance, as torch.
 pub fn group_norm(gn: &GroupNorm, x: &Tensor) -> Result<Tensor> {
+    timed("group_norm", || group_norm_impl(gn, x))
+}
+
+fn group_norm_impl(gn: &GroupNorm, x: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (b, c) = (dims[0], dims[1]);
     let n = x.elem_count() / (b * gn.groups);
@@ -78,7 +117,7 @@ pub fn group_norm(gn: &GroupNorm, x: &Tensor) -> Result<Tensor> {
 }
 
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    x.silu()
+    timed("silu", || x.silu())
 }
 
 /// GroupNorm followed by SiLU: the pair every resnet runs twice, one fusion point.
@@ -89,6 +128,10 @@ pub fn group_norm_silu(gn: &GroupNorm, x: &Tensor) -> Result<Tensor> {
 /// Scaled dot-product attention on [B*heads, N, d] tensors. Candle's fused softmax has no
 /// backward pass, so training uses the composed softmax.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, train: bool) -> Result<Tensor> {
+    timed("attention", || attention_impl(q, k, v, scale, train))
+}
+
+fn attention_impl(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, train: bool) -> Result<Tensor> {
     let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
     let p = if train {
         candle_nn::ops::softmax(&scores, D::Minus1)?
@@ -101,7 +144,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, train: bool) ->
 /// Nearest-neighbour 2x upsampling (torch F.interpolate(scale_factor=2, mode="nearest")).
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    x.upsample_nearest2d(2 * h, 2 * w)
+    timed("upsample", || x.upsample_nearest2d(2 * h, 2 * w))
 }
 
 /// Inverted dropout with a mask drawn from our seeded generator.
