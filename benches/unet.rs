@@ -71,7 +71,12 @@ fn torch_peer(steps: usize, repeats: usize) -> BTreeMap<String, f64> {
     m
 }
 
-fn print_shares(title: &str, prof: Vec<(&'static str, Duration, usize)>, total: f64, extra: &[(&str, f64)]) {
+fn print_shares(
+    title: &str,
+    prof: Vec<(&'static str, Duration, usize)>,
+    total: f64,
+    extra: &[(&str, f64)],
+) {
     println!("\n{title} (median step {:.1} ms)\n", total * 1e3);
     println!("| part | ms | share | calls |");
     println!("|---|---|---|---|");
@@ -79,14 +84,22 @@ fn print_shares(title: &str, prof: Vec<(&'static str, Duration, usize)>, total: 
     for (name, d, n) in &prof {
         let s = d.as_secs_f64();
         accounted += s;
-        println!("| {name} | {:.1} | {:.0}% | {n} |", s * 1e3, 100.0 * s / total);
+        println!(
+            "| {name} | {:.1} | {:.0}% | {n} |",
+            s * 1e3,
+            100.0 * s / total
+        );
     }
     for (name, s) in extra {
         accounted += s;
         println!("| {name} | {:.1} | {:.0}% | |", s * 1e3, 100.0 * s / total);
     }
     let rest = (total - accounted).max(0.0);
-    println!("| other (adds, cat, reshapes, loss) | {:.1} | {:.0}% | |", rest * 1e3, 100.0 * rest / total);
+    println!(
+        "| other (adds, cat, reshapes, loss) | {:.1} | {:.0}% | |",
+        rest * 1e3,
+        100.0 * rest / total
+    );
 }
 
 fn main() {
@@ -101,7 +114,8 @@ fn main() {
     );
     let (vm, model) = unet::init(&cfg, 0, &dev).unwrap();
     let frozen = unet::frozen(&cfg, &vm, &dev).unwrap();
-    let fp = ForwardProcess::new(Schedule::named(BetaSchedule::Linear, 1000).unwrap(), &dev).unwrap();
+    let fp =
+        ForwardProcess::new(Schedule::named(BetaSchedule::Linear, 1000).unwrap(), &dev).unwrap();
     let mut rng = NoiseRng::new(1);
     let x0 = rng.randn((BATCH, 1, 28, 28), &dev).unwrap();
     let rss0 = vm_hwm_mib();
@@ -128,9 +142,20 @@ fn main() {
     ops::set_profiling(false);
 
     // Training step: q_sample, forward (train), MSE to eps, backward, AdamW.
-    let mut opt = AdamW::new(vm.all_vars(), ParamsAdamW { lr: 1e-4, ..Default::default() }).unwrap();
+    let mut opt = AdamW::new(
+        vm.all_vars(),
+        ParamsAdamW {
+            lr: 1e-4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut step = |profile: bool| -> (f64, f64, f64, f64) {
-        let t: Vec<u32> = rng.uniform_below(BATCH, 1000).iter().map(|&t| t as u32).collect();
+        let t: Vec<u32> = rng
+            .uniform_below(BATCH, 1000)
+            .iter()
+            .map(|&t| t as u32)
+            .collect();
         let t = Tensor::from_vec(t, BATCH, &dev).unwrap();
         let eps = rng.randn((BATCH, 1, 28, 28), &dev).unwrap();
         let xt = fp.q_sample(&x0, &t, &eps).unwrap();
@@ -138,7 +163,11 @@ fn main() {
         let t0 = Instant::now();
         let pred = model.forward(&xt, &t, true).unwrap();
         let loss = (pred - &eps).unwrap().sqr().unwrap().mean_all().unwrap();
-        let _ = loss.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
+        let _ = loss
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         let t_f = t0.elapsed().as_secs_f64();
         ops::set_profiling(false);
         let t1 = Instant::now();
@@ -169,8 +198,12 @@ fn main() {
         .iter()
         .find(|(k, _)| k.starts_with("train step b64 diffusers"))
         .map(|e| *e.1);
-    let cell = |p: Option<f64>| p.map(|s| format!("{:.0} ({:.1} ms)", BATCH as f64 / s, s * 1e3)).unwrap_or("-".into());
-    let ratio = |ours: f64, p: Option<f64>| p.map(|s| format!("{:.2}x", s / ours)).unwrap_or("-".into());
+    let cell = |p: Option<f64>| {
+        p.map(|s| format!("{:.0} ({:.1} ms)", BATCH as f64 / s, s * 1e3))
+            .unwrap_or("-".into())
+    };
+    let ratio =
+        |ours: f64, p: Option<f64>| p.map(|s| format!("{:.2}x", s / ours)).unwrap_or("-".into());
 
     println!("\n## UNet2DModel mnist preset, batch {BATCH}, CPU\n");
     println!("| measurement | ours images/s (median ms) | PyTorch+diffusers images/s (median ms) | ours vs PyTorch |");
@@ -192,8 +225,17 @@ fn main() {
     println!(
         "\npeak RSS (VmHWM): {rss0:.0} MiB after init, {rss_fwd:.0} MiB after forward, {rss_train:.0} MiB after training steps"
     );
-    println!("train step medians: backward {:.1} ms, AdamW {:.1} ms", bwd_s * 1e3, opt_s * 1e3);
-    print_shares("### Forward (no grad) time by op", fwd_prof, fwd_prof_total, &[]);
+    println!(
+        "train step medians: backward {:.1} ms, AdamW {:.1} ms",
+        bwd_s * 1e3,
+        opt_s * 1e3
+    );
+    print_shares(
+        "### Forward (no grad) time by op",
+        fwd_prof,
+        fwd_prof_total,
+        &[],
+    );
     print_shares(
         "### Train step time by op (forward ops timed in place; backward and optimizer as wholes)",
         train_prof,
@@ -201,7 +243,9 @@ fn main() {
         &[("backward (all ops)", p_bwd), ("AdamW step", p_opt)],
     );
     if peer.is_empty() {
-        println!("\n(set PEER_PYTHON=/path/to/python with torch+diffusers for the PyTorch columns)");
+        println!(
+            "\n(set PEER_PYTHON=/path/to/python with torch+diffusers for the PyTorch columns)"
+        );
     }
     let _ = opt_s;
 }

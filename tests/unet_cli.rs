@@ -20,13 +20,21 @@ fn fails(args: &[&str]) -> (i32, String) {
 }
 
 fn count(line: &str) -> u64 {
-    line.split_whitespace().nth(1).unwrap().replace(',', "").parse().unwrap()
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .replace(',', "")
+        .parse()
+        .unwrap()
 }
 
 #[test]
 fn inspect_tiny_model_dir() {
     let dir = data_path("unet_tiny");
-    let out = diffuse().args(["inspect", dir.to_str().unwrap()]).output().unwrap();
+    let out = diffuse()
+        .args(["inspect", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let s = String::from_utf8(out.stdout).unwrap();
     assert!(s.contains("\"_class_name\": \"UNet2DModel\""), "{s}");
@@ -34,14 +42,26 @@ fn inspect_tiny_model_dir() {
         .lines()
         .map(str::trim_start)
         .filter(|l| {
-            ["conv_in ", "time_embedding ", "down_blocks.", "mid_block ", "up_blocks.", "conv_norm_out ", "conv_out "]
-                .iter()
-                .any(|p| l.starts_with(p))
+            [
+                "conv_in ",
+                "time_embedding ",
+                "down_blocks.",
+                "mid_block ",
+                "up_blocks.",
+                "conv_norm_out ",
+                "conv_out ",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
         })
         .collect();
     assert_eq!(rows.len(), 9, "{s}");
     let sum: u64 = rows.iter().map(|l| count(l)).sum();
-    let total = s.lines().map(str::trim_start).find(|l| l.starts_with("total")).unwrap();
+    let total = s
+        .lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with("total"))
+        .unwrap();
     // 701,345 = sum of the golden safetensors' tensor sizes (diffusers' parameter count).
     assert_eq!(count(total), 701_345);
     assert_eq!(sum, 701_345);
@@ -50,9 +70,23 @@ fn inspect_tiny_model_dir() {
 
 #[test]
 fn inspect_presets() {
-    let s = String::from_utf8(diffuse().args(["inspect", "cifar10"]).output().unwrap().stdout).unwrap();
+    let s = String::from_utf8(
+        diffuse()
+            .args(["inspect", "cifar10"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     assert!(s.contains("35,746,307"), "{s}");
-    let s = String::from_utf8(diffuse().args(["inspect", "mnist"]).output().unwrap().stdout).unwrap();
+    let s = String::from_utf8(
+        diffuse()
+            .args(["inspect", "mnist"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     assert!(s.contains("1,112,801"), "{s}");
 }
 
@@ -63,9 +97,16 @@ fn inspect_bad_models_fail_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let cfg = std::fs::read_to_string(data_path("unet_tiny/config.json")).unwrap();
-    std::fs::write(d.join("config.json"), cfg.replace("\"UpBlock2D\"", "\"KUpBlock2D\"")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"UpBlock2D\"", "\"KUpBlock2D\""),
+    )
+    .unwrap();
     let (code, err) = fails(&["inspect", d.to_str().unwrap()]);
-    assert!(code == 1 && err.contains("unsupported up block type 'KUpBlock2D'"), "{err}");
+    assert!(
+        code == 1 && err.contains("unsupported up block type 'KUpBlock2D'"),
+        "{err}"
+    );
     std::fs::write(d.join("config.json"), &cfg).unwrap();
     let w = std::fs::read(data_path("unet_tiny/diffusion_pytorch_model.safetensors")).unwrap();
     std::fs::write(d.join("diffusion_pytorch_model.safetensors"), &w[..1000]).unwrap();

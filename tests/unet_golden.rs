@@ -27,7 +27,10 @@ fn tiny_model_matches_diffusers_output_and_intermediates() {
     }
     assert!(worst < TOL, "worst intermediate {worst}");
     // Every golden intermediate is produced by us too.
-    for k in io.keys().filter(|k| k.starts_with("debug.") || k.starts_with("time_")) {
+    for k in io
+        .keys()
+        .filter(|k| k.starts_with("debug.") || k.starts_with("time_"))
+    {
         assert!(inter.contains_key(k), "we do not produce {k}");
     }
     assert_eq!(out.dims(), &[2, 1, 16, 16]);
@@ -51,8 +54,12 @@ fn forward_accepts_u32_f32_and_scalar_timesteps() {
     }
     // One timestep for the whole batch equals a repeated one.
     let x = &io["x"];
-    let one = model.forward(x, &Tensor::new(900u32, &dev).unwrap(), false).unwrap();
-    let rep = model.forward(x, &Tensor::new(&[900u32, 900], &dev).unwrap(), false).unwrap();
+    let one = model
+        .forward(x, &Tensor::new(900u32, &dev).unwrap(), false)
+        .unwrap();
+    let rep = model
+        .forward(x, &Tensor::new(&[900u32, 900], &dev).unwrap(), false)
+        .unwrap();
     assert_eq!(max_abs_diff(&one, &rep), 0.0);
     // train=true (dropout 0, composed softmax) gives the same prediction.
     let y = model.forward(x, &io["timesteps"], true).unwrap();

@@ -83,7 +83,13 @@ fn seeded_init_is_reproducible_and_trainable_shape() {
     assert_eq!(y1.dims(), &[2, 1, 28, 28]);
     assert_eq!(max_abs_diff(&y1, &m2.forward(&x, &t, false).unwrap()), 0.0);
     // Gradients reach every variable through the train path.
-    let loss = m1.forward(&x, &t, true).unwrap().sqr().unwrap().mean_all().unwrap();
+    let loss = m1
+        .forward(&x, &t, true)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap();
     let grads = loss.backward().unwrap();
     for v in vm1.all_vars() {
         assert!(grads.get(v.as_tensor()).is_some());
@@ -96,17 +102,24 @@ fn cifar10_preset_runs_at_32x32() {
     let cfg = UNetConfig::preset("cifar10").unwrap();
     let (_, m) = unet::init(&cfg, 0, &dev).unwrap();
     let x = Tensor::zeros((1, 3, 32, 32), candle_core::DType::F32, &dev).unwrap();
-    let y = m.forward(&x, &Tensor::new(10u32, &dev).unwrap(), false).unwrap();
+    let y = m
+        .forward(&x, &Tensor::new(10u32, &dev).unwrap(), false)
+        .unwrap();
     assert_eq!(y.dims(), &[1, 3, 32, 32]);
 }
 
 #[test]
 fn config_defaults_and_unknown_keys() {
-    let c = UNetConfig::from_json(r#"{"foo": 1, "_diffusers_version": "0.1"}"#, Path::new("x")).unwrap();
+    let c = UNetConfig::from_json(r#"{"foo": 1, "_diffusers_version": "0.1"}"#, Path::new("x"))
+        .unwrap();
     assert_eq!(c.block_out_channels, vec![224, 448, 672, 896]);
     assert_eq!(c.attention_head_dim, Some(8));
     assert_eq!(c.norm_num_groups, 32);
-    let c = UNetConfig::from_json(r#"{"attention_head_dim": null, "block_out_channels":[32,32,32,32]}"#, Path::new("x")).unwrap();
+    let c = UNetConfig::from_json(
+        r#"{"attention_head_dim": null, "block_out_channels":[32,32,32,32]}"#,
+        Path::new("x"),
+    )
+    .unwrap();
     assert_eq!(c.attention_head_dim, None);
     // Unknown keys are not written back.
     assert!(!UNetConfig::default().to_json().contains("foo"));
@@ -118,23 +131,51 @@ fn config_defaults_and_unknown_keys() {
 fn bad_configs_are_named() {
     let base = std::fs::read_to_string(data_path("unet_tiny/config.json")).unwrap();
     let cases = [
-        (r#""AttnUpBlock2D","#, r#""CrossAttnUpBlock2D","#, "CrossAttnUpBlock2D"),
-        (r#""norm_num_groups": 8"#, r#""norm_num_groups": 5"#, "not divisible by norm_num_groups"),
-        (r#""act_fn": "silu""#, r#""act_fn": "gelu""#, "act_fn 'gelu'"),
-        (r#""time_embedding_type": "positional""#, r#""time_embedding_type": "fourier""#, "fourier"),
-        (r#""layers_per_block": 1"#, r#""layers_per_block": "x""#, "layers_per_block"),
+        (
+            r#""AttnUpBlock2D","#,
+            r#""CrossAttnUpBlock2D","#,
+            "CrossAttnUpBlock2D",
+        ),
+        (
+            r#""norm_num_groups": 8"#,
+            r#""norm_num_groups": 5"#,
+            "not divisible by norm_num_groups",
+        ),
+        (
+            r#""act_fn": "silu""#,
+            r#""act_fn": "gelu""#,
+            "act_fn 'gelu'",
+        ),
+        (
+            r#""time_embedding_type": "positional""#,
+            r#""time_embedding_type": "fourier""#,
+            "fourier",
+        ),
+        (
+            r#""layers_per_block": 1"#,
+            r#""layers_per_block": "x""#,
+            "layers_per_block",
+        ),
     ];
     for (from, to, want) in cases {
         assert!(base.contains(from), "{from}");
         let text = base.replacen(from, to, 1);
-        let e = UNetConfig::from_json(&text, Path::new("cfg.json")).unwrap_err().to_string();
+        let e = UNetConfig::from_json(&text, Path::new("cfg.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want) && e.starts_with("cfg.json"), "{to}: {e}");
         assert_eq!(e.lines().count(), 1);
     }
-    let e = UNetConfig::from_json(&base.replacen(r#""DownBlock2D","#, r#""SkipDownBlock2D","#, 1), Path::new("c"))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("unsupported down block type 'SkipDownBlock2D'"), "{e}");
+    let e = UNetConfig::from_json(
+        &base.replacen(r#""DownBlock2D","#, r#""SkipDownBlock2D","#, 1),
+        Path::new("c"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("unsupported down block type 'SkipDownBlock2D'"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -154,9 +195,16 @@ fn bad_checkpoints_are_named() {
 
     // Weights from another config: the mnist preset's config over the tiny weights.
     std::fs::write(&w, &good).unwrap();
-    std::fs::write(d.join("config.json"), UNetConfig::preset("mnist").unwrap().to_json()).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        UNetConfig::preset("mnist").unwrap().to_json(),
+    )
+    .unwrap();
     let e = load_err(&d);
-    assert!(e.contains("tensor '") && (e.contains("missing") || e.contains("shape")), "{e}");
+    assert!(
+        e.contains("tensor '") && (e.contains("missing") || e.contains("shape")),
+        "{e}"
+    );
     std::fs::copy(data_path("unet_tiny/config.json"), d.join("config.json")).unwrap();
 
     // One tensor renamed -> missing one named, extra one named; one reshaped -> shape named.
@@ -171,7 +219,10 @@ fn bad_checkpoints_are_named() {
     let e = load_err(&d);
     assert!(e.contains("unexpected tensor 'conv_out.b'"), "{e}");
     ts.remove("conv_out.b");
-    ts.insert("conv_in.bias".into(), Tensor::zeros(31, candle_core::DType::F32, &Device::Cpu).unwrap());
+    ts.insert(
+        "conv_in.bias".into(),
+        Tensor::zeros(31, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     diffuse::noising::save_safetensors(&ts, &w).unwrap();
     let e = load_err(&d);
     assert!(e.contains("tensor 'conv_in.bias' has shape [31]"), "{e}");
@@ -189,10 +240,25 @@ fn bad_inputs_are_usage_errors() {
     let dev = Device::Cpu;
     let t = Tensor::new(&[1u32, 2], &dev).unwrap();
     let f = |x: Tensor, t: &Tensor| m.forward(&x, t, false).unwrap_err();
-    let e = f(Tensor::zeros((2, 3, 16, 16), candle_core::DType::F32, &dev).unwrap(), &t);
-    assert!(e.is_usage() && e.to_string().contains("in_channels = 1"), "{e}");
-    let e = f(Tensor::zeros((2, 1, 15, 16), candle_core::DType::F32, &dev).unwrap(), &t);
-    assert!(e.is_usage() && e.to_string().contains("multiple of 2"), "{e}");
-    let e = f(Tensor::zeros((3, 1, 16, 16), candle_core::DType::F32, &dev).unwrap(), &t);
+    let e = f(
+        Tensor::zeros((2, 3, 16, 16), candle_core::DType::F32, &dev).unwrap(),
+        &t,
+    );
+    assert!(
+        e.is_usage() && e.to_string().contains("in_channels = 1"),
+        "{e}"
+    );
+    let e = f(
+        Tensor::zeros((2, 1, 15, 16), candle_core::DType::F32, &dev).unwrap(),
+        &t,
+    );
+    assert!(
+        e.is_usage() && e.to_string().contains("multiple of 2"),
+        "{e}"
+    );
+    let e = f(
+        Tensor::zeros((3, 1, 16, 16), candle_core::DType::F32, &dev).unwrap(),
+        &t,
+    );
     assert!(e.is_usage() && e.to_string().contains("timesteps"), "{e}");
 }

@@ -44,7 +44,14 @@ impl ResnetBlock2D {
             norm2: GroupNorm::new(groups, c_out, eps, vb.pp("norm2"))?,
             conv2: ops::conv2d_layer(c_out, c_out, 3, 1, 1, vb.pp("conv2"))?,
             conv_shortcut: if c_in != c_out {
-                Some(ops::conv2d_layer(c_in, c_out, 1, 0, 1, vb.pp("conv_shortcut"))?)
+                Some(ops::conv2d_layer(
+                    c_in,
+                    c_out,
+                    1,
+                    0,
+                    1,
+                    vb.pp("conv_shortcut"),
+                )?)
             } else {
                 None
             },

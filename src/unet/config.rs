@@ -30,14 +30,24 @@ fn d_positional() -> String {
     "positional".into()
 }
 fn d_down() -> Vec<String> {
-    ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]
-        .map(String::from)
-        .to_vec()
+    [
+        "DownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn d_up() -> Vec<String> {
-    ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
-        .map(String::from)
-        .to_vec()
+    [
+        "AttnUpBlock2D",
+        "AttnUpBlock2D",
+        "AttnUpBlock2D",
+        "UpBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn d_mid() -> Option<String> {
     Some("UNetMidBlock2D".into())
@@ -160,7 +170,11 @@ impl UNetConfig {
     pub fn from_json(text: &str, origin: &Path) -> Result<Self> {
         let cfg: UNetConfig = serde_json::from_str(text).map_err(|e| {
             // serde names the position, not the key: quote the offending line.
-            let line = text.lines().nth(e.line().saturating_sub(1)).unwrap_or("").trim();
+            let line = text
+                .lines()
+                .nth(e.line().saturating_sub(1))
+                .unwrap_or("")
+                .trim();
             Error::format(origin, format!("not a UNet2DModel config: {e} (`{line}`)"))
         })?;
         for k in cfg.extra.keys() {
@@ -179,9 +193,10 @@ impl UNetConfig {
     }
 
     pub fn preset(name: &str) -> Option<Self> {
-        PRESETS.iter().find(|(n, _)| *n == name).map(|(n, text)| {
-            Self::from_json(text, Path::new(n)).expect("built-in preset is valid")
-        })
+        PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(n, text)| Self::from_json(text, Path::new(n)).expect("built-in preset is valid"))
     }
 
     /// Pretty JSON in diffusers' layout (sorted keys, `_class_name` first).
@@ -343,8 +358,14 @@ impl UNetConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout = {} must be in [0, 1)", self.dropout));
         }
-        if !(self.norm_eps > 0.0) || !self.mid_block_scale_factor.is_finite() || self.mid_block_scale_factor == 0.0 {
-            return bad("norm_eps must be > 0 and mid_block_scale_factor finite and non-zero".into());
+        if self.norm_eps.is_nan()
+            || self.norm_eps <= 0.0
+            || !self.mid_block_scale_factor.is_finite()
+            || self.mid_block_scale_factor == 0.0
+        {
+            return bad(
+                "norm_eps must be > 0 and mid_block_scale_factor finite and non-zero".into(),
+            );
         }
         Ok(())
     }

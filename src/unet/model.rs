@@ -169,7 +169,11 @@ impl UNet2DModel {
             )));
         }
         let factor = 1usize << (self.cfg.block_out_channels.len() - 1);
-        if dims[2] % factor != 0 || dims[3] % factor != 0 || dims[2] == 0 || dims[3] == 0 {
+        if !dims[2].is_multiple_of(factor)
+            || !dims[3].is_multiple_of(factor)
+            || dims[2] == 0
+            || dims[3] == 0
+        {
             return Err(Error::invalid(format!(
                 "UNet input size {}x{} must be a positive multiple of {factor} (one halving per down block but the last)",
                 dims[2], dims[3]

@@ -79,7 +79,7 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn new(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!(
                 "{}: {channels} channels are not divisible by {groups} groups",
                 vb.prefix()
@@ -109,7 +109,9 @@ fn group_norm_impl(gn: &GroupNorm, x: &Tensor) -> Result<Tensor> {
     let mean = (x3.sum_keepdim(2)? / n as f64)?;
     let xc = x3.broadcast_sub(&mean)?;
     let var = (xc.sqr()?.sum_keepdim(2)? / n as f64)?;
-    let xn = xc.broadcast_div(&(var + gn.eps)?.sqrt()?)?.reshape(dims.as_slice())?;
+    let xn = xc
+        .broadcast_div(&(var + gn.eps)?.sqrt()?)?
+        .reshape(dims.as_slice())?;
     let mut wd = vec![1usize; dims.len()];
     wd[1] = c;
     xn.broadcast_mul(&gn.weight.reshape(wd.as_slice())?)?
