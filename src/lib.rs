@@ -7,6 +7,7 @@ pub mod forward;
 pub mod fsutil;
 pub mod rng;
 pub mod schedule;
+pub mod unet;
 
 pub use error::{Error, Result};
 pub mod imageio;

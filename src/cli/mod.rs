@@ -3,6 +3,7 @@ use clap::{Args, Parser, Subcommand};
 use diffuse::schedule::{BetaSchedule, ScheduleConfig};
 use std::path::PathBuf;
 
+mod inspect;
 mod noise;
 mod schedule;
 
@@ -23,6 +24,8 @@ enum Command {
     Schedule(schedule::ScheduleCmd),
     /// Jump an image to timestep t in one step: x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps.
     Noise(noise::NoiseCmd),
+    /// Show a UNet2DModel: config, parameters per block, total and storage size.
+    Inspect(inspect::InspectCmd),
 }
 
 /// Schedule flags shared by every subcommand that needs a schedule.
@@ -101,5 +104,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Schedule(c) => schedule::run(c),
         Command::Noise(c) => noise::run(c),
+        Command::Inspect(c) => inspect::run(c),
     }
 }

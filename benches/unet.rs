@@ -1,0 +1,251 @@
+//! UNet2DModel (mnist preset, batch 64, CPU): forward without grad and a full training step
+//! (forward + backward + AdamW), images/s from the median of repeats, peak RSS (VmHWM), and a
+//! rough time share per op type. With PEER_PYTHON pointing at a venv with torch + diffusers,
+//! PyTorch's figures for the same architecture (../shared/bench/peer_bench.py sections c, d).
+//!
+//! `cargo bench --bench unet [-- --quick]`
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use diffuse::forward::ForwardProcess;
+use diffuse::rng::NoiseRng;
+use diffuse::schedule::{BetaSchedule, Schedule};
+use diffuse::unet::{self, ops, UNetConfig};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 64;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn vm_hwm_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// PyTorch medians (s) from peer_bench.py sections c and d, for the diffusers model at 28x28.
+fn torch_peer(steps: usize, repeats: usize) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    let Ok(py) = std::env::var("PEER_PYTHON") else {
+        return m;
+    };
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/peer_bench.py");
+    let out = std::env::temp_dir().join("diffuse-peer-unet.json");
+    let _ = std::fs::remove_file(&out);
+    let ok = std::process::Command::new(&py)
+        .arg(&script)
+        .args(["--only", "c,d", "--sizes", "28"])
+        .args(["--train-steps", &steps.to_string()])
+        .args(["--fwd-repeats", &repeats.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("PEER_PYTHON={py}: peer_bench.py failed; PyTorch columns left empty");
+        return m;
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap_or_default())
+            .unwrap_or_default();
+    let run = &v["runs"][0]["sections"];
+    for sec in ["c", "d"] {
+        if let Some(o) = run[sec].as_object() {
+            for (k, r) in o {
+                if let Some(s) = r["median_s"].as_f64() {
+                    m.insert(k.clone(), s);
+                }
+            }
+        }
+    }
+    m
+}
+
+fn print_shares(
+    title: &str,
+    prof: Vec<(&'static str, Duration, usize)>,
+    total: f64,
+    extra: &[(&str, f64)],
+) {
+    println!("\n{title} (median step {:.1} ms)\n", total * 1e3);
+    println!("| part | ms | share | calls |");
+    println!("|---|---|---|---|");
+    let mut accounted = 0.0;
+    for (name, d, n) in &prof {
+        let s = d.as_secs_f64();
+        accounted += s;
+        println!(
+            "| {name} | {:.1} | {:.0}% | {n} |",
+            s * 1e3,
+            100.0 * s / total
+        );
+    }
+    for (name, s) in extra {
+        accounted += s;
+        println!("| {name} | {:.1} | {:.0}% | |", s * 1e3, 100.0 * s / total);
+    }
+    let rest = (total - accounted).max(0.0);
+    println!(
+        "| other (adds, cat, reshapes, loss) | {:.1} | {:.0}% | |",
+        rest * 1e3,
+        100.0 * rest / total
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (fwd_reps, train_reps) = if quick { (3, 3) } else { (7, 5) };
+    let dev = Device::Cpu;
+    let cfg = UNetConfig::preset("mnist").unwrap();
+    println!(
+        "diffuse unet bench: mnist preset ({} params), batch {BATCH}, CPU, {} threads, medians of {fwd_reps} forward / {train_reps} train repeats",
+        unet::param_count(&cfg).unwrap(),
+        rayon::current_num_threads()
+    );
+    let (vm, model) = unet::init(&cfg, 0, &dev).unwrap();
+    let frozen = unet::frozen(&cfg, &vm, &dev).unwrap();
+    let fp =
+        ForwardProcess::new(Schedule::named(BetaSchedule::Linear, 1000).unwrap(), &dev).unwrap();
+    let mut rng = NoiseRng::new(1);
+    let x0 = rng.randn((BATCH, 1, 28, 28), &dev).unwrap();
+    let rss0 = vm_hwm_mib();
+
+    // Forward, no autograd graph (detached weights), t = 500 as the peer does.
+    let t500 = Tensor::full(500u32, BATCH, &dev).unwrap();
+    for _ in 0..2 {
+        frozen.forward(&x0, &t500, false).unwrap();
+    }
+    let fwd: Vec<f64> = (0..fwd_reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            frozen.forward(&x0, &t500, false).unwrap();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    let fwd_s = median(fwd);
+    let rss_fwd = vm_hwm_mib();
+    ops::set_profiling(true);
+    let t0 = Instant::now();
+    frozen.forward(&x0, &t500, false).unwrap();
+    let fwd_prof_total = t0.elapsed().as_secs_f64();
+    let fwd_prof = ops::take_profile();
+    ops::set_profiling(false);
+
+    // Training step: q_sample, forward (train), MSE to eps, backward, AdamW.
+    let mut opt = AdamW::new(
+        vm.all_vars(),
+        ParamsAdamW {
+            lr: 1e-4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut step = |profile: bool| -> (f64, f64, f64, f64) {
+        let t: Vec<u32> = rng
+            .uniform_below(BATCH, 1000)
+            .iter()
+            .map(|&t| t as u32)
+            .collect();
+        let t = Tensor::from_vec(t, BATCH, &dev).unwrap();
+        let eps = rng.randn((BATCH, 1, 28, 28), &dev).unwrap();
+        let xt = fp.q_sample(&x0, &t, &eps).unwrap();
+        ops::set_profiling(profile);
+        let t0 = Instant::now();
+        let pred = model.forward(&xt, &t, true).unwrap();
+        let loss = (pred - &eps).unwrap().sqr().unwrap().mean_all().unwrap();
+        let _ = loss
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let t_f = t0.elapsed().as_secs_f64();
+        ops::set_profiling(false);
+        let t1 = Instant::now();
+        let grads = loss.backward().unwrap();
+        let t_b = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        opt.step(&grads).unwrap();
+        let t_o = t2.elapsed().as_secs_f64();
+        (t_f + t_b + t_o, t_f, t_b, t_o)
+    };
+    for _ in 0..2 {
+        step(false);
+    }
+    let runs: Vec<(f64, f64, f64, f64)> = (0..train_reps).map(|_| step(false)).collect();
+    let train_s = median(runs.iter().map(|r| r.0).collect());
+    let opt_s = median(runs.iter().map(|r| r.3).collect());
+    let bwd_s = median(runs.iter().map(|r| r.2).collect());
+    let rss_train = vm_hwm_mib();
+    let (p_total, _, p_bwd, p_opt) = step(true);
+    let train_prof = ops::take_profile();
+
+    let peer = torch_peer(if quick { 3 } else { 8 }, if quick { 3 } else { 7 });
+    let pf = peer
+        .iter()
+        .find(|(k, _)| k.starts_with("forward b64 no_grad diffusers"))
+        .map(|e| *e.1);
+    let pt = peer
+        .iter()
+        .find(|(k, _)| k.starts_with("train step b64 diffusers"))
+        .map(|e| *e.1);
+    let cell = |p: Option<f64>| {
+        p.map(|s| format!("{:.0} ({:.1} ms)", BATCH as f64 / s, s * 1e3))
+            .unwrap_or("-".into())
+    };
+    let ratio =
+        |ours: f64, p: Option<f64>| p.map(|s| format!("{:.2}x", s / ours)).unwrap_or("-".into());
+
+    println!("\n## UNet2DModel mnist preset, batch {BATCH}, CPU\n");
+    println!("| measurement | ours images/s (median ms) | PyTorch+diffusers images/s (median ms) | ours vs PyTorch |");
+    println!("|---|---|---|---|");
+    println!(
+        "| forward, no grad | {:.0} ({:.1} ms) | {} | {} |",
+        BATCH as f64 / fwd_s,
+        fwd_s * 1e3,
+        cell(pf),
+        ratio(fwd_s, pf)
+    );
+    println!(
+        "| train step (fwd+bwd+AdamW) | {:.0} ({:.1} ms) | {} | {} |",
+        BATCH as f64 / train_s,
+        train_s * 1e3,
+        cell(pt),
+        ratio(train_s, pt)
+    );
+    println!(
+        "\npeak RSS (VmHWM): {rss0:.0} MiB after init, {rss_fwd:.0} MiB after forward, {rss_train:.0} MiB after training steps"
+    );
+    println!(
+        "train step medians: backward {:.1} ms, AdamW {:.1} ms",
+        bwd_s * 1e3,
+        opt_s * 1e3
+    );
+    print_shares(
+        "### Forward (no grad) time by op",
+        fwd_prof,
+        fwd_prof_total,
+        &[],
+    );
+    print_shares(
+        "### Train step time by op (forward ops timed in place; backward and optimizer as wholes)",
+        train_prof,
+        p_total,
+        &[("backward (all ops)", p_bwd), ("AdamW step", p_opt)],
+    );
+    if peer.is_empty() {
+        println!(
+            "\n(set PEER_PYTHON=/path/to/python with torch+diffusers for the PyTorch columns)"
+        );
+    }
+    let _ = opt_s;
+}

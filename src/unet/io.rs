@@ -1,0 +1,315 @@
+//! Reading and writing diffusers model directories (config.json +
+//! diffusion_pytorch_model.safetensors), the parameter list a config implies, and seeded
+//! initialisation. Every tensor lives in a `VarMap` so training optimises the same variables.
+use super::config::UNetConfig;
+use super::model::UNet2DModel;
+use crate::error::{Error, Result};
+use crate::rng::NoiseRng;
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{VarBuilder, VarMap};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
+
+/// A VarBuilder backend that only records what the model asks for: the parameter list of a
+/// config without allocating it (each answer is a broadcast scalar).
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(String, Shape)>>>);
+
+impl SimpleBackend for Recorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0
+            .lock()
+            .expect("recorder")
+            .push((name.to_string(), s.clone()));
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("unexpected unchecked tensor request {name}")
+    }
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// Every parameter the config creates, as (diffusers key, shape), in construction order.
+pub fn param_spec(cfg: &UNetConfig) -> Result<Vec<(String, Shape)>> {
+    let rec = Recorder::default();
+    let vb = VarBuilder::from_backend(Box::new(rec.clone()), DType::F32, Device::Cpu);
+    UNet2DModel::new(cfg, vb)?;
+    let v = rec.0.lock().expect("recorder").clone();
+    Ok(v)
+}
+
+/// Total number of parameters (scalars).
+pub fn param_count(cfg: &UNetConfig) -> Result<usize> {
+    Ok(param_spec(cfg)?.iter().map(|(_, s)| s.elem_count()).sum())
+}
+
+/// Top-level module of a key: `down_blocks.1.resnets.0.conv1.weight` -> `down_blocks.1`.
+pub fn top_level(key: &str) -> String {
+    let mut parts = key.split('.');
+    let first = parts.next().unwrap_or("");
+    match first {
+        "down_blocks" | "up_blocks" => format!("{first}.{}", parts.next().unwrap_or("")),
+        _ => first.to_string(),
+    }
+}
+
+/// Parameter counts per top-level block in diffusers' module order.
+pub fn param_counts_by_block(cfg: &UNetConfig) -> Result<Vec<(String, usize)>> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for (k, s) in param_spec(cfg)? {
+        let top = top_level(&k);
+        match out.iter_mut().find(|(n, _)| *n == top) {
+            Some(e) => e.1 += s.elem_count(),
+            None => out.push((top, s.elem_count())),
+        }
+    }
+    // diffusers registers conv_in, time_proj/time_embedding, down, mid, up, conv_norm_out, conv_out;
+    // our construction order matches except that conv_norm_out/conv_out come last already.
+    Ok(out)
+}
+
+/// The directory holding config.json: `dir` itself or a pipeline's `dir/unet`.
+pub fn model_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.join(CONFIG_FILE).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let sub = dir.join("unet");
+    if sub.join(CONFIG_FILE).is_file() {
+        return Ok(sub);
+    }
+    if !dir.exists() {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+        ));
+    }
+    Err(Error::format(
+        dir,
+        "no config.json here or in unet/ (not a diffusers UNet2DModel or pipeline directory)",
+    ))
+}
+
+/// Check a parsed safetensors file against the parameter list of `cfg`: a missing,
+/// unexpected or mis-shaped tensor is an error naming it.
+pub fn check_tensors(st: &safetensors::SafeTensors, cfg: &UNetConfig, path: &Path) -> Result<()> {
+    let spec = param_spec(cfg)?;
+    let want: BTreeMap<&str, &Shape> = spec.iter().map(|(k, s)| (k.as_str(), s)).collect();
+    let have: BTreeMap<String, Vec<usize>> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.shape().to_vec()))
+        .collect();
+    let missing: Vec<&str> = want
+        .keys()
+        .filter(|k| !have.contains_key(**k))
+        .copied()
+        .collect();
+    let extra: Vec<&String> = have
+        .keys()
+        .filter(|k| !want.contains_key(k.as_str()))
+        .collect();
+    let more = |n: usize| {
+        if n > 1 {
+            format!(" (and {} more)", n - 1)
+        } else {
+            String::new()
+        }
+    };
+    if let Some(k) = missing.first() {
+        return Err(Error::format(
+            path,
+            format!(
+                "missing tensor '{k}'{} required by the config",
+                more(missing.len())
+            ),
+        ));
+    }
+    if let Some(k) = extra.first() {
+        return Err(Error::format(
+            path,
+            format!(
+                "unexpected tensor '{k}'{} not in the config",
+                more(extra.len())
+            ),
+        ));
+    }
+    for (k, s) in &want {
+        let got = &have[*k];
+        if got.as_slice() != s.dims() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor '{k}' has shape {got:?}, the config expects {:?}",
+                    s.dims()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_safetensors<'a>(bytes: &'a [u8], path: &Path) -> Result<safetensors::SafeTensors<'a>> {
+    safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))
+}
+
+/// Read a safetensors file checked against `cfg` (see `check_tensors`), converted to f32.
+pub fn read_weights(
+    path: &Path,
+    cfg: &UNetConfig,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = parse_safetensors(&bytes, path)?;
+    check_tensors(&st, cfg, path)?;
+    let mut out = HashMap::new();
+    for (k, view) in st.tensors() {
+        let t = candle_core::safetensors::Load::load(&view, device)
+            .map_err(|e| Error::format(path, format!("tensor '{k}': {e}")))?;
+        out.insert(k, t.to_dtype(DType::F32)?);
+    }
+    Ok(out)
+}
+
+/// What a weights file holds: bytes on disk and the dtypes of its tensors.
+#[derive(Debug, Clone)]
+pub struct WeightsInfo {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub dtypes: Vec<String>,
+}
+
+/// Validate the weights file of a model directory without building the model.
+pub fn inspect_weights(path: &Path, cfg: &UNetConfig) -> Result<WeightsInfo> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = parse_safetensors(&bytes, path)?;
+    check_tensors(&st, cfg, path)?;
+    let mut dtypes: Vec<String> = st
+        .tensors()
+        .iter()
+        .map(|(_, v)| format!("{:?}", v.dtype()))
+        .collect();
+    dtypes.sort();
+    dtypes.dedup();
+    Ok(WeightsInfo {
+        path: path.to_path_buf(),
+        bytes: bytes.len() as u64,
+        dtypes,
+    })
+}
+
+/// A VarMap holding exactly `tensors` as trainable variables.
+pub fn varmap_from(tensors: HashMap<String, Tensor>) -> Result<VarMap> {
+    let vm = VarMap::new();
+    {
+        let mut data = vm.data().lock().expect("varmap");
+        for (k, t) in tensors {
+            data.insert(k, Var::from_tensor(&t)?);
+        }
+    }
+    Ok(vm)
+}
+
+/// Build the model over `vm` (which must already hold every parameter).
+pub fn build(cfg: &UNetConfig, vm: &VarMap, device: &Device) -> Result<UNet2DModel> {
+    UNet2DModel::new(cfg, VarBuilder::from_varmap(vm, DType::F32, device))
+}
+
+/// A model over detached copies of the VarMap's tensors: no autograd graph is recorded, the
+/// inference path (sampling, benchmarks). Changes to the VarMap later are not seen.
+pub fn frozen(cfg: &UNetConfig, vm: &VarMap, device: &Device) -> Result<UNet2DModel> {
+    let ts: HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .expect("varmap")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    UNet2DModel::new(cfg, VarBuilder::from_tensors(ts, DType::F32, device))
+}
+
+/// Load a diffusers UNet2DModel directory (or a pipeline directory with unet/).
+pub fn load(dir: &Path, device: &Device) -> Result<(UNetConfig, VarMap, UNet2DModel)> {
+    let dir = model_dir(dir)?;
+    let cfg = UNetConfig::from_file(&dir.join(CONFIG_FILE))?;
+    let wpath = dir.join(WEIGHTS_FILE);
+    if !wpath.is_file() {
+        let hint = if dir.join("diffusion_pytorch_model.bin").is_file() {
+            " (only safetensors is supported; found a PyTorch .bin)"
+        } else {
+            ""
+        };
+        return Err(Error::format(&dir, format!("no {WEIGHTS_FILE}{hint}")));
+    }
+    let tensors = read_weights(&wpath, &cfg, device)?;
+    let vm = varmap_from(tensors)?;
+    let model = build(&cfg, &vm, device)?;
+    Ok((cfg, vm, model))
+}
+
+/// Write config.json and diffusion_pytorch_model.safetensors (metadata format=pt), each atomically.
+pub fn save(dir: &Path, cfg: &UNetConfig, vm: &VarMap) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tensors: Vec<(String, Tensor)> = {
+        let data = vm.data().lock().expect("varmap");
+        let mut v: Vec<(String, Tensor)> = data
+            .iter()
+            .map(|(k, var)| (k.clone(), var.as_tensor().clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let wpath = dir.join(WEIGHTS_FILE);
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
+        .map_err(|e| Error::format(&wpath, format!("could not serialise tensors: {e}")))?;
+    crate::fsutil::write_bytes_atomic(&wpath, &bytes)?;
+    crate::fsutil::write_bytes_atomic(&dir.join(CONFIG_FILE), cfg.to_json().as_bytes())
+}
+
+/// Fresh parameters, seeded: PyTorch's default init for Conv2d/Linear (weight and bias
+/// uniform in ±1/sqrt(fan_in)), GroupNorm weight 1 and bias 0, as diffusers starts training.
+pub fn init(cfg: &UNetConfig, seed: u64, device: &Device) -> Result<(VarMap, UNet2DModel)> {
+    let spec = param_spec(cfg)?;
+    let fan_in: HashMap<String, usize> = spec
+        .iter()
+        .filter(|(k, s)| k.ends_with(".weight") && s.rank() >= 2)
+        .map(|(k, s)| {
+            let prefix = k.trim_end_matches(".weight").to_string();
+            (prefix, s.dims()[1..].iter().product())
+        })
+        .collect();
+    let mut rng = NoiseRng::new(seed);
+    let mut tensors = HashMap::with_capacity(spec.len());
+    for (k, s) in &spec {
+        let prefix = k.rsplit_once('.').map(|p| p.0).unwrap_or("");
+        let t = match fan_in.get(prefix) {
+            Some(&f) => {
+                let bound = 1.0 / (f as f32).sqrt();
+                let u = rng.uniform_f32(s.elem_count());
+                let v: Vec<f32> = u.into_iter().map(|u| (2.0 * u - 1.0) * bound).collect();
+                Tensor::from_vec(v, s.clone(), device)?
+            }
+            None if k.ends_with(".weight") => Tensor::ones(s.clone(), DType::F32, device)?,
+            None => Tensor::zeros(s.clone(), DType::F32, device)?,
+        };
+        tensors.insert(k.clone(), t);
+    }
+    let vm = varmap_from(tensors)?;
+    let model = build(cfg, &vm, device)?;
+    Ok((vm, model))
+}

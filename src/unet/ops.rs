@@ -1,0 +1,202 @@
+//! The UNet's compute primitives, each behind one small function so a faster kernel (a fused
+//! CPU group-norm+SiLU, a direct 3x3 convolution, flash attention) can replace the body
+//! without touching the blocks. Everything here is device-generic Candle code and keeps the
+//! autograd graph intact.
+use crate::rng::NoiseRng;
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Opt-in per-op timing for benchmarks: one atomic load per op when off. Candle's CPU ops
+/// run synchronously, so wall time per call is the op's cost (not so on CUDA).
+static PROFILE: AtomicBool = AtomicBool::new(false);
+static TIMES: Mutex<Vec<(&'static str, Duration, usize)>> = Mutex::new(Vec::new());
+
+pub fn set_profiling(on: bool) {
+    PROFILE.store(on, Ordering::Relaxed);
+}
+
+/// Accumulated (op, total time, calls) since the last call; resets the counters.
+pub fn take_profile() -> Vec<(&'static str, Duration, usize)> {
+    std::mem::take(&mut *TIMES.lock().expect("profile"))
+}
+
+fn timed<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
+    if !PROFILE.load(Ordering::Relaxed) {
+        return f();
+    }
+    let t0 = Instant::now();
+    let r = f();
+    let dt = t0.elapsed();
+    let mut v = TIMES.lock().expect("profile");
+    match v.iter_mut().find(|e| e.0 == name) {
+        Some(e) => {
+            e.1 += dt;
+            e.2 += 1;
+        }
+        None => v.push((name, dt, 1)),
+    }
+    r
+}
+
+/// A 3x3 (or 1x1) convolution named like torch's nn.Conv2d (`weight`, `bias`).
+pub fn conv2d_layer(
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    padding: usize,
+    stride: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    candle_nn::conv2d(c_in, c_out, kernel, cfg, vb)
+}
+
+pub fn conv2d(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
+    timed("conv2d", || conv.forward(x))
+}
+
+/// Linear layer on [.., in]. The input is made contiguous first: with Candle 0.11.1 a
+/// transposed [B, N, C] view fed to `Linear` gave wrong values on CPU (caught by the golden test).
+pub fn linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
+    timed("linear", || lin.forward(&x.contiguous()?))
+}
+
+/// torch.nn.GroupNorm with affine parameters; parameters are public for future kernels.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    pub fn new(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        if groups == 0 || !channels.is_multiple_of(groups) {
+            candle_core::bail!(
+                "{}: {channels} channels are not divisible by {groups} groups",
+                vb.prefix()
+            );
+        }
+        let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.0))?;
+        let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.0))?;
+        Ok(Self {
+            weight,
+            bias,
+            groups,
+            eps,
+        })
+    }
+}
+
+/// Group normalisation over [B, C, ...]: per (sample, group) mean and biased variance, as torch.
+pub fn group_norm(gn: &GroupNorm, x: &Tensor) -> Result<Tensor> {
+    timed("group_norm", || group_norm_impl(gn, x))
+}
+
+fn group_norm_impl(gn: &GroupNorm, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (b, c) = (dims[0], dims[1]);
+    let n = x.elem_count() / (b * gn.groups);
+    let x3 = x.reshape((b, gn.groups, n))?;
+    let mean = (x3.sum_keepdim(2)? / n as f64)?;
+    let xc = x3.broadcast_sub(&mean)?;
+    let var = (xc.sqr()?.sum_keepdim(2)? / n as f64)?;
+    let xn = xc
+        .broadcast_div(&(var + gn.eps)?.sqrt()?)?
+        .reshape(dims.as_slice())?;
+    let mut wd = vec![1usize; dims.len()];
+    wd[1] = c;
+    xn.broadcast_mul(&gn.weight.reshape(wd.as_slice())?)?
+        .broadcast_add(&gn.bias.reshape(wd.as_slice())?)
+}
+
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    timed("silu", || x.silu())
+}
+
+/// GroupNorm followed by SiLU: the pair every resnet runs twice, one fusion point.
+pub fn group_norm_silu(gn: &GroupNorm, x: &Tensor) -> Result<Tensor> {
+    silu(&group_norm(gn, x)?)
+}
+
+/// Scaled dot-product attention on [B*heads, N, d] tensors. Candle's fused softmax has no
+/// backward pass, so training uses the composed softmax.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, train: bool) -> Result<Tensor> {
+    timed("attention", || attention_impl(q, k, v, scale, train))
+}
+
+fn attention_impl(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, train: bool) -> Result<Tensor> {
+    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    let p = if train {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    p.matmul(&v.contiguous()?)
+}
+
+/// Nearest-neighbour 2x upsampling (torch F.interpolate(scale_factor=2, mode="nearest")).
+pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    timed("upsample", || x.upsample_nearest2d(2 * h, 2 * w))
+}
+
+/// Inverted dropout with a mask drawn from our seeded generator.
+pub fn dropout(x: &Tensor, p: f64, rng: &mut NoiseRng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = (1.0 - p) as f32;
+    let mask: Vec<f32> = rng
+        .uniform_f32(x.elem_count())
+        .into_iter()
+        .map(|u| if u < keep { 1.0 / keep } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x.mul(&mask)
+}
+
+/// Frequencies of diffusers' `get_timestep_embedding`, formed in float32 step by step as torch
+/// does (exponent = -ln(10000) * k, then / (half - shift), then exp), so the sinusoid matches.
+pub fn timestep_freqs(dim: usize, freq_shift: i64, device: &Device) -> Result<Tensor> {
+    let half = dim / 2;
+    let neg_ln = -(10000f64.ln()) as f32;
+    let denom = (half as i64 - freq_shift) as f32;
+    let f: Vec<f32> = (0..half)
+        .map(|k| ((neg_ln * k as f32) / denom).exp())
+        .collect();
+    Tensor::from_vec(f, (1, half), device)
+}
+
+/// Sinusoidal embedding [B, dim] of timesteps [B] (any numeric dtype), in float32 like diffusers.
+pub fn timestep_embedding(
+    timesteps: &Tensor,
+    freqs: &Tensor,
+    dim: usize,
+    flip_sin_to_cos: bool,
+) -> Result<Tensor> {
+    let b = timesteps.elem_count();
+    let args = timesteps
+        .to_dtype(DType::F32)?
+        .reshape((b, 1))?
+        .broadcast_mul(freqs)?;
+    let (sin, cos) = (args.sin()?, args.cos()?);
+    let emb = if flip_sin_to_cos {
+        Tensor::cat(&[cos, sin], 1)?
+    } else {
+        Tensor::cat(&[sin, cos], 1)?
+    };
+    if dim % 2 == 1 {
+        emb.pad_with_zeros(1, 0, 1)
+    } else {
+        Ok(emb)
+    }
+}
