@@ -9,6 +9,7 @@ pub mod rng;
 pub mod schedule;
 
 pub use error::{Error, Result};
+pub mod data;
 pub mod imageio;
 pub mod noising;
 pub mod plot;
