@@ -3,6 +3,7 @@ use clap::{Args, Parser, Subcommand};
 use diffuse::schedule::{BetaSchedule, ScheduleConfig};
 use std::path::PathBuf;
 
+mod data;
 mod noise;
 mod schedule;
 
@@ -23,6 +24,8 @@ enum Command {
     Schedule(schedule::ScheduleCmd),
     /// Jump an image to timestep t in one step: x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps.
     Noise(noise::NoiseCmd),
+    /// Inspect training data (mnist, fashion-mnist, cifar10 or a folder of images).
+    Data(data::DataCmd),
 }
 
 /// Schedule flags shared by every subcommand that needs a schedule.
@@ -101,5 +104,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Schedule(c) => schedule::run(c),
         Command::Noise(c) => noise::run(c),
+        Command::Data(c) => data::run(c),
     }
 }

@@ -57,14 +57,14 @@ pub fn find(repo_id: &str, filename: &str) -> Result<HubFile> {
     }
     if offline() {
         return Ok(HubFile::Missing(format!(
-            "{repo_id}/{filename} is not in the hub cache {} and HF_HUB_OFFLINE is set",
+            "{filename} of {repo_id} is not in the hub cache {} and HF_HUB_OFFLINE is set",
             cache_dir().display()
         )));
     }
     match download.send() {
         Ok(p) => Ok(HubFile::Found(p)),
         Err(e) => Ok(HubFile::Missing(format!(
-            "could not download {repo_id}/{filename}: {e}"
+            "could not download {filename} of {repo_id}: {e}"
         ))),
     }
 }

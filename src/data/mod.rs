@@ -8,6 +8,7 @@ pub mod folder;
 pub mod hub;
 pub mod idx;
 pub mod mnist;
+pub mod preview;
 
 pub use batches::{Batch, BatchConfig, BatchState, Batches};
 
