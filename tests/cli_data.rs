@@ -16,7 +16,11 @@ fn fails(home: &Path, args: &[&str]) -> (i32, String) {
     let out = diffuse(home).args(args).output().unwrap();
     assert!(!out.status.success(), "{args:?} should fail");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one line expected, got {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: one line expected, got {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     (out.status.code().unwrap(), err)
 }
@@ -28,7 +32,16 @@ fn show_writes_a_grid_of_bundled_digits() {
     let out = tmp.path().join("grid.png");
     let empty = tmp.path().join("nodata");
     let o = diffuse(home.path())
-        .args(["data", "show", "--dataset", "mnist", "-n", "16", "--seed", "3"])
+        .args([
+            "data",
+            "show",
+            "--dataset",
+            "mnist",
+            "-n",
+            "16",
+            "--seed",
+            "3",
+        ])
         .arg("--data-dir")
         .arg(&empty)
         .arg("-o")
@@ -37,7 +50,10 @@ fn show_writes_a_grid_of_bundled_digits() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s = String::from_utf8(o.stdout).unwrap();
-    assert!(s.contains("mnist: 10000 images 1x28x28 from bundled"), "{s}");
+    assert!(
+        s.contains("mnist: 10000 images 1x28x28 from bundled"),
+        "{s}"
+    );
     let img = image::open(&out).unwrap().to_rgb8();
     // 4x4 tiles of 28 px with 2 px padding = 122 px, upscaled x5 to reach 512.
     assert_eq!(img.dimensions(), (610, 610));
@@ -67,8 +83,12 @@ fn show_a_folder_in_rgb() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("imgs");
     std::fs::create_dir_all(dir.join("x")).unwrap();
-    image::RgbImage::from_pixel(30, 20, image::Rgb([200, 10, 10])).save(dir.join("r.png")).unwrap();
-    image::RgbImage::from_pixel(9, 9, image::Rgb([10, 10, 200])).save(dir.join("x/b.png")).unwrap();
+    image::RgbImage::from_pixel(30, 20, image::Rgb([200, 10, 10]))
+        .save(dir.join("r.png"))
+        .unwrap();
+    image::RgbImage::from_pixel(9, 9, image::Rgb([10, 10, 200]))
+        .save(dir.join("x/b.png"))
+        .unwrap();
     let out = tmp.path().join("g.png");
     let o = diffuse(home.path())
         .args(["data", "show", "--size", "16", "--dataset"])
@@ -78,7 +98,9 @@ fn show_a_folder_in_rgb() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8(o.stdout).unwrap().contains("2 images 3x16x16"));
+    assert!(String::from_utf8(o.stdout)
+        .unwrap()
+        .contains("2 images 3x16x16"));
     let img = image::open(&out).unwrap().to_rgb8();
     let red = img.pixels().filter(|p| p[0] > 190 && p[2] < 20).count();
     let blue = img.pixels().filter(|p| p[2] > 190 && p[0] < 20).count();
@@ -102,16 +124,47 @@ fn bad_inputs_are_one_line_errors() {
     // Corrupt local IDX: wrong magic number, truncated gzip.
     let d = tmp.path().join("d");
     std::fs::create_dir_all(d.join("mnist")).unwrap();
-    std::fs::write(d.join("mnist/train-images-idx3-ubyte"), b"\x12\x34\x08\x03rest").unwrap();
+    std::fs::write(
+        d.join("mnist/train-images-idx3-ubyte"),
+        b"\x12\x34\x08\x03rest",
+    )
+    .unwrap();
     let (code, err) = fails(h, &["data", "show", "--data-dir", d.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(err.contains("wrong magic number 0x12340803"), "{err}");
-    let gz = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist/t10k-images-idx3-ubyte.gz")).unwrap();
-    std::fs::write(d.join("mnist/t10k-images-idx3-ubyte.gz"), &gz[..gz.len() - 1000]).unwrap();
-    let (_, err) = fails(h, &["data", "show", "--split", "test", "--data-dir", d.to_str().unwrap()]);
+    let gz = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist/t10k-images-idx3-ubyte.gz"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("mnist/t10k-images-idx3-ubyte.gz"),
+        &gz[..gz.len() - 1000],
+    )
+    .unwrap();
+    let (_, err) = fails(
+        h,
+        &[
+            "data",
+            "show",
+            "--split",
+            "test",
+            "--data-dir",
+            d.to_str().unwrap(),
+        ],
+    );
     assert!(err.contains("bad gzip data"), "{err}");
     // CIFAR-10 absent everywhere, offline.
-    let (code, err) = fails(h, &["data", "show", "--dataset", "cifar10", "--data-dir", tmp.path().to_str().unwrap()]);
+    let (code, err) = fails(
+        h,
+        &[
+            "data",
+            "show",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("cifar10 not found"), "{err}");
     let (code, _) = fails(h, &["data", "show", "-n", "0"]);

@@ -37,7 +37,11 @@ fn identify(row: &[f32], n: usize) -> (usize, bool) {
 fn epochs_are_permutations_and_differ() {
     let n = 10;
     let ds = toy(n);
-    let cfg = BatchConfig { batch_size: 4, drop_last: false, ..BatchConfig::default() };
+    let cfg = BatchConfig {
+        batch_size: 4,
+        drop_last: false,
+        ..BatchConfig::default()
+    };
     let mut it = Batches::new(&ds, cfg, 42, &Device::Cpu).unwrap();
     assert_eq!(it.batches_per_epoch(), 3);
     let mut epochs: Vec<Vec<usize>> = vec![vec![]; 3];
@@ -56,17 +60,30 @@ fn epochs_are_permutations_and_differ() {
     assert_ne!(epochs[0], epochs[1]);
     assert_ne!(epochs[0], (0..n).collect::<Vec<_>>());
     // Another seed, another order; drop_last gives equal batches.
-    let cfg = BatchConfig { batch_size: 4, ..BatchConfig::default() };
+    let cfg = BatchConfig {
+        batch_size: 4,
+        ..BatchConfig::default()
+    };
     let mut other = Batches::new(&ds, cfg.clone(), 43, &Device::Cpu).unwrap();
     assert_eq!(other.batches_per_epoch(), 2);
-    let first: Vec<usize> = rows(&other.next_batch().unwrap().images).iter().map(|r| identify(r, n).0).collect();
+    let first: Vec<usize> = rows(&other.next_batch().unwrap().images)
+        .iter()
+        .map(|r| identify(r, n).0)
+        .collect();
     assert_ne!(first, epochs[0][..4].to_vec());
     other.next_batch().unwrap();
     let b = other.next_batch().unwrap();
     assert_eq!((b.epoch, b.position, b.images.dims()[0]), (1, 0, 4));
     // Unshuffled keeps dataset order.
-    let cfg = BatchConfig { batch_size: 3, shuffle: false, ..BatchConfig::default() };
-    let b = Batches::new(&ds, cfg, 0, &Device::Cpu).unwrap().next_batch().unwrap();
+    let cfg = BatchConfig {
+        batch_size: 3,
+        shuffle: false,
+        ..BatchConfig::default()
+    };
+    let b = Batches::new(&ds, cfg, 0, &Device::Cpu)
+        .unwrap()
+        .next_batch()
+        .unwrap();
     let ids: Vec<usize> = rows(&b.images).iter().map(|r| identify(r, n).0).collect();
     assert_eq!(ids, vec![0, 1, 2]);
 }
@@ -74,7 +91,12 @@ fn epochs_are_permutations_and_differ() {
 #[test]
 fn resume_from_saved_state_is_identical() {
     let ds = toy(23);
-    let cfg = BatchConfig { batch_size: 5, hflip: true, drop_last: false, ..BatchConfig::default() };
+    let cfg = BatchConfig {
+        batch_size: 5,
+        hflip: true,
+        drop_last: false,
+        ..BatchConfig::default()
+    };
     let mut full = Batches::new(&ds, cfg.clone(), 7, &Device::Cpu).unwrap();
     let all: Vec<_> = (0..17).map(|_| full.next_batch().unwrap()).collect();
     for cut in [0, 3, 5, 6, 11] {
@@ -96,8 +118,15 @@ fn resume_from_saved_state_is_identical() {
             assert_eq!(a, b);
         }
     }
-    let bad = BatchState { seed: 7, epoch: 0, position: 24 };
-    let e = Batches::resume(&ds, cfg, bad, &Device::Cpu).err().unwrap().to_string();
+    let bad = BatchState {
+        seed: 7,
+        epoch: 0,
+        position: 24,
+    };
+    let e = Batches::resume(&ds, cfg, bad, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("past the end"), "{e}");
 }
 
@@ -105,8 +134,15 @@ fn resume_from_saved_state_is_identical() {
 fn flips_mirror_rows_about_half_the_time() {
     let n = 400;
     let ds = toy(n);
-    let cfg = BatchConfig { batch_size: n, hflip: true, ..BatchConfig::default() };
-    let b = Batches::new(&ds, cfg, 1, &Device::Cpu).unwrap().next_batch().unwrap();
+    let cfg = BatchConfig {
+        batch_size: n,
+        hflip: true,
+        ..BatchConfig::default()
+    };
+    let b = Batches::new(&ds, cfg, 1, &Device::Cpu)
+        .unwrap()
+        .next_batch()
+        .unwrap();
     let mut flipped = 0;
     for r in rows(&b.images) {
         let (id, f) = identify(&r, n);
@@ -121,12 +157,30 @@ fn flips_mirror_rows_about_half_the_time() {
     // Binomial(400, 1/2): 5 sigma = 50.
     assert!((150..250).contains(&flipped), "{flipped}");
     // Off by default.
-    let cfg = BatchConfig { batch_size: n, ..BatchConfig::default() };
-    let b = Batches::new(&ds, cfg, 1, &Device::Cpu).unwrap().next_batch().unwrap();
+    let cfg = BatchConfig {
+        batch_size: n,
+        ..BatchConfig::default()
+    };
+    let b = Batches::new(&ds, cfg, 1, &Device::Cpu)
+        .unwrap()
+        .next_batch()
+        .unwrap();
     assert!(rows(&b.images).iter().all(|r| !identify(r, n).1));
     // Bad sizes are usage errors.
-    let cfg = BatchConfig { batch_size: n + 1, ..BatchConfig::default() };
-    assert!(Batches::new(&ds, cfg, 1, &Device::Cpu).err().unwrap().is_usage());
-    let cfg = BatchConfig { batch_size: 0, ..BatchConfig::default() };
-    assert!(Batches::new(&ds, cfg, 1, &Device::Cpu).err().unwrap().is_usage());
+    let cfg = BatchConfig {
+        batch_size: n + 1,
+        ..BatchConfig::default()
+    };
+    assert!(Batches::new(&ds, cfg, 1, &Device::Cpu)
+        .err()
+        .unwrap()
+        .is_usage());
+    let cfg = BatchConfig {
+        batch_size: 0,
+        ..BatchConfig::default()
+    };
+    assert!(Batches::new(&ds, cfg, 1, &Device::Cpu)
+        .err()
+        .unwrap()
+        .is_usage());
 }

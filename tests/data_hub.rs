@@ -25,9 +25,13 @@ fn png(i: usize, side: usize, channels: usize) -> Vec<u8> {
         }
     }
     let img = if channels == 1 {
-        image::DynamicImage::ImageLuma8(image::GrayImage::from_raw(side as u32, side as u32, raw).unwrap())
+        image::DynamicImage::ImageLuma8(
+            image::GrayImage::from_raw(side as u32, side as u32, raw).unwrap(),
+        )
     } else {
-        image::DynamicImage::ImageRgb8(image::RgbImage::from_raw(side as u32, side as u32, raw).unwrap())
+        image::DynamicImage::ImageRgb8(
+            image::RgbImage::from_raw(side as u32, side as u32, raw).unwrap(),
+        )
     };
     let mut buf = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
@@ -72,7 +76,9 @@ fn write_parquet(path: &Path, image_col: &str, images: &[Vec<u8>], labels: &[i64
 /// Place `file` in the cache as hf-hub lays it out: blob, snapshot symlink, ref.
 fn cache_file(hub: &Path, repo_folder: &str, filename: &str, write: impl FnOnce(&Path)) {
     let repo = hub.join(repo_folder);
-    let blob = repo.join("blobs").join(format!("etag-{}", filename.replace('/', "-")));
+    let blob = repo
+        .join("blobs")
+        .join(format!("etag-{}", filename.replace('/', "-")));
     std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
     write(&blob);
     let snap = repo.join("snapshots").join(COMMIT).join(filename);
@@ -85,7 +91,9 @@ fn cache_file(hub: &Path, repo_folder: &str, filename: &str, write: impl FnOnce(
 
 fn bytes_of(t: &candle_core::Tensor) -> Vec<u8> {
     let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-    v.iter().map(|x| ((x + 1.0) * 127.5).round() as u8).collect()
+    v.iter()
+        .map(|x| ((x + 1.0) * 127.5).round() as u8)
+        .collect()
 }
 
 #[test]
@@ -108,16 +116,26 @@ fn hub_cache_offline_mnist_cifar_and_fallbacks() {
     let ds = data::load(&cfg("mnist", Split::Train)).unwrap();
     assert_eq!(ds.len(), 10000);
     assert!(ds.source.contains("bundled"), "{}", ds.source);
-    let e = data::load(&cfg("cifar10", Split::Train)).unwrap_err().to_string();
-    assert!(e.contains("cifar10 not found") && e.contains("HF_HUB_OFFLINE"), "{e}");
+    let e = data::load(&cfg("cifar10", Split::Train))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cifar10 not found") && e.contains("HF_HUB_OFFLINE"),
+        "{e}"
+    );
     assert!(!e.contains('\n'));
 
     // MNIST train split in the cache: 5 digits.
     let labels = [3i64, 1, 4, 1, 5];
-    cache_file(&hub, "datasets--ylecun--mnist", "mnist/train/0000.parquet", |p| {
-        let imgs: Vec<Vec<u8>> = (0..5).map(|i| png(i, 28, 1)).collect();
-        write_parquet(p, "image", &imgs, &labels)
-    });
+    cache_file(
+        &hub,
+        "datasets--ylecun--mnist",
+        "mnist/train/0000.parquet",
+        |p| {
+            let imgs: Vec<Vec<u8>> = (0..5).map(|i| png(i, 28, 1)).collect();
+            write_parquet(p, "image", &imgs, &labels)
+        },
+    );
     let ds = data::load(&cfg("mnist", Split::Train)).unwrap();
     assert_eq!(ds.images.dims(), &[5, 1, 28, 28]);
     assert!(ds.source.contains("hub ylecun/mnist"), "{}", ds.source);
@@ -132,10 +150,15 @@ fn hub_cache_offline_mnist_cifar_and_fallbacks() {
     assert!(!ds.hflip, "digits are not flipped by default");
 
     // CIFAR-10 test split: RGB, and channel/row/column order must be CHW, not transposed.
-    cache_file(&hub, "datasets--uoft-cs--cifar10", "plain_text/test/0000.parquet", |p| {
-        let imgs: Vec<Vec<u8>> = (0..3).map(|i| png(i, 32, 3)).collect();
-        write_parquet(p, "img", &imgs, &[9, 0, 2])
-    });
+    cache_file(
+        &hub,
+        "datasets--uoft-cs--cifar10",
+        "plain_text/test/0000.parquet",
+        |p| {
+            let imgs: Vec<Vec<u8>> = (0..3).map(|i| png(i, 32, 3)).collect();
+            write_parquet(p, "img", &imgs, &[9, 0, 2])
+        },
+    );
     let ds = data::load(&cfg("cifar10", Split::Test)).unwrap();
     assert_eq!(ds.images.dims(), &[3, 3, 32, 32]);
     assert!(ds.hflip, "cifar10 flips by default");
@@ -147,9 +170,12 @@ fn hub_cache_offline_mnist_cifar_and_fallbacks() {
     }
 
     // A corrupt cached parquet file is an error naming the file, not a silent fallback.
-    cache_file(&hub, "datasets--zalando-datasets--fashion_mnist", "fashion_mnist/test/0000.parquet", |p| {
-        std::fs::write(p, b"PAR1 this is not parquet").unwrap()
-    });
+    cache_file(
+        &hub,
+        "datasets--zalando-datasets--fashion_mnist",
+        "fashion_mnist/test/0000.parquet",
+        |p| std::fs::write(p, b"PAR1 this is not parquet").unwrap(),
+    );
     let fashion = DataConfig {
         // Keep the system copy (/usr/share/datasets/fashion-mnist) out of the way only if
         // absent; when installed it legitimately wins, so only check the error otherwise.
@@ -172,6 +198,8 @@ fn hub_cache_offline_mnist_cifar_and_fallbacks() {
     // Wrong image size in a parquet file.
     let bad = home.path().join("bad.parquet");
     write_parquet(&bad, "image", &[png(0, 20, 1)], &[1]);
-    let e = diffuse::data::hub::read_parquet(&bad, 1, 28).unwrap_err().to_string();
+    let e = diffuse::data::hub::read_parquet(&bad, 1, 28)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("20x20, expected 28x28"), "{e}");
 }

@@ -17,7 +17,9 @@ fn repo_mnist() -> PathBuf {
 
 fn bytes_of(t: &Tensor) -> Vec<u8> {
     let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-    v.iter().map(|x| ((x + 1.0) * 127.5).round() as u8).collect()
+    v.iter()
+        .map(|x| ((x + 1.0) * 127.5).round() as u8)
+        .collect()
 }
 
 fn check_mnist_test(ds: &data::Dataset) {
@@ -34,7 +36,9 @@ fn check_mnist_test(ds: &data::Dataset) {
     assert_eq!(l[9999], 6);
     assert_eq!(ds.label_histogram().unwrap().unwrap(), MNIST_TEST_HISTOGRAM);
     let v: Vec<f32> = ds.images.flatten_all().unwrap().to_vec1().unwrap();
-    let (lo, hi) = v.iter().fold((1f32, -1f32), |(a, b), x| (a.min(*x), b.max(*x)));
+    let (lo, hi) = v
+        .iter()
+        .fold((1f32, -1f32), |(a, b), x| (a.min(*x), b.max(*x)));
     assert_eq!((lo, hi), (-1.0, 1.0));
 }
 
@@ -58,7 +62,11 @@ fn bundled_digits_match_known_values() {
 fn local_idx_gzip_and_plain() {
     // gzip, as shipped, found under <data_dir>/mnist.
     let ds = data::load(&cfg("mnist", repo_mnist().parent().unwrap(), Split::Test)).unwrap();
-    assert!(ds.source.ends_with("t10k-images-idx3-ubyte.gz"), "{}", ds.source);
+    assert!(
+        ds.source.ends_with("t10k-images-idx3-ubyte.gz"),
+        "{}",
+        ds.source
+    );
     check_mnist_test(&ds);
     // Plain copies straight in --data-dir.
     let tmp = tempfile::tempdir().unwrap();
@@ -69,14 +77,21 @@ fn local_idx_gzip_and_plain() {
         std::fs::write(tmp.path().join(f), plain).unwrap();
     }
     let ds = data::load(&cfg("MNIST", tmp.path(), Split::Test)).unwrap();
-    assert!(ds.source.ends_with("t10k-images-idx3-ubyte"), "{}", ds.source);
+    assert!(
+        ds.source.ends_with("t10k-images-idx3-ubyte"),
+        "{}",
+        ds.source
+    );
     check_mnist_test(&ds);
     // --limit keeps the first images.
     let mut c = cfg("mnist", tmp.path(), Split::Test);
     c.limit = Some(10);
     let ds = data::load(&c).unwrap();
     assert_eq!(ds.images.dims(), &[10, 1, 28, 28]);
-    assert_eq!(ds.label_histogram().unwrap().unwrap().iter().sum::<usize>(), 10);
+    assert_eq!(
+        ds.label_histogram().unwrap().unwrap().iter().sum::<usize>(),
+        10
+    );
 }
 
 fn write(path: &Path, bytes: &[u8]) {
@@ -117,18 +132,29 @@ fn corrupt_idx_files_are_one_line_errors() {
     let z = gz(&good);
     let e = idx_error("t10k-images-idx3-ubyte.gz", &z[..z.len() / 2]);
     assert!(e.contains("bad gzip data"), "{e}");
-    let e = idx_error("t10k-images-idx3-ubyte", &data::idx::encode(&[784], &[0; 784]));
+    let e = idx_error(
+        "t10k-images-idx3-ubyte",
+        &data::idx::encode(&[784], &[0; 784]),
+    );
     assert!(e.contains("3 dimensions"), "{e}");
     assert!(idx_error("t10k-images-idx3-ubyte", &[0, 0]).contains("too short"));
     // Labels that do not match the image count.
     let tmp = tempfile::tempdir().unwrap();
     write(&tmp.path().join("t10k-images-idx3-ubyte"), &good);
-    write(&tmp.path().join("t10k-labels-idx1-ubyte"), &data::idx::encode(&[3], &[1, 2, 3]));
-    let e = data::load(&cfg("mnist", tmp.path(), Split::Test)).unwrap_err().to_string();
+    write(
+        &tmp.path().join("t10k-labels-idx1-ubyte"),
+        &data::idx::encode(&[3], &[1, 2, 3]),
+    );
+    let e = data::load(&cfg("mnist", tmp.path(), Split::Test))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("3 labels for 2 images"), "{e}");
     // A good tiny file loads, labels optional.
     let tmp = tempfile::tempdir().unwrap();
-    write(&tmp.path().join("mnist/t10k-images-idx3-ubyte.gz"), &gz(&good));
+    write(
+        &tmp.path().join("mnist/t10k-images-idx3-ubyte.gz"),
+        &gz(&good),
+    );
     let ds = data::load(&cfg("mnist", tmp.path(), Split::Test)).unwrap();
     assert_eq!(ds.images.dims(), &[2, 1, 28, 28]);
     assert!(ds.labels.is_none());
@@ -139,10 +165,16 @@ fn unknown_dataset_names_the_choices() {
     let e = data::load(&cfg("imagenet", Path::new("data"), Split::Train)).unwrap_err();
     assert!(e.is_usage());
     let e = e.to_string();
-    assert!(e.contains("unknown dataset 'imagenet'") && e.contains("fashion-mnist"), "{e}");
+    assert!(
+        e.contains("unknown dataset 'imagenet'") && e.contains("fashion-mnist"),
+        "{e}"
+    );
     let e = data::DatasetKind::parse(file!()).unwrap_err().to_string();
     assert!(e.contains("is a file"), "{e}");
-    assert_eq!(data::DatasetKind::parse("Fashion_MNIST").unwrap(), data::DatasetKind::FashionMnist);
+    assert_eq!(
+        data::DatasetKind::parse("Fashion_MNIST").unwrap(),
+        data::DatasetKind::FashionMnist
+    );
     assert!("valid".parse::<Split>().is_err());
 }
 
@@ -171,12 +203,16 @@ fn cifar10_binary_batches() {
     assert_eq!(b[3 * 3072 + i], ((i + 2 * 7 + 1) % 256) as u8);
     // Bad label and ragged length.
     write(&dir.join("test_batch.bin"), &[0u8; 3073 + 5]);
-    let e = data::load(&cfg("cifar10", tmp.path(), Split::Test)).unwrap_err().to_string();
+    let e = data::load(&cfg("cifar10", tmp.path(), Split::Test))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not a whole number of CIFAR-10 records"), "{e}");
     let mut rec = vec![0u8; 3073];
     rec[0] = 12;
     write(&dir.join("test_batch.bin"), &rec);
-    let e = data::load(&cfg("cifar10", tmp.path(), Split::Test)).unwrap_err().to_string();
+    let e = data::load(&cfg("cifar10", tmp.path(), Split::Test))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("label 12"), "{e}");
 }
 
@@ -191,7 +227,11 @@ fn folder_of_images_gray_rgb_sizes_and_bad_files() {
     let root = tmp.path();
     // Uniform images, so resizing keeps the value exactly.
     save(
-        image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(40, 20, image::Rgb([255, 0, 51]))),
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            40,
+            20,
+            image::Rgb([255, 0, 51]),
+        )),
         &root.join("a.png"),
     );
     save(
@@ -199,7 +239,11 @@ fn folder_of_images_gray_rgb_sizes_and_bad_files() {
         &root.join("sub/deeper/b.PNG"),
     );
     save(
-        image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(50, 70, image::Rgb([0, 255, 0]))),
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            50,
+            70,
+            image::Rgb([0, 255, 0]),
+        )),
         &root.join("sub/c.jpg"),
     );
     write(&root.join("sub/broken.png"), b"\x89PNG not really");
@@ -214,7 +258,11 @@ fn folder_of_images_gray_rgb_sizes_and_bad_files() {
     // Sorted order: a.png, sub/c.jpg, sub/deeper/b.PNG.
     assert_eq!((b[0], b[64], b[128]), (255, 0, 51));
     let jpg = &b[192..192 + 192];
-    assert!(jpg[0] < 8 && jpg[64] > 247 && jpg[128] < 8, "jpeg green: {:?}", &jpg[..3]);
+    assert!(
+        jpg[0] < 8 && jpg[64] > 247 && jpg[128] < 8,
+        "jpeg green: {:?}",
+        &jpg[..3]
+    );
     assert_eq!((b[384], b[384 + 64], b[384 + 128]), (102, 102, 102));
     // Gray: one channel, luma of the colours.
     c.in_channels = 1;
@@ -227,13 +275,24 @@ fn folder_of_images_gray_rgb_sizes_and_bad_files() {
     assert!(data::load(&c).unwrap_err().is_usage());
     let empty = tempfile::tempdir().unwrap();
     std::fs::create_dir(empty.path().join("nested")).unwrap();
-    let e = data::load(&cfg(empty.path().to_str().unwrap(), Path::new("data"), Split::Train))
-        .unwrap_err()
-        .to_string();
+    let e = data::load(&cfg(
+        empty.path().to_str().unwrap(),
+        Path::new("data"),
+        Split::Train,
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("no PNG or JPEG images found"), "{e}");
     write(&empty.path().join("x.jpg"), b"nope");
-    let e = data::load(&cfg(empty.path().to_str().unwrap(), Path::new("data"), Split::Train))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("none of the 1 image files could be decoded"), "{e}");
+    let e = data::load(&cfg(
+        empty.path().to_str().unwrap(),
+        Path::new("data"),
+        Split::Train,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("none of the 1 image files could be decoded"),
+        "{e}"
+    );
 }

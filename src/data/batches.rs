@@ -81,7 +81,12 @@ impl Batches {
     }
 
     /// Continue from a saved state.
-    pub fn resume(ds: &Dataset, cfg: BatchConfig, state: BatchState, device: &Device) -> Result<Self> {
+    pub fn resume(
+        ds: &Dataset,
+        cfg: BatchConfig,
+        state: BatchState,
+        device: &Device,
+    ) -> Result<Self> {
         let n = ds.len();
         if cfg.batch_size == 0 {
             return Err(Error::invalid("batch size must be at least 1"));
@@ -177,7 +182,7 @@ impl Batches {
         let flip: Vec<u8> = flips[pos..pos + take].iter().map(|f| *f as u8).collect();
         let idx_t = Tensor::from_vec(idx, take, self.images.device())?;
         let mut images = self.images.index_select(&idx_t, 0)?;
-        if flip.iter().any(|f| *f == 1) {
+        if flip.contains(&1) {
             let w = images.dim(3)?;
             let rev: Vec<u32> = (0..w as u32).rev().collect();
             let rev = Tensor::from_vec(rev, w, images.device())?;

@@ -37,7 +37,7 @@ pub fn decode_batch(
     pixels: &mut Vec<f32>,
     labels: &mut Vec<u8>,
 ) -> Result<()> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         return Err(Error::format(
             path,
             format!(

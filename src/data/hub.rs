@@ -100,8 +100,10 @@ pub fn read_parquet(path: &Path, channels: usize, size: usize) -> Result<(Vec<f3
                 _ => {}
             }
         }
-        let image = image.ok_or_else(|| fail(format!("row {} has no image bytes", labels.len())))?;
-        let label = label.ok_or_else(|| fail(format!("row {} has no integer label", labels.len())))?;
+        let image =
+            image.ok_or_else(|| fail(format!("row {} has no image bytes", labels.len())))?;
+        let label =
+            label.ok_or_else(|| fail(format!("row {} has no integer label", labels.len())))?;
         let label = u8::try_from(label)
             .map_err(|_| fail(format!("row {}: label {label} out of range", labels.len())))?;
         encoded.push(image);
@@ -114,12 +116,19 @@ pub fn read_parquet(path: &Path, channels: usize, size: usize) -> Result<(Vec<f3
         .par_chunks_mut(per.max(1))
         .zip(encoded.par_iter())
         .enumerate()
-        .try_for_each(|(i, (out, bytes))| decode_into(bytes, channels, size, out).map_err(|m| fail(format!("row {i}: {m}"))))?;
+        .try_for_each(|(i, (out, bytes))| {
+            decode_into(bytes, channels, size, out).map_err(|m| fail(format!("row {i}: {m}")))
+        })?;
     Ok((pixels, labels))
 }
 
 /// Decode one encoded image into `out` as [C,H,W] in [-1,1].
-fn decode_into(bytes: &[u8], channels: usize, size: usize, out: &mut [f32]) -> std::result::Result<(), String> {
+fn decode_into(
+    bytes: &[u8],
+    channels: usize,
+    size: usize,
+    out: &mut [f32],
+) -> std::result::Result<(), String> {
     let img = image::load_from_memory(bytes).map_err(|e| format!("undecodable image: {e}"))?;
     if img.width() as usize != size || img.height() as usize != size {
         return Err(format!(

@@ -119,10 +119,7 @@ pub fn bytes_to_unit(data: &[u8]) -> Vec<f32> {
 }
 
 /// Decompress if `bytes` is gzip (by its magic bytes, not the file name), else borrow.
-pub fn maybe_gunzip<'a>(
-    bytes: &'a [u8],
-    path: &Path,
-) -> Result<std::borrow::Cow<'a, [u8]>> {
+pub fn maybe_gunzip<'a>(bytes: &'a [u8], path: &Path) -> Result<std::borrow::Cow<'a, [u8]>> {
     if bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b {
         let mut out = Vec::with_capacity(bytes.len() * 4);
         GzDecoder::new(bytes)
@@ -180,7 +177,9 @@ mod tests {
         assert_eq!((n, h, w, px.len()), (2, 3, 4, 24));
         assert_eq!(px[0], -1.0);
         assert!((px[1] - (10.0 / 127.5 - 1.0)).abs() < 1e-7);
-        assert!(parse(&buf[..buf.len() - 1]).unwrap_err().contains("short data"));
+        assert!(parse(&buf[..buf.len() - 1])
+            .unwrap_err()
+            .contains("short data"));
         let mut bad = buf.clone();
         bad[1] = 1;
         assert!(parse(&bad).unwrap_err().contains("magic"));

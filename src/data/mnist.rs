@@ -75,7 +75,11 @@ pub fn load_idx_dir(dir: &Path, split: Split) -> Result<Option<Loaded>> {
             if l.len() != n {
                 return Err(Error::format(
                     &lp,
-                    format!("{} labels for {n} images in {}", l.len(), img_path.display()),
+                    format!(
+                        "{} labels for {n} images in {}",
+                        l.len(),
+                        img_path.display()
+                    ),
                 ));
             }
             Some(l)
