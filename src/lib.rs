@@ -10,6 +10,7 @@ pub mod schedule;
 pub mod unet;
 
 pub use error::{Error, Result};
+pub mod data;
 pub mod imageio;
 pub mod noising;
 pub mod plot;

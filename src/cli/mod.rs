@@ -4,6 +4,7 @@ use diffuse::schedule::{BetaSchedule, ScheduleConfig};
 use std::path::PathBuf;
 
 mod inspect;
+mod data;
 mod noise;
 mod schedule;
 
@@ -26,6 +27,8 @@ enum Command {
     Noise(noise::NoiseCmd),
     /// Show a UNet2DModel: config, parameters per block, total and storage size.
     Inspect(inspect::InspectCmd),
+    /// Inspect training data (mnist, fashion-mnist, cifar10 or a folder of images).
+    Data(data::DataCmd),
 }
 
 /// Schedule flags shared by every subcommand that needs a schedule.
@@ -105,5 +108,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schedule(c) => schedule::run(c),
         Command::Noise(c) => noise::run(c),
         Command::Inspect(c) => inspect::run(c),
+        Command::Data(c) => data::run(c),
     }
 }
