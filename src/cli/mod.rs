@@ -3,10 +3,12 @@ use clap::{Args, Parser, Subcommand};
 use diffuse::schedule::{BetaSchedule, ScheduleConfig};
 use std::path::PathBuf;
 
-mod inspect;
 mod data;
+mod inspect;
 mod noise;
+mod sample;
 mod schedule;
+mod train;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,6 +31,10 @@ enum Command {
     Inspect(inspect::InspectCmd),
     /// Inspect training data (mnist, fashion-mnist, cifar10 or a folder of images).
     Data(data::DataCmd),
+    /// Train a UNet denoiser (epsilon, v or x0 prediction); writes a diffusers-layout model.
+    Train(Box<train::TrainCmd>),
+    /// Run the learned reverse process (DDPM, DDIM, DPM-Solver++) and write images.
+    Sample(Box<sample::SampleCmd>),
 }
 
 /// Schedule flags shared by every subcommand that needs a schedule.
@@ -96,7 +102,7 @@ impl DeviceArgs {
 
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hf_hub=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -109,5 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Noise(c) => noise::run(c),
         Command::Inspect(c) => inspect::run(c),
         Command::Data(c) => data::run(c),
+        Command::Train(c) => train::run(*c),
+        Command::Sample(c) => sample::run(*c),
     }
 }

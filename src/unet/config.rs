@@ -187,6 +187,21 @@ impl UNetConfig {
         Ok(cfg)
     }
 
+    /// (channels, height, width) of the images this model works on; sampling and training need
+    /// a `sample_size` in the config.
+    pub fn image_shape(&self) -> Result<(usize, usize, usize)> {
+        let (h, w) = match self.sample_size {
+            Some(SampleSize::Square(s)) => (s, s),
+            Some(SampleSize::Rect([h, w])) => (h, w),
+            None => {
+                return Err(Error::Model(
+                    "the UNet config has no sample_size, so the image size is unknown".into(),
+                ))
+            }
+        };
+        Ok((self.in_channels, h, w))
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json(&text, path)

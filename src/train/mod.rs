@@ -1,0 +1,548 @@
+//! `diffuse train`: the classic DDPM objective with AdamW, warm-up, clipping, EMA,
+//! atomic checkpoints, exact resume, Ctrl-C handling and NaN guards.
+//!
+//! Output directory (diffusers layout, so `DDPMPipeline.from_pretrained(out)` finds it):
+//! `unet/` (EMA weights), `scheduler/scheduler_config.json`, `training_state.safetensors`
+//! (raw weights, AdamW moments, EMA, step, data position, RNG state), `loss.csv`, `loss.png`,
+//! `samples/step_NNNNNN.png`.
+pub mod checkpoint;
+pub mod ema;
+pub mod loss;
+pub mod optim;
+
+use crate::data::{self, BatchConfig, Batches, DataConfig};
+use crate::error::{Error, Result};
+use crate::forward::ForwardProcess;
+use crate::rng::NoiseRng;
+use crate::sampler::{PredictionType, SamplerConfig, SamplerKind, SchedulerConfig};
+use crate::schedule::{Schedule, ScheduleConfig};
+use crate::unet::{self, UNetConfig};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use loss::LossWeighting;
+use optim::{AdamW, AdamWParams, LrSchedule};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything a training run needs; the CLI flags fill it, and it is stored in the state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    pub dataset: String,
+    pub data_dir: PathBuf,
+    /// Preset name (mnist, cifar10) or a config.json path.
+    pub model_config: String,
+    pub out: PathBuf,
+    pub steps: Option<usize>,
+    pub epochs: Option<usize>,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup: usize,
+    pub lr_schedule: LrSchedule,
+    pub prediction: PredictionType,
+    pub loss_weighting: LossWeighting,
+    pub schedule: ScheduleConfig,
+    pub ema_decay: f64,
+    /// Global gradient-norm clip; None disables it.
+    pub grad_clip: Option<f64>,
+    pub seed: u64,
+    /// Write a sample grid every N steps (0: only at the end).
+    pub sample_every: usize,
+    pub checkpoint_every: usize,
+    pub log_every: usize,
+    pub sample_steps: usize,
+    pub num_samples: usize,
+    pub hflip: Option<bool>,
+    /// Use at most this many training images (quick experiments and tests).
+    pub limit: Option<usize>,
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            dataset: "mnist".into(),
+            data_dir: PathBuf::from("data"),
+            model_config: "mnist".into(),
+            out: PathBuf::from("models/mnist"),
+            steps: None,
+            epochs: None,
+            batch_size: 64,
+            lr: 2e-4,
+            warmup: 500,
+            lr_schedule: LrSchedule::Cosine,
+            prediction: PredictionType::Epsilon,
+            loss_weighting: LossWeighting::None,
+            schedule: ScheduleConfig::default(),
+            ema_decay: 0.999,
+            grad_clip: Some(1.0),
+            seed: 0,
+            sample_every: 1000,
+            checkpoint_every: 500,
+            log_every: 10,
+            sample_steps: 50,
+            num_samples: 64,
+            hflip: None,
+            limit: None,
+            progress: true,
+        }
+    }
+}
+
+/// Default number of steps when neither --steps nor --epochs is given.
+pub const DEFAULT_STEPS: usize = 3000;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Finished {
+        step: usize,
+    },
+    /// Ctrl-C: the current step finished and a checkpoint was written.
+    Interrupted {
+        step: usize,
+    },
+}
+
+/// One logged point.
+#[derive(Clone, Copy, Debug)]
+pub struct LogRow {
+    pub step: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub images_per_s: f64,
+}
+
+/// Everything trainable, in name order.
+struct Trainables {
+    vars: Vec<(String, Var)>,
+}
+
+impl Trainables {
+    fn from_varmap(vm: &VarMap) -> Self {
+        let mut vars: Vec<(String, Var)> = vm
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        Self { vars }
+    }
+}
+
+/// Install a Ctrl-C handler once; returns the shared flag.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| {
+        let f = Arc::new(AtomicBool::new(false));
+        let g = f.clone();
+        if let Err(e) = ctrlc::set_handler(move || g.store(true, Ordering::SeqCst)) {
+            tracing::warn!("could not install the Ctrl-C handler: {e}");
+        }
+        f
+    })
+    .clone()
+}
+
+fn total_steps(cfg: &TrainConfig, batches_per_epoch: usize) -> Result<usize> {
+    let n = match (cfg.steps, cfg.epochs) {
+        (Some(_), Some(_)) => return Err(Error::invalid("give --steps or --epochs, not both")),
+        (Some(s), None) => s,
+        (None, Some(e)) => e * batches_per_epoch,
+        (None, None) => DEFAULT_STEPS,
+    };
+    if n == 0 {
+        return Err(Error::invalid("the run has zero steps"));
+    }
+    Ok(n)
+}
+
+fn validate(cfg: &TrainConfig) -> Result<()> {
+    if cfg.batch_size == 0 {
+        return Err(Error::invalid("--batch-size must be at least 1"));
+    }
+    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
+        return Err(Error::invalid(format!("--lr {} must be positive", cfg.lr)));
+    }
+    if !(0.0..1.0).contains(&cfg.ema_decay) {
+        return Err(Error::invalid(format!(
+            "--ema-decay {} must lie in [0, 1)",
+            cfg.ema_decay
+        )));
+    }
+    if let Some(c) = cfg.grad_clip {
+        if c <= 0.0 {
+            return Err(Error::invalid(format!("--grad-clip {c} must be positive")));
+        }
+    }
+    if cfg.log_every == 0 || cfg.checkpoint_every == 0 {
+        return Err(Error::invalid(
+            "--log-every and --checkpoint-every must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+/// The scheduler_config.json a diffusers DDPMPipeline would read for this run.
+pub fn scheduler_config(cfg: &TrainConfig) -> SchedulerConfig {
+    SchedulerConfig::ddpm(&cfg.schedule, cfg.prediction)
+}
+
+/// Run (or resume) training. `interrupt` is polled after every step.
+pub fn train(
+    cfg: &TrainConfig,
+    device: &Device,
+    resume: bool,
+    interrupt: &AtomicBool,
+) -> Result<Outcome> {
+    validate(cfg)?;
+    let ucfg = unet::preset_or_file(&cfg.model_config)?;
+    let schedule = Schedule::new(&cfg.schedule)?;
+    let t_max = schedule.len();
+    let fp = ForwardProcess::new(schedule, device)?;
+
+    let (uc, uh, uw) = ucfg.image_shape()?;
+    if uh != uw {
+        return Err(Error::Model(format!(
+            "training needs a square sample_size, the config has {uh}x{uw}"
+        )));
+    }
+    let ds = data::load(&DataConfig {
+        dataset: cfg.dataset.clone(),
+        data_dir: cfg.data_dir.clone(),
+        sample_size: uh as u32,
+        in_channels: uc,
+        hflip: cfg.hflip,
+        limit: cfg.limit,
+        ..DataConfig::default()
+    })?;
+    let (c, h, w) = ds.image_dims();
+    if (c, h, w) != (uc, uh, uw) {
+        return Err(Error::Model(format!(
+            "dataset images are {c}x{h}x{w} but the model expects {uc}x{uh}x{uw}"
+        )));
+    }
+    if ds.len() < cfg.batch_size {
+        return Err(Error::invalid(format!(
+            "the dataset has {} images, fewer than --batch-size {}",
+            ds.len(),
+            cfg.batch_size
+        )));
+    }
+    let bcfg = BatchConfig {
+        batch_size: cfg.batch_size,
+        hflip: ds.hflip,
+        ..BatchConfig::default()
+    };
+    std::fs::create_dir_all(cfg.out.join("samples")).map_err(|e| Error::io(&cfg.out, e))?;
+
+    let state_path = cfg.out.join(checkpoint::STATE_FILE);
+    let (vm, model) = unet::init(&ucfg, cfg.seed, device)?;
+    let tr = Trainables::from_varmap(&vm);
+    let mut opt = AdamW::new(tr.vars.clone(), AdamWParams::default())?;
+    let mut ema = ema::Ema::new(&tr.vars, cfg.ema_decay)?;
+    let mut rng = NoiseRng::new(cfg.seed ^ 0x7452_4149_4E00_0000);
+    let mut batches;
+    let mut step = 0usize;
+    if resume && state_path.is_file() {
+        let st = checkpoint::load(&state_path, &ucfg, device)?;
+        if st.config.model_config != cfg.model_config || st.config.prediction != cfg.prediction {
+            tracing::warn!("resuming with a different model config or prediction type than the checkpoint was written with");
+        }
+        checkpoint::restore(&st, &tr.vars, &mut opt, &mut ema)?;
+        rng = st.rng;
+        batches = Batches::resume(&ds, bcfg.clone(), st.batches, device)?;
+        step = st.step;
+        tracing::info!(step, "resumed from {}", state_path.display());
+    } else {
+        if resume {
+            tracing::warn!("--resume: no {} yet, starting fresh", state_path.display());
+        }
+        batches = Batches::new(&ds, bcfg.clone(), cfg.seed, device)?;
+        // A fresh run starts a fresh log.
+        let _ = std::fs::remove_file(cfg.out.join("loss.csv"));
+    }
+    let total = total_steps(cfg, batches.batches_per_epoch())?;
+    tracing::info!(
+        dataset = %ds.name, source = %ds.source, images = ds.len(), params = unet::param_count(&ucfg)?,
+        total, "training"
+    );
+
+    let pb = progress_bar(cfg.progress, total as u64, step as u64);
+    let mut log = LossLog::open(&cfg.out.join("loss.csv"), step)?;
+    let mut loss_acc: Option<Tensor> = None;
+    let (mut acc_n, mut t_log, mut smooth) = (0usize, Instant::now(), f64::NAN);
+    let mut last_good = step;
+
+    while step < total {
+        let lr = optim::lr_at(step, cfg.lr, cfg.warmup, total, cfg.lr_schedule);
+        let batch = batches.next_batch()?;
+        let x0 = batch.images;
+        let b = x0.dim(0)?;
+        let t_host: Vec<u32> = rng
+            .uniform_below(b, t_max as u64)
+            .into_iter()
+            .map(|t| t as u32)
+            .collect();
+        let t = Tensor::from_slice(&t_host, b, device)?;
+        let (x_t, eps) = fp.q_sample_noise(&x0, &t, &mut rng)?;
+        let target = loss::target(&fp, cfg.prediction, &x0, &t, &eps)?;
+        let wts = loss::weights(&fp, cfg.loss_weighting, cfg.prediction, &t_host)
+            .map(|w| Tensor::from_vec(w, b, device))
+            .transpose()?;
+        let pred = model.forward(&x_t, &t, true)?;
+        let loss = loss::mse(&pred, &target, wts.as_ref())?;
+        let grads = loss.backward()?;
+        let clip = opt.clip_factor(&grads, cfg.grad_clip)?;
+        opt.step(&grads, lr, clip.as_ref())?;
+        ema.update(&tr.vars)?;
+        step += 1;
+        // Keep the running loss on the device; read it back only when logging.
+        let l = loss.detach();
+        loss_acc = Some(match loss_acc {
+            Some(a) => (a + l)?,
+            None => l,
+        });
+        acc_n += 1;
+        pb.inc(1);
+
+        let stop = interrupt.load(Ordering::SeqCst);
+        let want_ckpt = step.is_multiple_of(cfg.checkpoint_every) || step == total || stop;
+        if step.is_multiple_of(cfg.log_every) || want_ckpt {
+            let mean = loss_acc
+                .take()
+                .expect("accumulated")
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?
+                / acc_n as f64;
+            if !mean.is_finite() {
+                pb.abandon();
+                return Err(Error::Runtime(format!(
+                    "loss became {mean} between steps {} and {step}; stopped. The last good checkpoint (step {last_good}) is in {}. Try a lower --lr or --grad-clip.",
+                    step - acc_n + 1,
+                    cfg.out.display()
+                )));
+            }
+            let ips = (acc_n * b) as f64 / t_log.elapsed().as_secs_f64();
+            smooth = if smooth.is_nan() {
+                mean
+            } else {
+                0.9 * smooth + 0.1 * mean
+            };
+            log.push(LogRow {
+                step,
+                loss: mean,
+                lr,
+                images_per_s: ips,
+            })?;
+            pb.set_message(format!("loss {smooth:.4}  {ips:.0} img/s"));
+            acc_n = 0;
+            t_log = Instant::now();
+        }
+        if want_ckpt {
+            checkpoint::save(
+                &cfg.out,
+                cfg,
+                &ucfg,
+                step,
+                &tr.vars,
+                &opt,
+                &ema,
+                &rng,
+                batches.state(),
+            )?;
+            export(&cfg.out, cfg, &ucfg, &ema, device)?;
+            last_good = step;
+            log.plot(&cfg.out.join("loss.png"))?;
+        }
+        let want_samples =
+            (cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every)) || step == total;
+        if want_samples && !stop {
+            let path = cfg.out.join("samples").join(format!("step_{step:06}.png"));
+            pb.suspend(|| {
+                tracing::info!("sampling {} images to {}", cfg.num_samples, path.display())
+            });
+            let grid = sample_grid(cfg, &ucfg, &ema, device)?;
+            crate::imageio::save_png(&crate::imageio::upscale(&grid, 256), &path)?;
+        }
+        if stop {
+            pb.abandon_with_message(format!("interrupted at step {step}; checkpoint written"));
+            return Ok(Outcome::Interrupted { step });
+        }
+    }
+    pb.finish_with_message("done");
+    Ok(Outcome::Finished { step })
+}
+
+fn progress_bar(show: bool, total: u64, pos: u64) -> indicatif::ProgressBar {
+    let pb = if show {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} ({per_sec}, ETA {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_position(pos);
+    pb
+}
+
+/// EMA weights as a VarMap (for export).
+fn ema_varmap(ema: &ema::Ema) -> Result<VarMap> {
+    unet::io::varmap_from(
+        ema.shadow
+            .iter()
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect(),
+    )
+}
+
+/// Write unet/ (EMA weights) and scheduler/scheduler_config.json.
+fn export(
+    out: &Path,
+    cfg: &TrainConfig,
+    ucfg: &UNetConfig,
+    ema: &ema::Ema,
+    _device: &Device,
+) -> Result<()> {
+    unet::save(&out.join("unet"), ucfg, &ema_varmap(ema)?)?;
+    let sdir = out.join("scheduler");
+    std::fs::create_dir_all(&sdir).map_err(|e| Error::io(&sdir, e))?;
+    scheduler_config(cfg).save(&sdir.join("scheduler_config.json"))?;
+    // model_index.json lets DDPMPipeline.from_pretrained(out) assemble the pipeline.
+    let index = serde_json::json!({
+        "_class_name": "DDPMPipeline",
+        "_diffusers_version": "0.42.1",
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "unet": ["diffusers", "UNet2DModel"],
+    });
+    crate::fsutil::write_bytes_atomic(
+        &out.join("model_index.json"),
+        serde_json::to_string_pretty(&index)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+}
+
+/// DDIM-50 (fixed seed) grid from the EMA weights.
+fn sample_grid(
+    cfg: &TrainConfig,
+    ucfg: &UNetConfig,
+    ema: &ema::Ema,
+    device: &Device,
+) -> Result<image::RgbImage> {
+    let model = unet::frozen(ucfg, &ema_varmap(ema)?, device)?;
+    let scfg = SamplerConfig {
+        kind: SamplerKind::Ddim,
+        steps: cfg.sample_steps,
+        eta: 0.0,
+        scheduler: scheduler_config(cfg),
+    };
+    let n = cfg.num_samples.max(1);
+    let mut rng = NoiseRng::new(1234);
+    let (c, h, w) = ucfg.image_shape()?;
+    let x_t = rng.randn((n, c, h, w), device)?;
+    let mut f = |x: &Tensor, t: &Tensor| model.forward(x, t, false);
+    let x0 = crate::sampler::sample(&mut f, &x_t, &scfg, &mut rng, None)?;
+    crate::imageio::grid(&x0.to_device(&Device::Cpu)?, 2)
+}
+
+/// loss.csv (appended, atomically rewritten on resume) and loss.png.
+struct LossLog {
+    path: PathBuf,
+    rows: Vec<LogRow>,
+}
+
+impl LossLog {
+    /// Read existing rows up to `step` (resume) so the log continues seamlessly.
+    fn open(path: &Path, step: usize) -> Result<Self> {
+        let mut rows = Vec::new();
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for line in text.lines().skip(1) {
+                let f: Vec<f64> = line.split(',').filter_map(|x| x.parse().ok()).collect();
+                if f.len() == 4 && (f[0] as usize) <= step {
+                    rows.push(LogRow {
+                        step: f[0] as usize,
+                        loss: f[1],
+                        lr: f[2],
+                        images_per_s: f[3],
+                    });
+                }
+            }
+        }
+        let log = Self {
+            path: path.to_path_buf(),
+            rows,
+        };
+        log.write()?;
+        Ok(log)
+    }
+
+    fn push(&mut self, row: LogRow) -> Result<()> {
+        self.rows.push(row);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?;
+        writeln!(
+            f,
+            "{},{:?},{:e},{:.1}",
+            row.step, row.loss, row.lr, row.images_per_s
+        )
+        .map_err(|e| Error::io(&self.path, e))
+    }
+
+    fn write(&self) -> Result<()> {
+        crate::fsutil::write_atomic(&self.path, |w| {
+            writeln!(w, "step,loss,lr,images_per_s")?;
+            for r in &self.rows {
+                writeln!(
+                    w,
+                    "{},{:?},{:e},{:.1}",
+                    r.step, r.loss, r.lr, r.images_per_s
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn plot(&self, path: &Path) -> Result<()> {
+        if self.rows.len() < 2 {
+            return Ok(());
+        }
+        let mut smooth = Vec::with_capacity(self.rows.len());
+        let mut s = self.rows[0].loss;
+        for r in &self.rows {
+            s = 0.95 * s + 0.05 * r.loss;
+            smooth.push((r.step as f64, s));
+        }
+        crate::plot::write_figure(
+            path,
+            "step",
+            &[crate::plot::Panel {
+                title: "training loss".into(),
+                y_label: "MSE".into(),
+                series: vec![
+                    crate::plot::Series {
+                        name: "loss".into(),
+                        points: self.rows.iter().map(|r| (r.step as f64, r.loss)).collect(),
+                    },
+                    crate::plot::Series {
+                        name: "smoothed".into(),
+                        points: smooth,
+                    },
+                ],
+            }],
+        )
+    }
+}
