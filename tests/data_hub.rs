@@ -1,6 +1,7 @@
 //! The hub path without network: a temporary HF_HOME laid out like the hub cache (refs,
 //! snapshots pointing at blobs) holding tiny parquet files written here, HF_HUB_OFFLINE=1.
 //! One test function, because HF_HOME is process-wide.
+mod common;
 use diffuse::data::{self, DataConfig, Split};
 use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::WriterProperties;
@@ -73,20 +74,15 @@ fn write_parquet(path: &Path, image_col: &str, images: &[Vec<u8>], labels: &[i64
     w.close().unwrap();
 }
 
-/// Place `file` in the cache as hf-hub lays it out: blob, snapshot symlink, ref.
 fn cache_file(hub: &Path, repo_folder: &str, filename: &str, write: impl FnOnce(&Path)) {
-    let repo = hub.join(repo_folder);
-    let blob = repo
-        .join("blobs")
-        .join(format!("etag-{}", filename.replace('/', "-")));
-    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
-    write(&blob);
-    let snap = repo.join("snapshots").join(COMMIT).join(filename);
-    std::fs::create_dir_all(snap.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink(&blob, &snap).unwrap();
-    let r = repo.join("refs/refs/convert/parquet");
-    std::fs::create_dir_all(r.parent().unwrap()).unwrap();
-    std::fs::write(r, COMMIT).unwrap();
+    common::hub_cache_file(
+        hub,
+        repo_folder,
+        "refs/convert/parquet",
+        COMMIT,
+        filename,
+        write,
+    );
 }
 
 fn bytes_of(t: &candle_core::Tensor) -> Vec<u8> {

@@ -34,7 +34,8 @@ impl Ema {
         let d = self.current_decay();
         for ((n, s), (vn, v)) in self.shadow.iter_mut().zip(vars) {
             debug_assert_eq!(n, vn);
-            *s = ((&*s * d)? + (v.as_tensor() * (1.0 - d))?)?;
+            // detach: a Var operand would chain every update into one autograd graph.
+            *s = ((&*s * d)? + (v.as_tensor().detach() * (1.0 - d))?)?;
         }
         self.updates += 1;
         Ok(())

@@ -63,3 +63,27 @@ pub fn read_schedule_csv(name: &str) -> (GoldenSchedules, Vec<String>) {
     }
     (out, header)
 }
+
+/// Place `filename` in a hub cache (`hub` = $HF_HOME/hub) as hf-hub lays it out: a blob, a
+/// snapshot symlink to it, and `refs/<git_ref>` naming the snapshot.
+pub fn hub_cache_file(
+    hub: &std::path::Path,
+    repo_folder: &str,
+    git_ref: &str,
+    commit: &str,
+    filename: &str,
+    write: impl FnOnce(&std::path::Path),
+) {
+    let repo = hub.join(repo_folder);
+    let blob = repo
+        .join("blobs")
+        .join(format!("etag-{}", filename.replace('/', "-")));
+    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    write(&blob);
+    let snap = repo.join("snapshots").join(commit).join(filename);
+    std::fs::create_dir_all(snap.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&blob, &snap).unwrap();
+    let r = repo.join("refs").join(git_ref);
+    std::fs::create_dir_all(r.parent().unwrap()).unwrap();
+    std::fs::write(r, commit).unwrap();
+}
