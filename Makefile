@@ -1,5 +1,7 @@
 # diffuse: build, test, benchmark and demo targets.
 CARGO ?= cargo
+# Candle re-reads /proc/cpuinfo on every op unless the thread count is given (see src/main.rs).
+export RAYON_NUM_THREADS ?= $(shell nproc)
 # Release tests: the numeric tests (UNet, sampling chains, statistics) are ~20x faster
 # optimised, which outweighs the longer compile.
 TEST_PROFILE ?= --release

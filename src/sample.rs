@@ -86,7 +86,7 @@ pub fn scheduler_config(loc: &ModelLocation, req: &SampleRequest) -> Result<Sche
     let mut sc = match &loc.scheduler_config {
         Some(p) => SchedulerConfig::load(p)?,
         None => {
-            tracing::warn!("no scheduler_config.json found; using diffusers' DDPMScheduler defaults (linear 1e-4..0.02, T = 1000, epsilon)");
+            tracing::info!("no scheduler_config.json found; using diffusers' DDPMScheduler defaults (linear 1e-4..0.02, T = 1000, epsilon)");
             SchedulerConfig::default()
         }
     };

@@ -1,0 +1,239 @@
+//! `diffuse sample` end to end on the tiny golden UNet: deterministic for a seed, decodable
+//! grid/GIF/tensors, models from a diffusers directory and from an offline hub cache, and one-line
+//! errors for every bad input with no partial output.
+mod common;
+use assert_cmd::Command;
+use candle_core::Device;
+use std::path::{Path, PathBuf};
+
+fn diffuse() -> Command {
+    let mut c = Command::cargo_bin("diffuse").unwrap();
+    c.env_remove("RUST_LOG").env("HF_HUB_OFFLINE", "1").env(
+        "HF_HOME",
+        std::env::temp_dir().join("diffuse-test-empty-hf-home"),
+    );
+    c
+}
+
+/// A pipeline directory: unet/ (the golden tiny UNet) + scheduler/scheduler_config.json.
+fn pipeline(dir: &Path) -> PathBuf {
+    let p = dir.join("pipe");
+    std::fs::create_dir_all(p.join("unet")).unwrap();
+    std::fs::create_dir_all(p.join("scheduler")).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(
+            common::data_path("unet_tiny").join(f),
+            p.join("unet").join(f),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        p.join("scheduler/scheduler_config.json"),
+        r#"{"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear",
+            "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon", "clip_sample": true,
+            "variance_type": "fixed_small", "some_future_key": 3}"#,
+    )
+    .unwrap();
+    p
+}
+
+fn run_ok(args: &[&str]) {
+    let out = diffuse().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn samples(p: &Path) -> candle_core::Tensor {
+    candle_core::safetensors::load(p, &Device::Cpu).unwrap()["samples"].clone()
+}
+
+#[test]
+fn five_steps_deterministic_with_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = pipeline(dir.path());
+    let m = model.to_str().unwrap();
+    let (png, gif) = (dir.path().join("s.png"), dir.path().join("s.gif"));
+    let (t1, t2, t3) = (
+        dir.path().join("1.st"),
+        dir.path().join("2.st"),
+        dir.path().join("3.st"),
+    );
+    for (sampler, extra) in [
+        ("ddim", vec![]),
+        ("dpm-solver++", vec![]),
+        ("ddpm", vec!["--batch-size", "2"]),
+    ] {
+        let base = [
+            "sample",
+            "--model",
+            m,
+            "--sampler",
+            sampler,
+            "--steps",
+            "5",
+            "--num",
+            "3",
+            "--device",
+            "cpu",
+        ];
+        let with = |out: &Path, seed: &str| {
+            let mut a: Vec<&str> = base.to_vec();
+            a.extend(["--seed", seed, "--save-tensors"]);
+            a.push(out.to_str().unwrap());
+            a.extend(["-o", png.to_str().unwrap(), "--gif", gif.to_str().unwrap()]);
+            a.extend(extra.iter().copied());
+            run_ok(&a);
+        };
+        with(&t1, "7");
+        with(&t2, "7");
+        with(&t3, "8");
+        let (a, b, c) = (samples(&t1), samples(&t2), samples(&t3));
+        assert_eq!(a.dims(), &[3, 1, 16, 16]);
+        assert_eq!(
+            common::max_abs_diff(&a, &b),
+            0.0,
+            "{sampler}: same seed, same samples"
+        );
+        assert!(
+            common::max_abs_diff(&a, &c) > 1e-3,
+            "{sampler}: another seed differs"
+        );
+        // clip_sample from the scheduler config keeps x0 in [-1, 1] for DDPM/DDIM.
+        let v: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(v.iter().all(|x| x.is_finite()));
+        let img = image::open(&png).unwrap();
+        assert!(img.width() >= 256 && img.height() >= 256);
+        use image::AnimationDecoder;
+        let f = std::fs::File::open(&gif).unwrap();
+        let frames = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(f))
+            .unwrap()
+            .into_frames()
+            .collect_frames()
+            .unwrap();
+        assert_eq!(frames.len(), 6, "{sampler}: x_T + one frame per step");
+    }
+}
+
+#[test]
+fn bare_model_dir_and_offline_hub_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bare UNet2DModel folder, no scheduler config: diffusers' DDPM defaults.
+    let bare = common::data_path("unet_tiny");
+    let out = dir.path().join("bare.st");
+    run_ok(&[
+        "sample",
+        "--model",
+        bare.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--num",
+        "2",
+        "-o",
+        dir.path().join("b.png").to_str().unwrap(),
+        "--save-tensors",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(samples(&out).dims(), &[2, 1, 16, 16]);
+
+    // The same model through a hub cache laid out as hf-hub writes it, with HF_HUB_OFFLINE=1.
+    let hf = dir.path().join("hf");
+    let hub = hf.join("hub");
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        common::hub_cache_file(
+            &hub,
+            "models--acme--tiny-ddpm",
+            "main",
+            "0123abcd",
+            &format!("unet/{f}"),
+            |p| {
+                std::fs::copy(bare.join(f), p).unwrap();
+            },
+        );
+    }
+    common::hub_cache_file(
+        &hub,
+        "models--acme--tiny-ddpm",
+        "main",
+        "0123abcd",
+        "scheduler/scheduler_config.json",
+        |p| {
+            std::fs::write(p, r#"{"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"}"#).unwrap();
+        },
+    );
+    let hub_out = dir.path().join("hub.st");
+    let out = diffuse()
+        .env("HF_HOME", &hf)
+        .args([
+            "sample",
+            "--model",
+            "acme/tiny-ddpm",
+            "--steps",
+            "3",
+            "--num",
+            "2",
+            "-o",
+        ])
+        .arg(dir.path().join("h.png"))
+        .arg("--save-tensors")
+        .arg(&hub_out)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(samples(&hub_out).dims(), &[2, 1, 16, 16]);
+    // A different scheduler (cosine, v-prediction) gives different samples from the same noise.
+    assert!(common::max_abs_diff(&samples(&hub_out), &samples(&dir.path().join("bare.st"))) > 1e-3);
+}
+
+#[test]
+fn bad_inputs_one_line_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = pipeline(dir.path());
+    let m = model.to_str().unwrap();
+    let out = dir.path().join("out.png");
+    let o = out.to_str().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mismatched = dir.path().join("mismatch");
+    std::fs::create_dir_all(&mismatched).unwrap();
+    std::fs::copy(
+        common::data_path("unet_tiny/diffusion_pytorch_model.safetensors"),
+        mismatched.join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        mismatched.join("config.json"),
+        std::fs::read_to_string(common::data_path("tiny28/config.json")).unwrap(),
+    )
+    .unwrap();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["--model", empty.to_str().unwrap()],
+            1,
+            "no config.json",
+        ),
+        (vec!["--model", mismatched.to_str().unwrap()], 1, ""),
+        (vec!["--model", m, "--steps", "0"], 2, "steps"),
+        (vec!["--model", m, "--steps", "1001"], 2, "1001"),
+        (vec!["--model", m, "--eta", "1.5"], 2, "eta"),
+        (vec!["--model", m, "--sampler", "euler"], 2, "euler"),
+        (vec!["--model", "nobody/not-cached"], 1, "HF_HUB_OFFLINE"),
+        (vec!["--model", "/no/such/dir"], 2, "no such directory"),
+    ];
+    for (args, code, needle) in cases {
+        let mut a = vec!["sample", "-o", o, "--num", "2", "--device", "cpu"];
+        a.extend(args.iter().copied());
+        let r = diffuse().args(&a).output().unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(code), "{a:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{a:?}: {err}");
+        assert!(err.contains(needle), "{a:?}: {err}");
+        assert!(!out.exists(), "{a:?} left {o}");
+    }
+}
