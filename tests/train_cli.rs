@@ -60,7 +60,7 @@ fn sigint_checkpoints_and_resume_matches() {
     let steps = 120;
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let mut child = cmd(b.path(), steps, false).spawn().unwrap();
+    let child = cmd(b.path(), steps, false).spawn().unwrap();
     let t0 = Instant::now();
     while losses(b.path()).len() < 2 {
         assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
