@@ -4,6 +4,7 @@
 pub mod device;
 pub mod error;
 pub mod forward;
+pub mod kernels;
 pub mod fsutil;
 pub mod rng;
 pub mod schedule;
