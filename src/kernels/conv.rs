@@ -345,3 +345,45 @@ pub fn conv2d(
         }
     }
 }
+
+fn cpu_only(ts: &[&Tensor]) -> Result<()> {
+    if !cpu_f32(ts) {
+        return Err(Error::invalid("conv2d gradient kernels need CPU f32 tensors"));
+    }
+    Ok(())
+}
+
+/// The input gradient of `conv2d` alone (CPU f32): dy (n, co, oh, ow), w -> dx (n, ci, h, w).
+/// For benchmarks and hand-written backward passes; `conv2d`'s own backward calls the same op.
+pub fn conv2d_grad_input(
+    dy: &Tensor,
+    w: &Tensor,
+    (h, wd): (usize, usize),
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    cpu_only(&[dy, w])?;
+    let op = ConvOp {
+        pass: Pass::BwdInput { h, w: wd },
+        stride,
+        pad: padding,
+    };
+    Ok(dy.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?)
+}
+
+/// The weight gradient of `conv2d` alone (CPU f32): x, dy -> dw (co, ci, kh, kw).
+pub fn conv2d_grad_weight(
+    x: &Tensor,
+    dy: &Tensor,
+    (kh, kw): (usize, usize),
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    cpu_only(&[x, dy])?;
+    let op = ConvOp {
+        pass: Pass::BwdWeight { kh, kw },
+        stride,
+        pad: padding,
+    };
+    Ok(x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?)
+}

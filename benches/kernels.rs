@@ -1,0 +1,175 @@
+//! `cargo bench --bench kernels`: per-op medians of our CPU kernels and the Candle expressions
+//! they replace, measured in the same run (ratios, not absolute times: the machine is shared),
+//! and PyTorch's when PEER_PYTHON points at a python with torch (../shared/bench/
+//! torch_ops_bench.py, 2 threads). Shapes are the small MNIST UNet's, batch 64.
+use candle_core::{Device, Tensor, Var};
+use diffuse::kernels::{self, conv, reference};
+use diffuse::rng::NoiseRng;
+use std::collections::HashMap;
+use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Median milliseconds per call over `repeats` samples, each lasting at least ~`min_s`.
+fn time_ms<F: FnMut()>(mut f: F) -> f64 {
+    const REPEATS: usize = 9;
+    const MIN_S: f64 = 0.15;
+    f();
+    let t0 = Instant::now();
+    f();
+    let one = t0.elapsed().as_secs_f64().max(1e-9);
+    let n = ((MIN_S / one) as usize).max(1);
+    let mut v: Vec<f64> = (0..REPEATS)
+        .map(|_| {
+            let t0 = Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            t0.elapsed().as_secs_f64() * 1e3 / n as f64
+        })
+        .collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[REPEATS / 2]
+}
+
+/// torch_ops_bench.py's medians keyed by "op shape".
+fn torch_peer() -> HashMap<String, f64> {
+    let Ok(py) = std::env::var("PEER_PYTHON") else {
+        return HashMap::new();
+    };
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/torch_ops_bench.py");
+    let out = std::process::Command::new(&py)
+        .arg(&script)
+        .args(["conv", "norm"])
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Some(out) = out.ok().filter(|o| o.status.success()) else {
+        eprintln!("PEER_PYTHON={py}: torch_ops_bench.py failed; PyTorch column left empty");
+        return HashMap::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let key = format!("{} {}", v["op"].as_str()?, v["shape"].as_str()?);
+            Some((key, v["median_ms"].as_f64()?))
+        })
+        .collect()
+}
+
+fn randn(seed: u64, shape: &[usize]) -> Tensor {
+    NoiseRng::new(seed)
+        .randn(shape.to_vec(), &Device::Cpu)
+        .unwrap()
+}
+
+/// Forward then backward of sum(f(x..) * g), as torch_ops_bench.py's `*_fwdbwd` does.
+fn fwd_bwd(vars: &[Var], g: &Tensor, f: &dyn Fn(&[Tensor]) -> Tensor) {
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts);
+    (&y * g).unwrap().sum_all().unwrap().backward().unwrap();
+}
+
+struct Table {
+    torch: HashMap<String, f64>,
+}
+
+impl Table {
+    fn row(&self, op: &str, shape: &str, ours: f64, candle: Option<f64>) {
+        let torch = self.torch.get(&format!("{op} {shape}")).copied();
+        let cell = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
+        let ratio = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}x", v / ours));
+        println!(
+            "| {op} | {shape} | {:.3} | {} | {} | {} | {} |",
+            ours,
+            cell(candle),
+            cell(torch),
+            ratio(candle),
+            ratio(torch)
+        );
+    }
+}
+
+fn bench_conv(t: &Table) {
+    for &(b, ci, hw, co) in &[(64, 32, 28, 32), (64, 64, 14, 64), (64, 64, 7, 64), (64, 1, 28, 32)]
+    {
+        let shape = format!("{b}x{ci}x{hw}x{hw}->{co}");
+        let x = randn(1, &[b, ci, hw, hw]);
+        let w = (randn(2, &[co, ci, 3, 3]) * 0.1).unwrap();
+        let g = randn(3, &[b, co, hw, hw]);
+        let ours = time_ms(|| drop(kernels::conv2d(&x, &w, None, 1, 1).unwrap()));
+        let cand = time_ms(|| drop(reference::conv2d(&x, &w, None, 1, 1).unwrap()));
+        t.row("conv_fwd", &shape, ours, Some(cand));
+        let vars = [Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap()];
+        let ours = time_ms(|| {
+            fwd_bwd(&vars, &g, &|t| kernels::conv2d(&t[0], &t[1], None, 1, 1).unwrap())
+        });
+        let cand = time_ms(|| {
+            fwd_bwd(&vars, &g, &|t| reference::conv2d(&t[0], &t[1], None, 1, 1).unwrap())
+        });
+        t.row("conv_fwdbwd", &shape, ours, Some(cand));
+        let ours = time_ms(|| drop(conv::conv2d_grad_input(&g, &w, (hw, hw), 1, 1).unwrap()));
+        t.row("conv_bwd_input", &shape, ours, None);
+        let ours = time_ms(|| drop(conv::conv2d_grad_weight(&x, &g, (3, 3), 1, 1).unwrap()));
+        t.row("conv_bwd_weight", &shape, ours, None);
+    }
+}
+
+fn bench_norm(t: &Table) {
+    let dims = [64, 64, 14, 14];
+    let shape = "64x64x14x14";
+    let x = randn(1, &dims);
+    let g = randn(2, &dims);
+    let gamma = Tensor::ones(64, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let beta = Tensor::zeros(64, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let ours = time_ms(|| drop(kernels::group_norm(&x, 8, &gamma, &beta, 1e-5).unwrap()));
+    let cand = time_ms(|| drop(reference::group_norm(&x, 8, &gamma, &beta, 1e-5).unwrap()));
+    t.row("groupnorm_fwd", shape, ours, Some(cand));
+    let vars: Vec<Var> = [&x, &gamma, &beta]
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let ours = time_ms(|| {
+        fwd_bwd(&vars, &g, &|t| kernels::group_norm(&t[0], 8, &t[1], &t[2], 1e-5).unwrap())
+    });
+    let cand = time_ms(|| {
+        fwd_bwd(&vars, &g, &|t| reference::group_norm(&t[0], 8, &t[1], &t[2], 1e-5).unwrap())
+    });
+    t.row("groupnorm_fwdbwd", shape, ours, Some(cand));
+
+    let ours = time_ms(|| drop(kernels::silu(&x).unwrap()));
+    let cand = time_ms(|| drop(reference::silu(&x).unwrap()));
+    t.row("silu_fwd", shape, ours, Some(cand));
+    let vars = [Var::from_tensor(&x).unwrap()];
+    let ours = time_ms(|| fwd_bwd(&vars, &g, &|t| kernels::silu(&t[0]).unwrap()));
+    let cand = time_ms(|| fwd_bwd(&vars, &g, &|t| reference::silu(&t[0]).unwrap()));
+    t.row("silu_fwdbwd", shape, ours, Some(cand));
+    // The loss wrapper (y * g).sum() and its backward, included in every *_fwdbwd row.
+    let vars = [Var::from_tensor(&x).unwrap()];
+    let ours = time_ms(|| fwd_bwd(&vars, &g, &|t| t[0].clone()));
+    t.row("lossgrad_wrapper_fwdbwd", shape, ours, None);
+}
+
+fn main() {
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let torch = torch_peer();
+    let t = Table { torch };
+    println!(
+        "f32 CPU, {} rayon threads; medians in ms; speedup = other / ours",
+        rayon::current_num_threads()
+    );
+    println!("| op | shape | ours | Candle 0.11.1 | PyTorch | vs Candle | vs PyTorch |");
+    println!("|---|---|---|---|---|---|---|");
+    let on = |g: &str| only.is_empty() || only.iter().any(|o| o == g);
+    if on("conv") {
+        bench_conv(&t);
+    }
+    if on("norm") {
+        bench_norm(&t);
+    }
+}
