@@ -93,8 +93,12 @@ impl Table {
 }
 
 fn bench_conv(t: &Table) {
-    for &(b, ci, hw, co) in &[(64, 32, 28, 32), (64, 64, 14, 64), (64, 64, 7, 64), (64, 1, 28, 32)]
-    {
+    for &(b, ci, hw, co) in &[
+        (64, 32, 28, 32),
+        (64, 64, 14, 64),
+        (64, 64, 7, 64),
+        (64, 1, 28, 32),
+    ] {
         let shape = format!("{b}x{ci}x{hw}x{hw}->{co}");
         let x = randn(1, &[b, ci, hw, hw]);
         let w = (randn(2, &[co, ci, 3, 3]) * 0.1).unwrap();
@@ -104,10 +108,14 @@ fn bench_conv(t: &Table) {
         t.row("conv_fwd", &shape, ours, Some(cand));
         let vars = [Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap()];
         let ours = time_ms(|| {
-            fwd_bwd(&vars, &g, &|t| kernels::conv2d(&t[0], &t[1], None, 1, 1).unwrap())
+            fwd_bwd(&vars, &g, &|t| {
+                kernels::conv2d(&t[0], &t[1], None, 1, 1).unwrap()
+            })
         });
         let cand = time_ms(|| {
-            fwd_bwd(&vars, &g, &|t| reference::conv2d(&t[0], &t[1], None, 1, 1).unwrap())
+            fwd_bwd(&vars, &g, &|t| {
+                reference::conv2d(&t[0], &t[1], None, 1, 1).unwrap()
+            })
         });
         t.row("conv_fwdbwd", &shape, ours, Some(cand));
         let ours = time_ms(|| drop(conv::conv2d_grad_input(&g, &w, (hw, hw), 1, 1).unwrap()));
@@ -132,10 +140,14 @@ fn bench_norm(t: &Table) {
         .map(|t| Var::from_tensor(t).unwrap())
         .collect();
     let ours = time_ms(|| {
-        fwd_bwd(&vars, &g, &|t| kernels::group_norm(&t[0], 8, &t[1], &t[2], 1e-5).unwrap())
+        fwd_bwd(&vars, &g, &|t| {
+            kernels::group_norm(&t[0], 8, &t[1], &t[2], 1e-5).unwrap()
+        })
     });
     let cand = time_ms(|| {
-        fwd_bwd(&vars, &g, &|t| reference::group_norm(&t[0], 8, &t[1], &t[2], 1e-5).unwrap())
+        fwd_bwd(&vars, &g, &|t| {
+            reference::group_norm(&t[0], 8, &t[1], &t[2], 1e-5).unwrap()
+        })
     });
     t.row("groupnorm_fwdbwd", shape, ours, Some(cand));
 

@@ -4,8 +4,8 @@
 pub mod device;
 pub mod error;
 pub mod forward;
-pub mod kernels;
 pub mod fsutil;
+pub mod kernels;
 pub mod rng;
 pub mod schedule;
 

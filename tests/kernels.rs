@@ -32,13 +32,20 @@ fn fwd_bwd(
         .collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let y = f(&ts);
-    let g = NoiseRng::new(g_seed).randn(y.shape(), &Device::Cpu).unwrap();
+    let g = NoiseRng::new(g_seed)
+        .randn(y.shape(), &Device::Cpu)
+        .unwrap();
     let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
     let gs = ts.iter().map(|t| grads.get(t).unwrap().clone()).collect();
     (y, gs)
 }
 
-fn check(label: &str, inputs: &[Tensor], ours: impl Fn(&[Tensor]) -> Tensor, theirs: impl Fn(&[Tensor]) -> Tensor) {
+fn check(
+    label: &str,
+    inputs: &[Tensor],
+    ours: impl Fn(&[Tensor]) -> Tensor,
+    theirs: impl Fn(&[Tensor]) -> Tensor,
+) {
     let (ya, ga) = fwd_bwd(inputs, 99, ours);
     let (yb, gb) = fwd_bwd(inputs, 99, theirs);
     let e = rel_err(&ya, &yb);
@@ -130,7 +137,10 @@ fn group_norm_matches_candle_forward_and_all_gradients() {
 
 #[test]
 fn silu_matches_candle_forward_and_gradient() {
-    for (i, xs) in [vec![64, 64, 14, 14], vec![3, 5, 7, 7], vec![1]].iter().enumerate() {
+    for (i, xs) in [vec![64, 64, 14, 14], vec![3, 5, 7, 7], vec![1]]
+        .iter()
+        .enumerate()
+    {
         // x scaled by 8 reaches the saturated tails on both sides.
         let x = (randn(200 + i as u64, xs) * 8.0).unwrap();
         check(

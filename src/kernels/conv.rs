@@ -4,11 +4,12 @@
 //! the input gradient (a plain loop, no gemm). Here every pass is one gemm per image on a
 //! per-thread im2col workspace, rayon over the batch; 1x1 stride-1 unpadded convs skip im2col.
 use super::gemm::{sgemm, Mat};
+use super::par::{for_each_chunk_mut, for_each_thread, n_threads, SharedMut};
 use super::{cpu_f32, f32_data};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
-use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Shapes of one convolution: x (n, ci, h, w), w (co, ci, kh, kw), y (n, co, oh, ow).
 #[derive(Clone, Copy, Debug)]
@@ -65,7 +66,9 @@ impl Geom {
     /// Input column for output column `o` and kernel column `j`, if inside the image.
     #[inline]
     fn in_col(&self, o: usize, j: usize) -> Option<usize> {
-        (o * self.stride + j).checked_sub(self.pad).filter(|&c| c < self.w)
+        (o * self.stride + j)
+            .checked_sub(self.pad)
+            .filter(|&c| c < self.w)
     }
     /// Range of output columns whose input column for kernel column `j` lies inside the image.
     fn valid_cols(&self, j: usize) -> std::ops::Range<usize> {
@@ -165,18 +168,25 @@ fn col2im(g: &Geom, col: &[f32], dx: &mut [f32]) {
 fn fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, ohw) = (g.k(), g.out_len());
     let mut y = vec![0f32; g.n * g.co * ohw];
-    y.par_chunks_mut(g.co * ohw)
-        .zip(x.par_chunks(g.in_len()))
-        .for_each(|(yn, xn)| {
-            if g.is_pointwise() {
-                sgemm(yn, g.co, ohw, k, Mat::rows(w, k), Mat::rows(xn, ohw), false);
-            } else {
-                with_ws(k * ohw, |col| {
-                    im2col(g, xn, col);
-                    sgemm(yn, g.co, ohw, k, Mat::rows(w, k), Mat::rows(col, ohw), false);
-                });
-            }
-        });
+    for_each_chunk_mut(&mut y, g.co * ohw, |i, yn| {
+        let xn = &x[i * g.in_len()..(i + 1) * g.in_len()];
+        if g.is_pointwise() {
+            sgemm(yn, g.co, ohw, k, Mat::rows(w, k), Mat::rows(xn, ohw), false);
+        } else {
+            with_ws(k * ohw, |col| {
+                im2col(g, xn, col);
+                sgemm(
+                    yn,
+                    g.co,
+                    ohw,
+                    k,
+                    Mat::rows(w, k),
+                    Mat::rows(col, ohw),
+                    false,
+                );
+            });
+        }
+    });
     y
 }
 
@@ -184,53 +194,67 @@ fn fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
 fn bwd_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (k, ohw) = (g.k(), g.out_len());
     let mut dx = vec![0f32; g.n * g.in_len()];
-    dx.par_chunks_mut(g.in_len())
-        .zip(dy.par_chunks(g.co * ohw))
-        .for_each(|(dxn, dyn_)| {
-            if g.is_pointwise() {
-                sgemm(dxn, k, ohw, g.co, Mat::t(w, k), Mat::rows(dyn_, ohw), false);
-            } else {
-                with_ws(k * ohw, |col| {
-                    sgemm(col, k, ohw, g.co, Mat::t(w, k), Mat::rows(dyn_, ohw), false);
-                    col2im(g, col, dxn);
-                });
-            }
-        });
+    for_each_chunk_mut(&mut dx, g.in_len(), |i, dxn| {
+        let dyn_ = &dy[i * g.co * ohw..(i + 1) * g.co * ohw];
+        if g.is_pointwise() {
+            sgemm(dxn, k, ohw, g.co, Mat::t(w, k), Mat::rows(dyn_, ohw), false);
+        } else {
+            with_ws(k * ohw, |col| {
+                sgemm(col, k, ohw, g.co, Mat::t(w, k), Mat::rows(dyn_, ohw), false);
+                col2im(g, col, dxn);
+            });
+        }
+    });
     dx
 }
 
-/// dW = sum_n dy[n] (co x oh*ow) @ col(x[n])^T (oh*ow x k): one partial sum per rayon task,
-/// accumulated in place by gemm, then reduced.
+/// dW = sum_n dy[n] (co x oh*ow) @ col(x[n])^T (oh*ow x k): one partial sum per thread,
+/// accumulated in place by gemm over images taken from a shared cursor, then reduced.
 fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (k, ohw) = (g.k(), g.out_len());
-    let tasks = rayon::current_num_threads().clamp(1, g.n.max(1));
-    let per = g.n.div_ceil(tasks).max(1);
-    let partials: Vec<Vec<f32>> = x
-        .par_chunks(per * g.in_len())
-        .zip(dy.par_chunks(per * g.co * ohw))
-        .map(|(xs, dys)| {
-            let mut dw = vec![0f32; g.co * k];
-            for (i, (xn, dyn_)) in xs
-                .chunks(g.in_len())
-                .zip(dys.chunks(g.co * ohw))
-                .enumerate()
-            {
-                if g.is_pointwise() {
-                    sgemm(&mut dw, g.co, k, ohw, Mat::rows(dyn_, ohw), Mat::t(xn, ohw), i > 0);
-                } else {
-                    with_ws(k * ohw, |col| {
-                        im2col(g, xn, col);
-                        sgemm(&mut dw, g.co, k, ohw, Mat::rows(dyn_, ohw), Mat::t(col, ohw), i > 0);
-                    });
-                }
+    let (k, ohw, wl) = (g.k(), g.out_len(), g.co * g.k());
+    let mut partials = vec![0f32; n_threads() * wl];
+    let pp = SharedMut::new(&mut partials);
+    let next = AtomicUsize::new(0);
+    for_each_thread(|tid| {
+        // SAFETY: thread tid owns partial tid.
+        let dw = unsafe { pp.slice(tid * wl..(tid + 1) * wl) };
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= g.n {
+                break;
             }
-            dw
-        })
-        .collect();
-    let mut it = partials.into_iter();
-    let mut dw = it.next().unwrap_or_else(|| vec![0f32; g.co * k]);
+            let xn = &x[i * g.in_len()..(i + 1) * g.in_len()];
+            let dyn_ = &dy[i * g.co * ohw..(i + 1) * g.co * ohw];
+            if g.is_pointwise() {
+                sgemm(
+                    dw,
+                    g.co,
+                    k,
+                    ohw,
+                    Mat::rows(dyn_, ohw),
+                    Mat::t(xn, ohw),
+                    true,
+                );
+            } else {
+                with_ws(k * ohw, |col| {
+                    im2col(g, xn, col);
+                    sgemm(
+                        dw,
+                        g.co,
+                        k,
+                        ohw,
+                        Mat::rows(dyn_, ohw),
+                        Mat::t(col, ohw),
+                        true,
+                    );
+                });
+            }
+        }
+    });
+    let mut it = partials.chunks(wl);
+    let mut dw = it.next().map_or_else(|| vec![0f32; wl], <[f32]>::to_vec);
     for p in it {
-        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
     }
     dw
 }
@@ -265,7 +289,10 @@ impl CustomOp2 for ConvOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (a, b) = (f32_data(self.name(), s1, l1)?, f32_data(self.name(), s2, l2)?);
+        let (a, b) = (
+            f32_data(self.name(), s1, l1)?,
+            f32_data(self.name(), s2, l2)?,
+        );
         let (d1, d2) = (l1.dims(), l2.dims());
         let (s, p) = (self.stride, self.pad);
         match self.pass {
@@ -348,7 +375,9 @@ pub fn conv2d(
 
 fn cpu_only(ts: &[&Tensor]) -> Result<()> {
     if !cpu_f32(ts) {
-        return Err(Error::invalid("conv2d gradient kernels need CPU f32 tensors"));
+        return Err(Error::invalid(
+            "conv2d gradient kernels need CPU f32 tensors",
+        ));
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod act;
 pub mod conv;
 mod gemm;
 pub mod norm;
+mod par;
 pub mod reference;
 
 pub use act::silu;
@@ -18,7 +19,8 @@ use candle_core::{CpuStorage, DType, Layout, Tensor};
 
 /// True when the fast CPU path applies to all of `ts`.
 pub(crate) fn cpu_f32(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
 /// The contiguous f32 data a custom op was handed (callers make inputs contiguous first).

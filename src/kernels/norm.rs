@@ -3,10 +3,10 @@
 //! Candle's GroupNorm is ~10 allocating broadcast ops and its backward twice that: measured 15x
 //! slower than PyTorch. Here a group of one sample is a contiguous block (cg channels x hw),
 //! small enough for L1, so each block is processed by one rayon task: statistics, then output.
+use super::par::{avx2_dispatch, for_each_chunk_mut, lane_sum, lane_sum2, SharedMut};
 use super::{cpu_f32, f32_data};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug)]
 struct Dims {
@@ -36,15 +36,70 @@ impl Dims {
     }
 }
 
-/// Mean and 1/sqrt(var + eps) of one block; two passes over L1-resident data, f64 sums, so a
-/// large mean does not cancel the variance.
+/// Mean and 1/sqrt(var + eps) of one block: two passes over L1-resident data (the centred
+/// second pass keeps a large mean from cancelling the variance), in 16 f32 lanes.
+#[inline(always)]
 fn stats(x: &[f32], eps: f64) -> (f32, f32) {
     let m = x.len() as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / m;
-    let mf = mean as f32;
-    let var = x.iter().map(|&v| ((v - mf) as f64).powi(2)).sum::<f64>() / m;
+    let mf = (lane_sum(x, |v| v) / m) as f32;
+    let var = lane_sum(x, |v| (v - mf) * (v - mf)) / m;
     (mf, (1.0 / (var + eps).sqrt()) as f32)
 }
+
+/// y = (x - mean) * rstd * gamma + beta for one (sample, group) block of `gamma.len()` channels.
+#[inline(always)]
+fn fwd_block_body(xb: &[f32], yb: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64) {
+    let (mean, rstd) = stats(xb, eps);
+    let hw = xb.len() / gamma.len();
+    for (ci, (&gm, &bt)) in gamma.iter().zip(beta).enumerate() {
+        // y = x * a + b with a, b folded per channel.
+        let a = rstd * gm;
+        let b = bt - mean * a;
+        let r = ci * hw..(ci + 1) * hw;
+        for (o, &v) in yb[r.clone()].iter_mut().zip(&xb[r]) {
+            *o = v * a + b;
+        }
+    }
+}
+avx2_dispatch!(fn fwd_block(xb: &[f32], yb: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64) => fwd_block_body);
+
+/// dx for one block, and per channel (sum dy*xhat, sum dy) into `pb`.
+#[inline(always)]
+fn bwd_block_body(
+    xb: &[f32],
+    dyb: &[f32],
+    dxb: &mut [f32],
+    pb: &mut [f32],
+    gamma: &[f32],
+    eps: f64,
+) {
+    let (mean, rstd) = stats(xb, eps);
+    let hw = xb.len() / gamma.len();
+    // Pass 1: per-channel sums; a = sum(gamma dy), b = sum(gamma dy xhat).
+    let (mut a, mut b) = (0f64, 0f64);
+    for (ci, &gm) in gamma.iter().enumerate() {
+        let r = ci * hw..(ci + 1) * hw;
+        let (s_dy, s_dyx) = lane_sum2(&dyb[r.clone()], &xb[r]);
+        let s_dyxhat = (s_dyx - mean as f64 * s_dy) * rstd as f64;
+        pb[2 * ci] = s_dyxhat as f32;
+        pb[2 * ci + 1] = s_dy as f32;
+        a += gm as f64 * s_dy;
+        b += gm as f64 * s_dyxhat;
+    }
+    // Pass 2: dx = rstd * (gamma dy - a/M - xhat b/M) = gr dy + k1 x + k0.
+    let m = xb.len() as f64;
+    let (am, bm) = ((a / m) as f32, (b / m) as f32);
+    for (ci, &gm) in gamma.iter().enumerate() {
+        let gr = gm * rstd;
+        let k1 = -rstd * rstd * bm;
+        let k0 = -rstd * am - k1 * mean;
+        let r = ci * hw..(ci + 1) * hw;
+        for ((o, &g), &v) in dxb[r.clone()].iter_mut().zip(&dyb[r.clone()]).zip(&xb[r]) {
+            *o = gr * g + k1 * v + k0;
+        }
+    }
+}
+avx2_dispatch!(fn bwd_block(xb: &[f32], dyb: &[f32], dxb: &mut [f32], pb: &mut [f32], gamma: &[f32], eps: f64) => bwd_block_body);
 
 struct GnFwd {
     groups: usize,
@@ -72,24 +127,13 @@ impl CustomOp3 for GnFwd {
         if gamma.len() != d.c || beta.len() != d.c {
             candle_core::bail!("group_norm: gamma/beta need {} entries", d.c)
         }
-        let (cg, hw) = (d.cg(), d.hw);
+        let (cg, bl) = (d.cg(), d.block());
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d.block())
-            .zip(x.par_chunks(d.block()))
-            .enumerate()
-            .for_each(|(blk, (yb, xb))| {
-                let (mean, rstd) = stats(xb, self.eps);
-                let c0 = (blk % d.groups) * cg;
-                for ci in 0..cg {
-                    // y = x * a + b with a, b folded per channel.
-                    let a = rstd * gamma[c0 + ci];
-                    let b = beta[c0 + ci] - mean * a;
-                    let r = ci * hw..(ci + 1) * hw;
-                    for (o, &v) in yb[r.clone()].iter_mut().zip(&xb[r]) {
-                        *o = v * a + b;
-                    }
-                }
-            });
+        for_each_chunk_mut(&mut y, bl, |blk, yb| {
+            let c0 = (blk % d.groups) * cg;
+            let xb = &x[blk * bl..(blk + 1) * bl];
+            fwd_block(xb, yb, &gamma[c0..c0 + cg], &beta[c0..c0 + cg], self.eps);
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -142,50 +186,25 @@ impl CustomOp3 for GnBwd {
         if gamma.len() != d.c || dy.len() != x.len() {
             candle_core::bail!("group_norm backward: shape mismatch")
         }
-        let (cg, hw, nel) = (d.cg(), d.hw, x.len());
+        let (cg, bl, nel) = (d.cg(), d.block(), x.len());
         let mut out = vec![0f32; nel + 2 * d.c];
         // Per (sample, channel): sum(dy * xhat) and sum(dy), reduced over samples below.
         let mut part = vec![0f32; d.n * d.c * 2];
-        out[..nel]
-            .par_chunks_mut(d.block())
-            .zip(x.par_chunks(d.block()))
-            .zip(dy.par_chunks(d.block()))
-            .zip(part.par_chunks_mut(2 * cg))
-            .enumerate()
-            .for_each(|(blk, (((dxb, xb), dyb), pb))| {
-                let (mean, rstd) = stats(xb, self.eps);
-                let c0 = (blk % d.groups) * cg;
-                // Pass 1: per-channel sums; a = sum(gamma dy), b = sum(gamma dy xhat).
-                let (mut a, mut b) = (0f64, 0f64);
-                for ci in 0..cg {
-                    let r = ci * hw..(ci + 1) * hw;
-                    let (mut s_dy, mut s_dyx) = (0f32, 0f32);
-                    for (&g, &v) in dyb[r.clone()].iter().zip(&xb[r]) {
-                        s_dy += g;
-                        s_dyx += g * v;
-                    }
-                    let s_dyxhat = (s_dyx - mean * s_dy) * rstd;
-                    pb[2 * ci] = s_dyxhat;
-                    pb[2 * ci + 1] = s_dy;
-                    let gm = gamma[c0 + ci] as f64;
-                    a += gm * s_dy as f64;
-                    b += gm * s_dyxhat as f64;
-                }
-                // Pass 2: dx = rstd * (gamma dy - a/M - xhat b/M).
-                let m = d.block() as f64;
-                let (am, bm) = ((a / m) as f32, (b / m) as f32);
-                for ci in 0..cg {
-                    let gr = gamma[c0 + ci] * rstd;
-                    // rstd*(gamma dy - am - (x-mean) rstd bm) = gr dy + k1 x + k0
-                    let k1 = -rstd * rstd * bm;
-                    let k0 = -rstd * am - k1 * mean;
-                    let r = ci * hw..(ci + 1) * hw;
-                    for ((o, &g), &v) in dxb[r.clone()].iter_mut().zip(&dyb[r.clone()]).zip(&xb[r])
-                    {
-                        *o = gr * g + k1 * v + k0;
-                    }
-                }
-            });
+        let pp = SharedMut::new(&mut part);
+        for_each_chunk_mut(&mut out[..nel], bl, |blk, dxb| {
+            let c0 = (blk % d.groups) * cg;
+            let r = blk * bl..(blk + 1) * bl;
+            // SAFETY: block blk owns entries [2*cg*blk, 2*cg*(blk+1)) of `part`.
+            let pb = unsafe { pp.slice(2 * cg * blk..2 * cg * (blk + 1)) };
+            bwd_block(
+                &x[r.clone()],
+                &dy[r],
+                dxb,
+                pb,
+                &gamma[c0..c0 + cg],
+                self.eps,
+            );
+        });
         let (dg, db) = out[nel..].split_at_mut(d.c);
         for (i, p) in part.chunks(2).enumerate() {
             dg[i % d.c] += p[0];
