@@ -11,26 +11,41 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Median milliseconds per call over `repeats` samples, each lasting at least ~`min_s`.
-fn time_ms<F: FnMut()>(mut f: F) -> f64 {
-    const REPEATS: usize = 9;
-    const MIN_S: f64 = 0.15;
+const REPEATS: usize = 15;
+const MIN_S: f64 = 0.05;
+
+/// Calls per sample so that one sample lasts ~MIN_S.
+fn calls_per_sample(f: &mut dyn FnMut()) -> usize {
     f();
     let t0 = Instant::now();
     f();
-    let one = t0.elapsed().as_secs_f64().max(1e-9);
-    let n = ((MIN_S / one) as usize).max(1);
-    let mut v: Vec<f64> = (0..REPEATS)
-        .map(|_| {
-            let t0 = Instant::now();
-            for _ in 0..n {
-                f();
-            }
-            t0.elapsed().as_secs_f64() * 1e3 / n as f64
-        })
-        .collect();
+    ((MIN_S / t0.elapsed().as_secs_f64().max(1e-9)) as usize).max(1)
+}
+
+fn sample_ms(f: &mut dyn FnMut(), n: usize) -> f64 {
+    let t0 = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    t0.elapsed().as_secs_f64() * 1e3 / n as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[REPEATS / 2]
+    v[v.len() / 2]
+}
+
+/// Median ms per call of each of `fs`, with their samples interleaved so that a burst of load
+/// from other processes hits all of them alike (the machine is shared).
+fn time_ms(fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    let ns: Vec<usize> = fs.iter_mut().map(|f| calls_per_sample(*f)).collect();
+    let mut samples = vec![Vec::new(); fs.len()];
+    for _ in 0..REPEATS {
+        for ((f, &n), s) in fs.iter_mut().zip(&ns).zip(&mut samples) {
+            s.push(sample_ms(*f, n));
+        }
+    }
+    samples.into_iter().map(median).collect()
 }
 
 /// torch_ops_bench.py's medians keyed by "op shape".
@@ -103,25 +118,21 @@ fn bench_conv(t: &Table) {
         let x = randn(1, &[b, ci, hw, hw]);
         let w = (randn(2, &[co, ci, 3, 3]) * 0.1).unwrap();
         let g = randn(3, &[b, co, hw, hw]);
-        let ours = time_ms(|| drop(kernels::conv2d(&x, &w, None, 1, 1).unwrap()));
-        let cand = time_ms(|| drop(reference::conv2d(&x, &w, None, 1, 1).unwrap()));
-        t.row("conv_fwd", &shape, ours, Some(cand));
         let vars = [Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap()];
-        let ours = time_ms(|| {
-            fwd_bwd(&vars, &g, &|t| {
-                kernels::conv2d(&t[0], &t[1], None, 1, 1).unwrap()
-            })
-        });
-        let cand = time_ms(|| {
-            fwd_bwd(&vars, &g, &|t| {
-                reference::conv2d(&t[0], &t[1], None, 1, 1).unwrap()
-            })
-        });
-        t.row("conv_fwdbwd", &shape, ours, Some(cand));
-        let ours = time_ms(|| drop(conv::conv2d_grad_input(&g, &w, (hw, hw), 1, 1).unwrap()));
-        t.row("conv_bwd_input", &shape, ours, None);
-        let ours = time_ms(|| drop(conv::conv2d_grad_weight(&x, &g, (3, 3), 1, 1).unwrap()));
-        t.row("conv_bwd_weight", &shape, ours, None);
+        let ours = |t: &[Tensor]| kernels::conv2d(&t[0], &t[1], None, 1, 1).unwrap();
+        let cand = |t: &[Tensor]| reference::conv2d(&t[0], &t[1], None, 1, 1).unwrap();
+        let m = time_ms(&mut [
+            &mut || drop(kernels::conv2d(&x, &w, None, 1, 1).unwrap()),
+            &mut || drop(reference::conv2d(&x, &w, None, 1, 1).unwrap()),
+            &mut || fwd_bwd(&vars, &g, &ours),
+            &mut || fwd_bwd(&vars, &g, &cand),
+            &mut || drop(conv::conv2d_grad_input(&g, &w, (hw, hw), 1, 1).unwrap()),
+            &mut || drop(conv::conv2d_grad_weight(&x, &g, (3, 3), 1, 1).unwrap()),
+        ]);
+        t.row("conv_fwd", &shape, m[0], Some(m[1]));
+        t.row("conv_fwdbwd", &shape, m[2], Some(m[3]));
+        t.row("conv_bwd_input", &shape, m[4], None);
+        t.row("conv_bwd_weight", &shape, m[5], None);
     }
 }
 
@@ -132,36 +143,33 @@ fn bench_norm(t: &Table) {
     let g = randn(2, &dims);
     let gamma = Tensor::ones(64, candle_core::DType::F32, &Device::Cpu).unwrap();
     let beta = Tensor::zeros(64, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let ours = time_ms(|| drop(kernels::group_norm(&x, 8, &gamma, &beta, 1e-5).unwrap()));
-    let cand = time_ms(|| drop(reference::group_norm(&x, 8, &gamma, &beta, 1e-5).unwrap()));
-    t.row("groupnorm_fwd", shape, ours, Some(cand));
     let vars: Vec<Var> = [&x, &gamma, &beta]
         .iter()
         .map(|t| Var::from_tensor(t).unwrap())
         .collect();
-    let ours = time_ms(|| {
-        fwd_bwd(&vars, &g, &|t| {
-            kernels::group_norm(&t[0], 8, &t[1], &t[2], 1e-5).unwrap()
-        })
-    });
-    let cand = time_ms(|| {
-        fwd_bwd(&vars, &g, &|t| {
-            reference::group_norm(&t[0], 8, &t[1], &t[2], 1e-5).unwrap()
-        })
-    });
-    t.row("groupnorm_fwdbwd", shape, ours, Some(cand));
+    let ours = |t: &[Tensor]| kernels::group_norm(&t[0], 8, &t[1], &t[2], 1e-5).unwrap();
+    let cand = |t: &[Tensor]| reference::group_norm(&t[0], 8, &t[1], &t[2], 1e-5).unwrap();
+    let m = time_ms(&mut [
+        &mut || drop(kernels::group_norm(&x, 8, &gamma, &beta, 1e-5).unwrap()),
+        &mut || drop(reference::group_norm(&x, 8, &gamma, &beta, 1e-5).unwrap()),
+        &mut || fwd_bwd(&vars, &g, &ours),
+        &mut || fwd_bwd(&vars, &g, &cand),
+    ]);
+    t.row("groupnorm_fwd", shape, m[0], Some(m[1]));
+    t.row("groupnorm_fwdbwd", shape, m[2], Some(m[3]));
 
-    let ours = time_ms(|| drop(kernels::silu(&x).unwrap()));
-    let cand = time_ms(|| drop(reference::silu(&x).unwrap()));
-    t.row("silu_fwd", shape, ours, Some(cand));
-    let vars = [Var::from_tensor(&x).unwrap()];
-    let ours = time_ms(|| fwd_bwd(&vars, &g, &|t| kernels::silu(&t[0]).unwrap()));
-    let cand = time_ms(|| fwd_bwd(&vars, &g, &|t| reference::silu(&t[0]).unwrap()));
-    t.row("silu_fwdbwd", shape, ours, Some(cand));
-    // The loss wrapper (y * g).sum() and its backward, included in every *_fwdbwd row.
-    let vars = [Var::from_tensor(&x).unwrap()];
-    let ours = time_ms(|| fwd_bwd(&vars, &g, &|t| t[0].clone()));
-    t.row("lossgrad_wrapper_fwdbwd", shape, ours, None);
+    let xv = [Var::from_tensor(&x).unwrap()];
+    let m = time_ms(&mut [
+        &mut || drop(kernels::silu(&x).unwrap()),
+        &mut || drop(reference::silu(&x).unwrap()),
+        &mut || fwd_bwd(&xv, &g, &|t| kernels::silu(&t[0]).unwrap()),
+        &mut || fwd_bwd(&xv, &g, &|t| reference::silu(&t[0]).unwrap()),
+        // The loss wrapper sum(y * g) and its backward, included in every *_fwdbwd row.
+        &mut || fwd_bwd(&xv, &g, &|t| t[0].clone()),
+    ]);
+    t.row("silu_fwd", shape, m[0], Some(m[1]));
+    t.row("silu_fwdbwd", shape, m[2], Some(m[3]));
+    t.row("lossgrad_wrapper_fwdbwd", shape, m[4], None);
 }
 
 fn main() {
