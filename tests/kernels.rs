@@ -151,3 +151,59 @@ fn silu_matches_candle_forward_and_gradient() {
         );
     }
 }
+
+#[test]
+fn softmax_matches_candle_forward_and_gradient() {
+    for (i, xs) in [
+        vec![8, 196, 196],
+        vec![3, 5, 7],
+        vec![4, 1],
+        vec![2, 49, 49],
+    ]
+    .iter()
+    .enumerate()
+    {
+        // Scaled by 6: rows far from uniform, max subtraction matters.
+        let x = (randn(300 + i as u64, xs) * 6.0).unwrap();
+        check(
+            &format!("softmax {xs:?}"),
+            &[x],
+            |t| kernels::softmax_last_dim(&t[0]).unwrap(),
+            |t| reference::softmax_last_dim(&t[0]).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn attention_with_fused_softmax_matches_candle() {
+    let (b, n, d) = (16, 196, 64);
+    let q = randn(400, &[b, n, d]);
+    let k = randn(401, &[b, n, d]);
+    let v = randn(402, &[b, n, d]);
+    let scale = 1.0 / (d as f64).sqrt();
+    check(
+        "attention 16x196x64",
+        &[q, k, v],
+        |t| {
+            reference::attention_with(&t[0], &t[1], &t[2], scale, kernels::softmax_last_dim)
+                .unwrap()
+        },
+        |t| reference::attention(&t[0], &t[1], &t[2], scale).unwrap(),
+    );
+}
+
+#[test]
+fn upsample_matches_candle_forward_and_gradient() {
+    for (i, xs) in [[64, 64, 7, 7], [2, 3, 5, 9], [1, 17, 1, 1]]
+        .iter()
+        .enumerate()
+    {
+        let x = randn(500 + i as u64, xs);
+        check(
+            &format!("upsample2x {xs:?}"),
+            &[x],
+            |t| kernels::upsample_nearest2x(&t[0]).unwrap(),
+            |t| reference::upsample_nearest2x(&t[0]).unwrap(),
+        );
+    }
+}

@@ -14,7 +14,7 @@ const CHUNK: usize = 16 * 1024;
 /// exp(x) to ~2 ulp for x in [-87, 88] (clamped outside): 2^n * p(r) with r = x - n ln2,
 /// n rounded by the 1.5*2^23 trick so there is no float->int conversion branch.
 #[inline(always)]
-fn exp_approx(x: f32) -> f32 {
+pub(super) fn exp_approx(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     let x = x.clamp(-87.0, 88.0);
     let t = x * std::f32::consts::LOG2_E + MAGIC;

@@ -5,15 +5,19 @@
 //! on any other device or dtype it calls Candle's own ops, so CUDA/Metal builds are unchanged.
 //! Measured figures (vs Candle and PyTorch, same run) are in docs/kernels.md.
 pub mod act;
+pub mod attn;
 pub mod conv;
 mod gemm;
 pub mod norm;
 mod par;
 pub mod reference;
+pub mod upsample;
 
 pub use act::silu;
+pub use attn::softmax_last_dim;
 pub use conv::conv2d;
 pub use norm::group_norm;
+pub use upsample::upsample_nearest2x;
 
 use candle_core::{CpuStorage, DType, Layout, Tensor};
 

@@ -32,3 +32,29 @@ pub fn group_norm(
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     Ok(x.silu()?)
 }
+
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax(x, candle_core::D::Minus1)?)
+}
+
+pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    Ok(x.upsample_nearest2d(2 * h, 2 * w)?)
+}
+
+/// softmax(q k^T * scale) v on [batch, tokens, dim], as the UNet's attention block writes it.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    attention_with(q, k, v, scale, softmax_last_dim)
+}
+
+/// The same attention with a given softmax (ours or Candle's).
+pub fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    softmax: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let s = (q.matmul(&k.t()?)? * scale)?;
+    Ok(softmax(&s)?.matmul(v)?)
+}
