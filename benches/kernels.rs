@@ -55,9 +55,12 @@ fn torch_peer() -> HashMap<String, f64> {
     };
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/torch_ops_bench.py");
+    // Same thread count as ours: RAYON_NUM_THREADS (which Candle also reads), else 2.
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "2".into());
     let out = std::process::Command::new(&py)
+        .env("TORCH_THREADS", threads)
         .arg(&script)
-        .args(["conv", "norm"])
+        .args(["conv", "norm", "attn"])
         .stderr(std::process::Stdio::null())
         .output();
     let Some(out) = out.ok().filter(|o| o.status.success()) else {
@@ -172,6 +175,53 @@ fn bench_norm(t: &Table) {
     t.row("lossgrad_wrapper_fwdbwd", shape, m[4], None);
 }
 
+fn bench_attn(t: &Table) {
+    for n in [49, 196] {
+        let (b, d) = (64, 64);
+        let shape = format!("{b}x{n}x{d}");
+        let scale = 1.0 / (d as f64).sqrt();
+        let qkv: Vec<Var> = (0..3)
+            .map(|i| Var::from_tensor(&randn(10 + i, &[b, n, d])).unwrap())
+            .collect();
+        let g = randn(20, &[b, n, d]);
+        let ours = |t: &[Tensor]| {
+            reference::attention_with(&t[0], &t[1], &t[2], scale, kernels::softmax_last_dim)
+                .unwrap()
+        };
+        let cand = |t: &[Tensor]| reference::attention(&t[0], &t[1], &t[2], scale).unwrap();
+        let m = time_ms(&mut [&mut || fwd_bwd(&qkv, &g, &ours), &mut || {
+            fwd_bwd(&qkv, &g, &cand)
+        }]);
+        t.row("attn_fwdbwd", &shape, m[0], Some(m[1]));
+        let s = Var::from_tensor(&randn(30, &[b, n, n])).unwrap();
+        let gs = randn(31, &[b, n, n]);
+        let m = time_ms(&mut [
+            &mut || {
+                fwd_bwd(std::slice::from_ref(&s), &gs, &|t| {
+                    kernels::softmax_last_dim(&t[0]).unwrap()
+                })
+            },
+            &mut || {
+                fwd_bwd(std::slice::from_ref(&s), &gs, &|t| {
+                    reference::softmax_last_dim(&t[0]).unwrap()
+                })
+            },
+        ]);
+        t.row("softmax_fwdbwd", &format!("{b}x{n}x{n}"), m[0], Some(m[1]));
+    }
+}
+
+fn bench_upsample(t: &Table) {
+    let x = Var::from_tensor(&randn(1, &[64, 64, 7, 7])).unwrap();
+    let g = randn(2, &[64, 64, 14, 14]);
+    let xs = std::slice::from_ref(&x);
+    let m = time_ms(&mut [
+        &mut || fwd_bwd(xs, &g, &|t| kernels::upsample_nearest2x(&t[0]).unwrap()),
+        &mut || fwd_bwd(xs, &g, &|t| reference::upsample_nearest2x(&t[0]).unwrap()),
+    ]);
+    t.row("upsample2x_fwdbwd", "64x64x7x7", m[0], Some(m[1]));
+}
+
 fn main() {
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -191,5 +241,11 @@ fn main() {
     }
     if on("norm") {
         bench_norm(&t);
+    }
+    if on("attn") {
+        bench_attn(&t);
+    }
+    if on("upsample") {
+        bench_upsample(&t);
     }
 }
