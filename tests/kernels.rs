@@ -128,9 +128,15 @@ fn group_norm_matches_candle_forward_and_all_gradients() {
         let g = *groups;
         check(
             &format!("group_norm {xs:?} g{g} offset {offset}"),
-            &[x, gamma, beta],
+            &[x.clone(), gamma.clone(), beta.clone()],
             |t| kernels::group_norm(&t[0], g, &t[1], &t[2], 1e-5).unwrap(),
             |t| reference::group_norm(&t[0], g, &t[1], &t[2], 1e-5).unwrap(),
+        );
+        check(
+            &format!("group_norm_silu {xs:?} g{g} offset {offset}"),
+            &[x, gamma, beta],
+            |t| kernels::group_norm_silu(&t[0], g, &t[1], &t[2], 1e-5).unwrap(),
+            |t| reference::group_norm_silu(&t[0], g, &t[1], &t[2], 1e-5).unwrap(),
         );
     }
 }

@@ -4,7 +4,7 @@
 //! the input gradient (a plain loop, no gemm). Here every pass is one gemm per image on a
 //! per-thread im2col workspace, rayon over the batch; 1x1 stride-1 unpadded convs skip im2col.
 use super::gemm::{sgemm, Mat};
-use super::par::{for_each_chunk_mut, for_each_thread, n_threads, SharedMut};
+use super::par::{for_each_chunk_mut, for_each_slot, n_threads, SharedMut};
 use super::{cpu_f32, f32_data};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -208,15 +208,15 @@ fn bwd_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx
 }
 
-/// dW = sum_n dy[n] (co x oh*ow) @ col(x[n])^T (oh*ow x k): one partial sum per thread,
+/// dW = sum_n dy[n] (co x oh*ow) @ col(x[n])^T (oh*ow x k): one partial sum per slot,
 /// accumulated in place by gemm over images taken from a shared cursor, then reduced.
 fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, ohw, wl) = (g.k(), g.out_len(), g.co * g.k());
     let mut partials = vec![0f32; n_threads() * wl];
     let pp = SharedMut::new(&mut partials);
     let next = AtomicUsize::new(0);
-    for_each_thread(|tid| {
-        // SAFETY: thread tid owns partial tid.
+    for_each_slot(|tid| {
+        // SAFETY: slot tid owns partial tid.
         let dw = unsafe { pp.slice(tid * wl..(tid + 1) * wl) };
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);

@@ -16,7 +16,7 @@ pub mod upsample;
 pub use act::silu;
 pub use attn::softmax_last_dim;
 pub use conv::conv2d;
-pub use norm::group_norm;
+pub use norm::{group_norm, group_norm_silu};
 pub use upsample::upsample_nearest2x;
 
 use candle_core::{CpuStorage, DType, Layout, Tensor};

@@ -3,6 +3,7 @@
 //! Candle's GroupNorm is ~10 allocating broadcast ops and its backward twice that: measured 15x
 //! slower than PyTorch. Here a group of one sample is a contiguous block (cg channels x hw),
 //! small enough for L1, so each block is processed by one rayon task: statistics, then output.
+use super::act::sigmoid;
 use super::par::{avx2_dispatch, for_each_chunk_mut, lane_sum, lane_sum2, SharedMut};
 use super::{cpu_f32, f32_data};
 use crate::error::{Error, Result};
@@ -46,9 +47,10 @@ fn stats(x: &[f32], eps: f64) -> (f32, f32) {
     (mf, (1.0 / (var + eps).sqrt()) as f32)
 }
 
-/// y = (x - mean) * rstd * gamma + beta for one (sample, group) block of `gamma.len()` channels.
+/// y = (x - mean) * rstd * gamma + beta for one (sample, group) block of `gamma.len()` channels,
+/// then silu(y) if `silu`.
 #[inline(always)]
-fn fwd_block_body(xb: &[f32], yb: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64) {
+fn fwd_block_body(xb: &[f32], yb: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64, silu: bool) {
     let (mean, rstd) = stats(xb, eps);
     let hw = xb.len() / gamma.len();
     for (ci, (&gm, &bt)) in gamma.iter().zip(beta).enumerate() {
@@ -56,14 +58,21 @@ fn fwd_block_body(xb: &[f32], yb: &mut [f32], gamma: &[f32], beta: &[f32], eps: 
         let a = rstd * gm;
         let b = bt - mean * a;
         let r = ci * hw..(ci + 1) * hw;
-        for (o, &v) in yb[r.clone()].iter_mut().zip(&xb[r]) {
-            *o = v * a + b;
+        let it = yb[r.clone()].iter_mut().zip(&xb[r]);
+        if silu {
+            it.for_each(|(o, &v)| {
+                let z = v * a + b;
+                *o = z * sigmoid(z);
+            });
+        } else {
+            it.for_each(|(o, &v)| *o = v * a + b);
         }
     }
 }
-avx2_dispatch!(fn fwd_block(xb: &[f32], yb: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64) => fwd_block_body);
+avx2_dispatch!(fn fwd_block(xb: &[f32], yb: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64, silu: bool) => fwd_block_body);
 
-/// dx for one block, and per channel (sum dy*xhat, sum dy) into `pb`.
+/// dx for one block, and per channel (sum dz*xhat, sum dz) into `pb`, where dz is the
+/// gradient at the norm's output: dy, or dy * silu'(z) with z recomputed when `beta` is given.
 #[inline(always)]
 fn bwd_block_body(
     xb: &[f32],
@@ -71,22 +80,36 @@ fn bwd_block_body(
     dxb: &mut [f32],
     pb: &mut [f32],
     gamma: &[f32],
+    beta: Option<&[f32]>,
     eps: f64,
 ) {
     let (mean, rstd) = stats(xb, eps);
     let hw = xb.len() / gamma.len();
-    // Pass 1: per-channel sums; a = sum(gamma dy), b = sum(gamma dy xhat).
+    // Pass 1: dz into dxb; per-channel sums; a = sum(gamma dz), b = sum(gamma dz xhat).
     let (mut a, mut b) = (0f64, 0f64);
     for (ci, &gm) in gamma.iter().enumerate() {
         let r = ci * hw..(ci + 1) * hw;
-        let (s_dy, s_dyx) = lane_sum2(&dyb[r.clone()], &xb[r]);
-        let s_dyxhat = (s_dyx - mean as f64 * s_dy) * rstd as f64;
-        pb[2 * ci] = s_dyxhat as f32;
-        pb[2 * ci + 1] = s_dy as f32;
-        a += gm as f64 * s_dy;
-        b += gm as f64 * s_dyxhat;
+        let dz = &mut dxb[r.clone()];
+        match beta {
+            Some(beta) => {
+                let ac = rstd * gm;
+                let bc = beta[ci] - mean * ac;
+                for ((o, &g), &v) in dz.iter_mut().zip(&dyb[r.clone()]).zip(&xb[r.clone()]) {
+                    let z = v * ac + bc;
+                    let s = sigmoid(z);
+                    *o = g * s * (1.0 + z * (1.0 - s));
+                }
+            }
+            None => dz.copy_from_slice(&dyb[r.clone()]),
+        }
+        let (s_dz, s_dzx) = lane_sum2(dz, &xb[r]);
+        let s_dzxhat = (s_dzx - mean as f64 * s_dz) * rstd as f64;
+        pb[2 * ci] = s_dzxhat as f32;
+        pb[2 * ci + 1] = s_dz as f32;
+        a += gm as f64 * s_dz;
+        b += gm as f64 * s_dzxhat;
     }
-    // Pass 2: dx = rstd * (gamma dy - a/M - xhat b/M) = gr dy + k1 x + k0.
+    // Pass 2, in place: dx = rstd * (gamma dz - a/M - xhat b/M) = gr dz + k1 x + k0.
     let m = xb.len() as f64;
     let (am, bm) = ((a / m) as f32, (b / m) as f32);
     for (ci, &gm) in gamma.iter().enumerate() {
@@ -94,16 +117,18 @@ fn bwd_block_body(
         let k1 = -rstd * rstd * bm;
         let k0 = -rstd * am - k1 * mean;
         let r = ci * hw..(ci + 1) * hw;
-        for ((o, &g), &v) in dxb[r.clone()].iter_mut().zip(&dyb[r.clone()]).zip(&xb[r]) {
-            *o = gr * g + k1 * v + k0;
+        for (o, &v) in dxb[r.clone()].iter_mut().zip(&xb[r]) {
+            *o = gr * *o + k1 * v + k0;
         }
     }
 }
-avx2_dispatch!(fn bwd_block(xb: &[f32], dyb: &[f32], dxb: &mut [f32], pb: &mut [f32], gamma: &[f32], eps: f64) => bwd_block_body);
+avx2_dispatch!(fn bwd_block(xb: &[f32], dyb: &[f32], dxb: &mut [f32], pb: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f64) => bwd_block_body);
 
 struct GnFwd {
     groups: usize,
     eps: f64,
+    /// Apply silu to the output (fused group_norm + silu).
+    silu: bool,
 }
 
 impl CustomOp3 for GnFwd {
@@ -132,7 +157,14 @@ impl CustomOp3 for GnFwd {
         for_each_chunk_mut(&mut y, bl, |blk, yb| {
             let c0 = (blk % d.groups) * cg;
             let xb = &x[blk * bl..(blk + 1) * bl];
-            fwd_block(xb, yb, &gamma[c0..c0 + cg], &beta[c0..c0 + cg], self.eps);
+            fwd_block(
+                xb,
+                yb,
+                &gamma[c0..c0 + cg],
+                &beta[c0..c0 + cg],
+                self.eps,
+                self.silu,
+            );
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -141,13 +173,18 @@ impl CustomOp3 for GnFwd {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
+        beta: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = GnBwd {
             groups: self.groups,
             eps: self.eps,
+            beta: if self.silu {
+                Some(beta.flatten_all()?.to_vec1()?)
+            } else {
+                None
+            },
         };
         let packed = x.apply_op3_no_bwd(gamma, &dy.contiguous()?, &op)?;
         let (nel, c) = (x.elem_count(), gamma.elem_count());
@@ -163,6 +200,8 @@ impl CustomOp3 for GnFwd {
 struct GnBwd {
     groups: usize,
     eps: f64,
+    /// Set for the fused silu variant, whose backward recomputes the norm's output z.
+    beta: Option<Vec<f32>>,
 }
 
 impl CustomOp3 for GnBwd {
@@ -183,7 +222,10 @@ impl CustomOp3 for GnBwd {
         let gamma = f32_data(self.name(), s2, l2)?;
         let dy = f32_data(self.name(), s3, l3)?;
         let d = Dims::new(l1.dims(), self.groups)?;
-        if gamma.len() != d.c || dy.len() != x.len() {
+        if gamma.len() != d.c
+            || dy.len() != x.len()
+            || self.beta.as_ref().is_some_and(|b| b.len() != d.c)
+        {
             candle_core::bail!("group_norm backward: shape mismatch")
         }
         let (cg, bl, nel) = (d.cg(), d.block(), x.len());
@@ -202,6 +244,7 @@ impl CustomOp3 for GnBwd {
                 dxb,
                 pb,
                 &gamma[c0..c0 + cg],
+                self.beta.as_deref().map(|b| &b[c0..c0 + cg]),
                 self.eps,
             );
         });
@@ -222,6 +265,29 @@ pub fn group_norm(
     beta: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
+    group_norm_maybe_silu(x, num_groups, gamma, beta, eps, false)
+}
+
+/// `silu(group_norm(x, ..))` in one pass forward and one backward (the norm's output is
+/// recomputed in the backward, not stored).
+pub fn group_norm_silu(
+    x: &Tensor,
+    num_groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    group_norm_maybe_silu(x, num_groups, gamma, beta, eps, true)
+}
+
+fn group_norm_maybe_silu(
+    x: &Tensor,
+    num_groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
     let c = x.dim(1)?;
     if gamma.elem_count() != c || beta.elem_count() != c {
         return Err(Error::invalid(format!(
@@ -234,11 +300,13 @@ pub fn group_norm(
         let op = GnFwd {
             groups: num_groups,
             eps,
+            silu,
         };
         return Ok(x
             .contiguous()?
             .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?);
     }
     let gn = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, num_groups, eps)?;
-    Ok(candle_core::Module::forward(&gn, x)?)
+    let y = candle_core::Module::forward(&gn, x)?;
+    Ok(if silu { y.silu()? } else { y })
 }

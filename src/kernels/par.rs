@@ -17,9 +17,11 @@ pub fn for_each_range(n: usize, f: impl Fn(Range<usize>) + Sync) {
     barrier_pool().execute_chunked(n, f)
 }
 
-/// Run `f(tid)` once on each of the `n_threads()` threads.
-pub fn for_each_thread(f: impl Fn(usize) + Sync) {
-    barrier_pool().execute(f)
+/// Run `f(slot)` for each slot in `0..n_threads()`, spread over the pool; a slot is a unit of
+/// per-thread state (a thread may run several; inline when nested inside a pool worker,
+/// where `BarrierPool::execute` itself would deadlock).
+pub fn for_each_slot(f: impl Fn(usize) + Sync) {
+    for_each_range(n_threads(), |r| r.for_each(&f))
 }
 
 /// A raw pointer that may be shared across threads: callers guarantee disjoint writes.

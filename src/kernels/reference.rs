@@ -29,6 +29,16 @@ pub fn group_norm(
     Ok(candle_core::Module::forward(&gn, x)?)
 }
 
+pub fn group_norm_silu(
+    x: &Tensor,
+    num_groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    Ok(group_norm(x, num_groups, gamma, beta, eps)?.silu()?)
+}
+
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     Ok(x.silu()?)
 }
