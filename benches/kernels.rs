@@ -160,6 +160,23 @@ fn bench_norm(t: &Table) {
     ]);
     t.row("groupnorm_fwd", shape, m[0], Some(m[1]));
     t.row("groupnorm_fwdbwd", shape, m[2], Some(m[3]));
+    let ours = |t: &[Tensor]| kernels::group_norm_silu(&t[0], 8, &t[1], &t[2], 1e-5).unwrap();
+    let cand = |t: &[Tensor]| reference::group_norm_silu(&t[0], 8, &t[1], &t[2], 1e-5).unwrap();
+    let split = |t: &[Tensor]| {
+        kernels::silu(&kernels::group_norm(&t[0], 8, &t[1], &t[2], 1e-5).unwrap()).unwrap()
+    };
+    let m = time_ms(&mut [
+        &mut || fwd_bwd(&vars, &g, &ours),
+        &mut || fwd_bwd(&vars, &g, &cand),
+        &mut || fwd_bwd(&vars, &g, &split),
+    ]);
+    t.row("groupnorm_silu_fwdbwd", shape, m[0], Some(m[1]));
+    t.row(
+        "groupnorm_then_silu_fwdbwd (ours, unfused)",
+        shape,
+        m[2],
+        None,
+    );
 
     let xv = [Var::from_tensor(&x).unwrap()];
     let m = time_ms(&mut [
