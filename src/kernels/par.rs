@@ -58,22 +58,31 @@ pub fn for_each_chunk_mut(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut 
     })
 }
 
-/// Define `$name` calling the `#[inline(always)]` body `$body` compiled for AVX2+FMA when the
-/// CPU has it (the crate is built for baseline x86-64: SSE2, 4 lanes), else as is.
+/// Define `$name` calling the `#[inline(always)]` body `$body` compiled for AVX-512 or
+/// AVX2+FMA when the CPU has them (the crate is built for baseline x86-64: SSE2, 4 lanes),
+/// else as is. AVX-512 measured ~2x over AVX2 on silu (exp + divide bound).
 macro_rules! avx2_dispatch {
     ($vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the feature was just detected.
+                    return unsafe { v4($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
                 {
                     // SAFETY: the features were just detected.
-                    return unsafe { fast($($arg),*) };
+                    return unsafe { v3($($arg),*) };
                 }
             }
             $body($($arg),*)
