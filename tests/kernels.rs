@@ -67,7 +67,8 @@ fn randn(seed: u64, shape: &[usize]) -> Tensor {
 #[test]
 fn conv2d_matches_candle_forward_and_both_gradients() {
     // (x shape, co, k, stride, pad, bias)
-    let cases: &[([usize; 4], usize, usize, usize, usize, bool)] = &[
+    type Case = ([usize; 4], usize, usize, usize, usize, bool);
+    let cases: &[Case] = &[
         ([64, 32, 28, 28], 32, 3, 1, 1, true),
         ([64, 64, 14, 14], 64, 3, 1, 1, false),
         ([8, 32, 28, 28], 64, 3, 2, 1, true),

@@ -19,7 +19,7 @@ struct Dims {
 
 impl Dims {
     fn new(x: &[usize], groups: usize) -> candle_core::Result<Self> {
-        if x.len() < 3 || groups == 0 || x[1] % groups != 0 {
+        if x.len() < 3 || groups == 0 || !x[1].is_multiple_of(groups) {
             candle_core::bail!("group_norm: bad shape {x:?} for {groups} groups")
         }
         Ok(Self {

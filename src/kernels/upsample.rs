@@ -24,7 +24,7 @@ impl CustomOp1 for Up2 {
         let x = f32_data(self.name(), s, l)?;
         let (n, c, h, w) = l.shape().dims4()?;
         if self.down {
-            if h % 2 != 0 || w % 2 != 0 {
+            if !h.is_multiple_of(2) || !w.is_multiple_of(2) {
                 candle_core::bail!("upsample backward: odd gradient size {h}x{w}")
             }
             let (oh, ow) = (h / 2, w / 2);
