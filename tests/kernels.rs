@@ -80,6 +80,11 @@ fn conv2d_matches_candle_forward_and_both_gradients() {
         ([2, 3, 8, 8], 4, 3, 2, 0, false),
         ([1, 3, 7, 7], 3, 3, 1, 1, false),
         ([2, 4, 5, 11], 3, 3, 2, 1, false),
+        // Small images are grouped several per gemm; a batch that the group size does not
+        // divide leaves a short last group.
+        ([64, 64, 7, 7], 64, 3, 1, 1, true),
+        ([21, 6, 7, 7], 5, 3, 2, 1, false),
+        ([18, 13, 7, 7], 7, 1, 1, 0, true),
     ];
     for (i, &(xs, co, k, s, p, bias)) in cases.iter().enumerate() {
         let seed = 10 * i as u64;

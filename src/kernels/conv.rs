@@ -84,28 +84,39 @@ impl Geom {
 }
 
 thread_local! {
-    /// im2col / col2im scratch, reused across calls (k * oh * ow floats: 1.1 MB at 64ch 28x28).
+    /// im2col / col2im scratch, reused across calls (k * cols + co * cols floats: ~2 MB at
+    /// 64 channels 14x14 in groups of 2 images).
     static WS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-fn with_ws<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+/// Two scratch slices of `a` and `b` floats from this thread's workspace.
+fn with_ws<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
     WS.with(|ws| {
         let mut ws = ws.borrow_mut();
-        if ws.len() < len {
-            ws.resize(len, 0.0);
+        if ws.len() < a + b {
+            ws.resize(a + b, 0.0);
         }
-        f(&mut ws[..len])
+        let (wa, wb) = ws[..a + b].split_at_mut(a);
+        f(wa, wb)
     })
 }
 
-/// col[(c, i, j), (oh, ow)] = x[c, oh*s - p + i, ow*s - p + j], zero outside.
-fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
-    let (ohw, s) = (g.out_len(), g.stride);
+/// Images per gemm: small images are grouped so that the gemm has >= ~512 columns (one gemm
+/// per 7x7 image has 49, and the packing overhead dominated), keeping >= 2 groups per thread.
+fn group_size(g: &Geom) -> usize {
+    let want = 512usize.div_ceil(g.out_len()).clamp(1, 16);
+    want.min((g.n / (2 * n_threads())).max(1))
+}
+
+/// col[(c, i, j), off + (oh, ow)] = x[c, oh*s - p + i, ow*s - p + j], zero outside; `ld` is the
+/// row length of `col` (several images side by side).
+fn im2col(g: &Geom, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
+    let s = g.stride;
     for c in 0..g.ci {
         let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for i in 0..g.kh {
             for j in 0..g.kw {
-                let row = ((c * g.kh + i) * g.kw + j) * ohw;
+                let row = ((c * g.kh + i) * g.kw + j) * ld + off;
                 let cols = g.valid_cols(j);
                 for oy in 0..g.oh {
                     let dst = &mut col[row + oy * g.ow..row + (oy + 1) * g.ow];
@@ -130,14 +141,14 @@ fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
     }
 }
 
-/// dx[c, ...] += col[(c, i, j), (oh, ow)]: the adjoint of `im2col`. `dx` must start zeroed.
-fn col2im(g: &Geom, col: &[f32], dx: &mut [f32]) {
-    let (ohw, s) = (g.out_len(), g.stride);
+/// dx[c, ...] += col[(c, i, j), off + (oh, ow)]: the adjoint of `im2col`. `dx` starts zeroed.
+fn col2im(g: &Geom, col: &[f32], dx: &mut [f32], ld: usize, off: usize) {
+    let s = g.stride;
     for c in 0..g.ci {
         let xc = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
         for i in 0..g.kh {
             for j in 0..g.kw {
-                let row = ((c * g.kh + i) * g.kw + j) * ohw;
+                let row = ((c * g.kh + i) * g.kw + j) * ld + off;
                 let cols = g.valid_cols(j);
                 if cols.is_empty() {
                     continue;
@@ -164,54 +175,79 @@ fn col2im(g: &Geom, col: &[f32], dx: &mut [f32]) {
     }
 }
 
-/// y[n] = W (co x k) @ col(x[n]) (k x oh*ow).
-fn fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let (k, ohw) = (g.k(), g.out_len());
-    let mut y = vec![0f32; g.n * g.co * ohw];
-    for_each_chunk_mut(&mut y, g.co * ohw, |i, yn| {
-        let xn = &x[i * g.in_len()..(i + 1) * g.in_len()];
-        if g.is_pointwise() {
-            sgemm(yn, g.co, ohw, k, Mat::rows(w, k), Mat::rows(xn, ohw), false);
-        } else {
-            with_ws(k * ohw, |col| {
-                im2col(g, xn, col);
-                sgemm(
-                    yn,
-                    g.co,
-                    ohw,
-                    k,
-                    Mat::rows(w, k),
-                    Mat::rows(col, ohw),
-                    false,
-                );
-            });
+/// Copy `bn` images of (co x ohw) from `src` side by side into `dst` (co x bn*ohw), or back.
+fn interleave(dst: &mut [f32], src: &[f32], co: usize, ohw: usize, bn: usize, back: bool) {
+    let ld = bn * ohw;
+    for b in 0..bn {
+        for c in 0..co {
+            let (wide, img) = (c * ld + b * ohw, (b * co + c) * ohw);
+            if back {
+                dst[img..img + ohw].copy_from_slice(&src[wide..wide + ohw]);
+            } else {
+                dst[wide..wide + ohw].copy_from_slice(&src[img..img + ohw]);
+            }
         }
+    }
+}
+
+/// y[n] = W (co x k) @ col(x[n]) (k x oh*ow), `group_size` images per gemm.
+fn fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (k, ohw, bs) = (g.k(), g.out_len(), group_size(g));
+    let mut y = vec![0f32; g.n * g.co * ohw];
+    for_each_chunk_mut(&mut y, bs * g.co * ohw, |gi, yg| {
+        let bn = yg.len() / (g.co * ohw);
+        let xg = &x[gi * bs * g.in_len()..(gi * bs + bn) * g.in_len()];
+        let ld = bn * ohw;
+        let wm = Mat::rows(w, k);
+        if bn == 1 && g.is_pointwise() {
+            return sgemm(yg, g.co, ohw, k, wm, Mat::rows(xg, ohw), false);
+        }
+        with_ws(k * ld, if bn > 1 { g.co * ld } else { 0 }, |col, tmp| {
+            for (b, xn) in xg.chunks_exact(g.in_len()).enumerate() {
+                im2col(g, xn, col, ld, b * ohw);
+            }
+            if bn == 1 {
+                sgemm(yg, g.co, ohw, k, wm, Mat::rows(col, ohw), false);
+            } else {
+                sgemm(tmp, g.co, ld, k, wm, Mat::rows(col, ld), false);
+                interleave(yg, tmp, g.co, ohw, bn, true);
+            }
+        });
     });
     y
 }
 
-/// dx[n] = col2im(W^T (k x co) @ dy[n] (co x oh*ow)).
+/// dx[n] = col2im(W^T (k x co) @ dy[n] (co x oh*ow)), `group_size` images per gemm.
 fn bwd_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
-    let (k, ohw) = (g.k(), g.out_len());
+    let (k, ohw, bs) = (g.k(), g.out_len(), group_size(g));
     let mut dx = vec![0f32; g.n * g.in_len()];
-    for_each_chunk_mut(&mut dx, g.in_len(), |i, dxn| {
-        let dyn_ = &dy[i * g.co * ohw..(i + 1) * g.co * ohw];
-        if g.is_pointwise() {
-            sgemm(dxn, k, ohw, g.co, Mat::t(w, k), Mat::rows(dyn_, ohw), false);
-        } else {
-            with_ws(k * ohw, |col| {
-                sgemm(col, k, ohw, g.co, Mat::t(w, k), Mat::rows(dyn_, ohw), false);
-                col2im(g, col, dxn);
-            });
+    for_each_chunk_mut(&mut dx, bs * g.in_len(), |gi, dxg| {
+        let bn = dxg.len() / g.in_len();
+        let dyg = &dy[gi * bs * g.co * ohw..(gi * bs + bn) * g.co * ohw];
+        let ld = bn * ohw;
+        let wt = Mat::t(w, k);
+        if bn == 1 && g.is_pointwise() {
+            return sgemm(dxg, k, ohw, g.co, wt, Mat::rows(dyg, ohw), false);
         }
+        with_ws(k * ld, if bn > 1 { g.co * ld } else { 0 }, |col, tmp| {
+            if bn == 1 {
+                sgemm(col, k, ohw, g.co, wt, Mat::rows(dyg, ohw), false);
+            } else {
+                interleave(tmp, dyg, g.co, ohw, bn, false);
+                sgemm(col, k, ld, g.co, wt, Mat::rows(tmp, ld), false);
+            }
+            for (b, dxn) in dxg.chunks_exact_mut(g.in_len()).enumerate() {
+                col2im(g, col, dxn, ld, b * ohw);
+            }
+        });
     });
     dx
 }
 
 /// dW = sum_n dy[n] (co x oh*ow) @ col(x[n])^T (oh*ow x k): one partial sum per slot,
-/// accumulated in place by gemm over images taken from a shared cursor, then reduced.
+/// accumulated in place by gemm over image groups taken from a shared cursor, then reduced.
 fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (k, ohw, wl) = (g.k(), g.out_len(), g.co * g.k());
+    let (k, ohw, wl, bs) = (g.k(), g.out_len(), g.co * g.k(), group_size(g));
     let mut partials = vec![0f32; n_threads() * wl];
     let pp = SharedMut::new(&mut partials);
     let next = AtomicUsize::new(0);
@@ -219,36 +255,31 @@ fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
         // SAFETY: slot tid owns partial tid.
         let dw = unsafe { pp.slice(tid * wl..(tid + 1) * wl) };
         loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= g.n {
+            let n0 = next.fetch_add(bs, Ordering::Relaxed);
+            if n0 >= g.n {
                 break;
             }
-            let xn = &x[i * g.in_len()..(i + 1) * g.in_len()];
-            let dyn_ = &dy[i * g.co * ohw..(i + 1) * g.co * ohw];
-            if g.is_pointwise() {
-                sgemm(
-                    dw,
-                    g.co,
-                    k,
-                    ohw,
-                    Mat::rows(dyn_, ohw),
-                    Mat::t(xn, ohw),
-                    true,
-                );
-            } else {
-                with_ws(k * ohw, |col| {
-                    im2col(g, xn, col);
-                    sgemm(
-                        dw,
-                        g.co,
-                        k,
-                        ohw,
-                        Mat::rows(dyn_, ohw),
-                        Mat::t(col, ohw),
-                        true,
-                    );
-                });
+            let bn = bs.min(g.n - n0);
+            let xg = &x[n0 * g.in_len()..(n0 + bn) * g.in_len()];
+            let dyg = &dy[n0 * g.co * ohw..(n0 + bn) * g.co * ohw];
+            let ld = bn * ohw;
+            if bn == 1 && g.is_pointwise() {
+                let (a, b) = (Mat::rows(dyg, ohw), Mat::t(xg, ohw));
+                sgemm(dw, g.co, k, ohw, a, b, true);
+                continue;
             }
+            with_ws(k * ld, if bn > 1 { g.co * ld } else { 0 }, |col, tmp| {
+                for (b, xn) in xg.chunks_exact(g.in_len()).enumerate() {
+                    im2col(g, xn, col, ld, b * ohw);
+                }
+                let a = if bn == 1 {
+                    Mat::rows(dyg, ohw)
+                } else {
+                    interleave(tmp, dyg, g.co, ohw, bn, false);
+                    Mat::rows(tmp, ld)
+                };
+                sgemm(dw, g.co, k, ld, a, Mat::t(col, ld), true);
+            });
         }
     });
     let mut it = partials.chunks(wl);
