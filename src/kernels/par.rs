@@ -1,0 +1,127 @@
+//! Parallel loops on Candle's own CPU thread pool, and AVX2 dispatch for elementwise loops.
+//!
+//! Candle 0.11 runs its CPU ops on a barrier pool whose workers spin ~25k iterations after
+//! each op. Running our kernels on rayon's global pool put a second set of spinning threads on
+//! the same 2 cores: interleaved with Candle ops (as in every backward pass) our silu fwd+bwd
+//! measured 3.9 ms for 0.5 ms of work. Sharing Candle's pool removes that contention.
+use candle_core::utils::barrier_pool;
+use std::ops::Range;
+
+/// Threads that `for_each_index` and `for_each_thread` spread work over (workers + caller).
+pub fn n_threads() -> usize {
+    barrier_pool().n_workers() + 1
+}
+
+/// Run `f` on every index in `0..n`, in dynamically balanced chunks across Candle's pool.
+pub fn for_each_range(n: usize, f: impl Fn(Range<usize>) + Sync) {
+    barrier_pool().execute_chunked(n, f)
+}
+
+/// Run `f(slot)` for each slot in `0..n_threads()`, spread over the pool; a slot is a unit of
+/// per-thread state (a thread may run several; inline when nested inside a pool worker,
+/// where `BarrierPool::execute` itself would deadlock).
+pub fn for_each_slot(f: impl Fn(usize) + Sync) {
+    for_each_range(n_threads(), |r| r.for_each(&f))
+}
+
+/// A raw pointer that may be shared across threads: callers guarantee disjoint writes.
+#[derive(Clone, Copy)]
+pub struct SharedMut(*mut f32, usize);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    pub fn new(v: &mut [f32]) -> Self {
+        Self(v.as_mut_ptr(), v.len())
+    }
+    /// # Safety
+    /// No other live slice may overlap `r`.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, r: Range<usize>) -> &mut [f32] {
+        assert!(r.start <= r.end && r.end <= self.1);
+        std::slice::from_raw_parts_mut(self.0.add(r.start), r.len())
+    }
+}
+
+/// `f(i, out_chunk_i)` for each `chunk`-sized piece of `out` (the last may be shorter), in
+/// parallel.
+pub fn for_each_chunk_mut(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let len = out.len();
+    let n = len.div_ceil(chunk.max(1));
+    let p = SharedMut::new(out);
+    for_each_range(n, |r| {
+        for i in r {
+            // SAFETY: chunk i covers [i*chunk, (i+1)*chunk), disjoint across i.
+            let s = unsafe { p.slice(i * chunk..((i + 1) * chunk).min(len)) };
+            f(i, s)
+        }
+    })
+}
+
+/// Define `$name` calling the `#[inline(always)]` body `$body` compiled for AVX-512 or
+/// AVX2+FMA when the CPU has them (the crate is built for baseline x86-64: SSE2, 4 lanes),
+/// else as is. AVX-512 measured ~2x over AVX2 on silu (exp + divide bound).
+macro_rules! avx2_dispatch {
+    ($vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:ident) => {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the feature was just detected.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the features were just detected.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use avx2_dispatch;
+
+/// Sum in 16 independent f32 lanes (vectorisable, unlike a sequential f32/f64 fold, which
+/// is bound by add latency), combined in f64.
+#[inline(always)]
+pub fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut acc = [0f32; 16];
+    let mut it = x.chunks_exact(16);
+    for c in &mut it {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    let tail: f64 = it.remainder().iter().map(|&v| f(v) as f64).sum();
+    acc.iter().map(|&a| a as f64).sum::<f64>() + tail
+}
+
+/// (sum a, sum a*b) in 16 lanes, as `lane_sum`.
+#[inline(always)]
+pub fn lane_sum2(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0f32; 16], [0f32; 16]);
+    let (mut ia, mut ib) = (a.chunks_exact(16), b.chunks_exact(16));
+    for (ca, cb) in (&mut ia).zip(&mut ib) {
+        for i in 0..16 {
+            s1[i] += ca[i];
+            s2[i] += ca[i] * cb[i];
+        }
+    }
+    let (mut t1, mut t2) = (0f64, 0f64);
+    for (&x, &y) in ia.remainder().iter().zip(ib.remainder()) {
+        t1 += x as f64;
+        t2 += (x * y) as f64;
+    }
+    let f = |s: [f32; 16]| s.iter().map(|&v| v as f64).sum::<f64>();
+    (f(s1) + t1, f(s2) + t2)
+}

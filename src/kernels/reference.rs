@@ -1,0 +1,70 @@
+//! The Candle expressions our kernels replace, exactly as a model would write them: the ground
+//! truth for tests and the baseline for `benches/kernels.rs`.
+use crate::error::Result;
+use candle_core::Tensor;
+
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let y = x.conv2d(w, padding, stride, 1, 1)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
+        None => y,
+    })
+}
+
+pub fn group_norm(
+    x: &Tensor,
+    num_groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    let gn = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, num_groups, eps)?;
+    Ok(candle_core::Module::forward(&gn, x)?)
+}
+
+pub fn group_norm_silu(
+    x: &Tensor,
+    num_groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    Ok(group_norm(x, num_groups, gamma, beta, eps)?.silu()?)
+}
+
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    Ok(x.silu()?)
+}
+
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax(x, candle_core::D::Minus1)?)
+}
+
+pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    Ok(x.upsample_nearest2d(2 * h, 2 * w)?)
+}
+
+/// softmax(q k^T * scale) v on [batch, tokens, dim], as the UNet's attention block writes it.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    attention_with(q, k, v, scale, softmax_last_dim)
+}
+
+/// The same attention with a given softmax (ours or Candle's).
+pub fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    softmax: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let s = (q.matmul(&k.t()?)? * scale)?;
+    Ok(softmax(&s)?.matmul(v)?)
+}
