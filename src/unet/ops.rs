@@ -3,7 +3,7 @@
 //! without touching the blocks. Everything here is device-generic Candle code and keeps the
 //! autograd graph intact.
 use crate::rng::NoiseRng;
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -41,6 +41,28 @@ fn timed<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
     r
 }
 
+thread_local! {
+    static FAST: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Use our fast CPU kernels (default) or Candle's reference expressions on this thread: the
+/// reference path is what tests compare the whole model against.
+pub fn set_fast_kernels(on: bool) {
+    FAST.with(|f| f.set(on));
+}
+
+fn fast() -> bool {
+    FAST.with(|f| f.get())
+}
+
+/// The kernels report our typed errors; the model works in candle's.
+fn kernel(r: crate::Result<Tensor>) -> Result<Tensor> {
+    r.map_err(|e| match e {
+        crate::Error::Candle(e) => e,
+        other => candle_core::Error::Msg(other.to_string()),
+    })
+}
+
 /// A 3x3 (or 1x1) convolution named like torch's nn.Conv2d (`weight`, `bias`).
 pub fn conv2d_layer(
     c_in: usize,
@@ -58,8 +80,19 @@ pub fn conv2d_layer(
     candle_nn::conv2d(c_in, c_out, kernel, cfg, vb)
 }
 
+/// Fast CPU kernel (im2col + gemm, 3-19x Candle's conv2d; docs/kernels.md), Candle's own
+/// conv2d on other devices.
 pub fn conv2d(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
-    timed("conv2d", || conv.forward(x))
+    let c = conv.config();
+    timed("conv2d", || {
+        kernel(crate::kernels::conv2d(
+            x,
+            conv.weight(),
+            conv.bias(),
+            c.stride,
+            c.padding,
+        ))
+    })
 }
 
 /// Linear layer on [.., in]. The input is made contiguous first: with Candle 0.11.1 a
@@ -98,55 +131,64 @@ impl GroupNorm {
 
 /// Group normalisation over [B, C, ...]: per (sample, group) mean and biased variance, as torch.
 pub fn group_norm(gn: &GroupNorm, x: &Tensor) -> Result<Tensor> {
-    timed("group_norm", || group_norm_impl(gn, x))
-}
-
-fn group_norm_impl(gn: &GroupNorm, x: &Tensor) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let (b, c) = (dims[0], dims[1]);
-    let n = x.elem_count() / (b * gn.groups);
-    let x3 = x.reshape((b, gn.groups, n))?;
-    let mean = (x3.sum_keepdim(2)? / n as f64)?;
-    let xc = x3.broadcast_sub(&mean)?;
-    let var = (xc.sqr()?.sum_keepdim(2)? / n as f64)?;
-    let xn = xc
-        .broadcast_div(&(var + gn.eps)?.sqrt()?)?
-        .reshape(dims.as_slice())?;
-    let mut wd = vec![1usize; dims.len()];
-    wd[1] = c;
-    xn.broadcast_mul(&gn.weight.reshape(wd.as_slice())?)?
-        .broadcast_add(&gn.bias.reshape(wd.as_slice())?)
+    timed("group_norm", || {
+        kernel(if fast() {
+            crate::kernels::group_norm(x, gn.groups, &gn.weight, &gn.bias, gn.eps)
+        } else {
+            crate::kernels::reference::group_norm(x, gn.groups, &gn.weight, &gn.bias, gn.eps)
+        })
+    })
 }
 
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    timed("silu", || x.silu())
+    timed("silu", || {
+        kernel(if fast() {
+            crate::kernels::silu(x)
+        } else {
+            crate::kernels::reference::silu(x)
+        })
+    })
 }
 
-/// GroupNorm followed by SiLU: the pair every resnet runs twice, one fusion point.
+/// GroupNorm followed by SiLU: the pair every resnet runs twice, fused in one kernel on CPU.
 pub fn group_norm_silu(gn: &GroupNorm, x: &Tensor) -> Result<Tensor> {
-    silu(&group_norm(gn, x)?)
+    timed("group_norm_silu", || {
+        kernel(if fast() {
+            crate::kernels::group_norm_silu(x, gn.groups, &gn.weight, &gn.bias, gn.eps)
+        } else {
+            crate::kernels::reference::group_norm_silu(x, gn.groups, &gn.weight, &gn.bias, gn.eps)
+        })
+    })
 }
 
-/// Scaled dot-product attention on [B*heads, N, d] tensors. Candle's fused softmax has no
-/// backward pass, so training uses the composed softmax.
+/// Scaled dot-product attention on [B*heads, N, d] tensors; the softmax is our fused kernel
+/// with a backward (Candle's fused softmax has none, its composite one is 4x slower).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, train: bool) -> Result<Tensor> {
     timed("attention", || attention_impl(q, k, v, scale, train))
 }
 
 fn attention_impl(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, train: bool) -> Result<Tensor> {
     let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
-    let p = if train {
-        candle_nn::ops::softmax(&scores, D::Minus1)?
+    let _ = train;
+    let p = kernel(if fast() {
+        crate::kernels::softmax_last_dim(&scores)
     } else {
-        candle_nn::ops::softmax_last_dim(&scores)?
-    };
+        crate::kernels::reference::softmax_last_dim(&scores)
+    })?;
     p.matmul(&v.contiguous()?)
 }
 
 /// Nearest-neighbour 2x upsampling (torch F.interpolate(scale_factor=2, mode="nearest")).
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    timed("upsample", || x.upsample_nearest2d(2 * h, 2 * w))
+    let _ = (h, w);
+    timed("upsample", || {
+        kernel(if fast() {
+            crate::kernels::upsample_nearest2x(x)
+        } else {
+            crate::kernels::reference::upsample_nearest2x(x)
+        })
+    })
 }
 
 /// Inverted dropout with a mask drawn from our seeded generator.
