@@ -308,10 +308,27 @@ impl UNetConfig {
             }
         }
         if let Some(d) = self.attention_head_dim {
-            let min_c = self.block_out_channels.iter().copied().min().unwrap_or(0);
+            // Only blocks with attention use it (as in diffusers): attention down blocks, the
+            // matching up blocks (widths reversed), and the mid block (last width).
+            let rev: Vec<usize> = self.block_out_channels.iter().rev().copied().collect();
+            let mut widths: Vec<usize> = Vec::new();
+            for (i, k) in self.down_kinds()?.iter().enumerate() {
+                if *k == BlockKind::Attn {
+                    widths.push(self.block_out_channels[i]);
+                }
+            }
+            for (i, k) in self.up_kinds()?.iter().enumerate() {
+                if *k == BlockKind::Attn {
+                    widths.push(rev[i]);
+                }
+            }
+            if self.mid_block_type.is_some() && self.add_attention {
+                widths.push(self.block_out_channels[n - 1]);
+            }
+            let min_c = widths.iter().copied().min().unwrap_or(usize::MAX);
             if d == 0 || d > min_c {
                 return bad(format!(
-                    "attention_head_dim = {d} must be between 1 and the smallest block width {min_c}"
+                    "attention_head_dim = {d} must be between 1 and the narrowest attention block width {min_c}"
                 ));
             }
         }
