@@ -19,15 +19,22 @@ test:
 	$(CARGO) test $(TEST_PROFILE)
 
 # Benchmarks print medians over repeats and ratios against bounds measured in the same run.
-# PEER_PYTHON=/tmp/peers/bin/python adds PyTorch+diffusers measured side by side.
-bench:
+# PEER_PYTHON=/path/to/venv/bin/python (torch + diffusers) adds PyTorch measured side by side.
+bench: build
 	$(CARGO) bench --bench core -- $(BENCH_ARGS)
+	$(CARGO) bench --bench data
+	$(CARGO) bench --bench sampler
+	$(CARGO) bench --bench kernels
+	$(CARGO) bench --bench unet -- $(BENCH_ARGS)
+	./benches/sample.sh
 
-# The main job, end to end, on the bundled data.
+# The main job, end to end, on the bundled data (about 15 minutes on 2 CPU cores).
 demo: build
 	mkdir -p out
 	./target/release/diffuse schedule --compare linear,scaled-linear,cosine,sigmoid,quadratic --plot out/schedules.png
 	./target/release/diffuse noise data/sample.png --steps 6 -o out/forward_strip.png --gif out/forward.gif --seed 0
+	./target/release/diffuse train --dataset mnist --out out/mnist
+	./target/release/diffuse sample --model out/mnist --sampler ddim --steps 50 -o out/samples.png --gif out/trajectory.gif
 	@echo "demo outputs in out/"
 
 clean:

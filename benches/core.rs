@@ -68,6 +68,7 @@ fn torch_peer() -> HashMap<String, f64> {
 }
 
 fn main() {
+    diffuse::runtime::init();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let (repeats, min_s) = if quick { (3, 0.05) } else { (9, 0.25) };

@@ -240,6 +240,7 @@ fn bench_upsample(t: &Table) {
 }
 
 fn main() {
+    diffuse::runtime::init();
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

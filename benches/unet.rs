@@ -4,6 +4,10 @@
 //! PyTorch's figures for the same architecture (../shared/bench/peer_bench.py sections c, d).
 //!
 //! `cargo bench --bench unet [-- --quick]`
+// The same allocator as the `diffuse` binary, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use diffuse::forward::ForwardProcess;
@@ -103,6 +107,7 @@ fn print_shares(
 }
 
 fn main() {
+    diffuse::runtime::init();
     let quick = std::env::args().any(|a| a == "--quick");
     let (fwd_reps, train_reps) = if quick { (3, 3) } else { (7, 5) };
     let dev = Device::Cpu;

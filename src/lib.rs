@@ -17,6 +17,7 @@ pub mod modelhub;
 pub mod noising;
 pub mod plot;
 pub mod report;
+pub mod runtime;
 pub mod sample;
 pub mod sampler;
 pub mod train;

@@ -20,17 +20,19 @@ pub struct TrainCmd {
     /// Output directory (diffusers layout).
     #[arg(long, default_value = "models/mnist")]
     out: PathBuf,
-    /// Optimisation steps (default 3000 when neither --steps nor --epochs is given).
+    /// Optimisation steps (default 800, ~15 min on 2 CPU cores, when neither --steps nor
+    /// --epochs is given).
     #[arg(long, conflicts_with = "epochs")]
     steps: Option<usize>,
     #[arg(long)]
     epochs: Option<usize>,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    #[arg(long, default_value_t = 2e-4)]
+    /// Peak learning rate (1e-3 suits the short default run; 2e-4 for long runs).
+    #[arg(long, default_value_t = 1e-3)]
     lr: f64,
     /// Linear warm-up steps.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 100)]
     warmup: usize,
     #[arg(long, value_enum, default_value = "cosine")]
     lr_schedule: LrSchedule,
@@ -46,9 +48,9 @@ pub struct TrainCmd {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Write a sample grid (DDIM 50, EMA weights) every N steps.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 200)]
     sample_every: usize,
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 200)]
     checkpoint_every: usize,
     #[arg(long, default_value_t = 10)]
     log_every: usize,

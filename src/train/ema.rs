@@ -14,7 +14,7 @@ impl Ema {
     pub fn new(vars: &[(String, Var)], decay: f64) -> Result<Self> {
         let mut shadow: Vec<(String, Tensor)> = vars
             .iter()
-            .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().copy()?)))
             .collect::<Result<_>>()?;
         shadow.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Self {
@@ -35,7 +35,7 @@ impl Ema {
         for ((n, s), (vn, v)) in self.shadow.iter_mut().zip(vars) {
             debug_assert_eq!(n, vn);
             // detach: a Var operand would chain every update into one autograd graph.
-            *s = ((&*s * d)? + (v.as_tensor().detach() * (1.0 - d))?)?;
+            *s = ((&*s * d)? + (v.as_tensor().detach() * (1.0 - d))?)?.detach();
         }
         self.updates += 1;
         Ok(())
