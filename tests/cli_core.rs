@@ -27,16 +27,7 @@ fn stdout(args: &[&str]) -> String {
 
 /// Run expecting failure: returns (exit code, stderr), asserting stderr is one line.
 fn fails(args: &[&str]) -> (i32, String) {
-    let out = diffuse().args(args).output().unwrap();
-    assert!(!out.status.success(), "{args:?} should fail");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "{args:?}: one line expected, got {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    (out.status.code().unwrap(), err)
+    common::one_line_failure(diffuse().args(args).output().unwrap(), &format!("{args:?}"))
 }
 
 #[test]

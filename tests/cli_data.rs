@@ -1,5 +1,6 @@
 //! `diffuse data show` end to end, offline (HF_HUB_OFFLINE=1, empty HF_HOME): grids decoded
 //! and checked, and bad inputs give one line and the right exit code.
+mod common;
 use assert_cmd::Command;
 use std::path::Path;
 
@@ -13,16 +14,10 @@ fn diffuse(hf_home: &Path) -> Command {
 }
 
 fn fails(home: &Path, args: &[&str]) -> (i32, String) {
-    let out = diffuse(home).args(args).output().unwrap();
-    assert!(!out.status.success(), "{args:?} should fail");
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "{args:?}: one line expected, got {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    (out.status.code().unwrap(), err)
+    common::one_line_failure(
+        diffuse(home).args(args).output().unwrap(),
+        &format!("{args:?}"),
+    )
 }
 
 #[test]

@@ -9,7 +9,6 @@ use super::{cpu_f32, f32_data};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Shapes of one convolution: x (n, ci, h, w), w (co, ci, kh, kw), y (n, co, oh, ow).
 #[derive(Clone, Copy, Debug)]
@@ -245,20 +244,18 @@ fn bwd_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
 }
 
 /// dW = sum_n dy[n] (co x oh*ow) @ col(x[n])^T (oh*ow x k): one partial sum per slot,
-/// accumulated in place by gemm over image groups taken from a shared cursor, then reduced.
+/// accumulated in place by gemm over the image groups assigned to that slot, then reduced in
+/// slot order. The assignment is static (slot s takes groups s, s+T, ...), so the sums, and
+/// therefore training, are bit-reproducible (a shared work cursor made resumed runs drift).
 fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (k, ohw, wl, bs) = (g.k(), g.out_len(), g.co * g.k(), group_size(g));
-    let mut partials = vec![0f32; n_threads() * wl];
+    let nt = n_threads();
+    let mut partials = vec![0f32; nt * wl];
     let pp = SharedMut::new(&mut partials);
-    let next = AtomicUsize::new(0);
     for_each_slot(|tid| {
         // SAFETY: slot tid owns partial tid.
         let dw = unsafe { pp.slice(tid * wl..(tid + 1) * wl) };
-        loop {
-            let n0 = next.fetch_add(bs, Ordering::Relaxed);
-            if n0 >= g.n {
-                break;
-            }
+        for n0 in (tid * bs..g.n).step_by(nt * bs) {
             let bn = bs.min(g.n - n0);
             let xg = &x[n0 * g.in_len()..(n0 + bn) * g.in_len()];
             let dyg = &dy[n0 * g.co * ohw..(n0 + bn) * g.co * ohw];

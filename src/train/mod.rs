@@ -521,11 +521,12 @@ impl LossLog {
         if self.rows.len() < 2 {
             return Ok(());
         }
+        // Bias-corrected EMA (as Adam's moments), so the curve does not lag from its first point.
         let mut smooth = Vec::with_capacity(self.rows.len());
-        let mut s = self.rows[0].loss;
-        for r in &self.rows {
-            s = 0.95 * s + 0.05 * r.loss;
-            smooth.push((r.step as f64, s));
+        let (beta, mut m) = (0.8f64, 0.0f64);
+        for (i, r) in self.rows.iter().enumerate() {
+            m = beta * m + (1.0 - beta) * r.loss;
+            smooth.push((r.step as f64, m / (1.0 - beta.powi(i as i32 + 1))));
         }
         crate::plot::write_figure(
             path,

@@ -87,3 +87,17 @@ pub fn hub_cache_file(
     std::fs::create_dir_all(r.parent().unwrap()).unwrap();
     std::fs::write(r, commit).unwrap();
 }
+
+/// Check a failed run: asserts a non-zero exit and exactly one stderr line (no panic), and
+/// returns (exit code, stderr).
+pub fn one_line_failure(out: std::process::Output, what: &str) -> (i32, String) {
+    assert!(!out.status.success(), "{what} should fail");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{what}: one line expected, got {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    (out.status.code().unwrap(), err)
+}
