@@ -57,7 +57,7 @@ fn losses(out: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn sigint_checkpoints_and_resume_matches() {
-    let steps = 120;
+    let steps = 60;
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let child = cmd(b.path(), steps, false).spawn().unwrap();
