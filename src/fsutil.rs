@@ -35,3 +35,15 @@ where
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
 }
+
+/// Write named tensors (with optional metadata) as one safetensors file, atomically. Every
+/// safetensors output (samples, weights, training state) goes through here.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, candle_core::Tensor)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), metadata)
+        .map_err(|e| Error::format(path, format!("could not serialise tensors: {e}")))?;
+    write_bytes_atomic(path, &bytes)
+}

@@ -7,7 +7,6 @@ use crate::plot;
 use crate::rng::NoiseRng;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// What to noise and where to write it.
@@ -109,24 +108,17 @@ pub fn run(req: &NoiseRequest, fp: &ForwardProcess, device: &Device) -> Result<V
     if let Some(path) = &req.save_tensors {
         let n = req.timesteps.len();
         let t: Vec<i64> = req.timesteps.iter().map(|t| *t as i64).collect();
-        let mut map: HashMap<String, Tensor> = HashMap::new();
-        map.insert("x0".into(), x0.to_device(&Device::Cpu)?);
-        map.insert("eps".into(), eps.to_device(&Device::Cpu)?);
-        map.insert("t".into(), Tensor::from_vec(t, n, &Device::Cpu)?);
-        map.insert(
-            "x_t".into(),
-            xt.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
-        );
-        save_safetensors(&map, path)?;
+        let tensors = [
+            ("x0".to_string(), x0.to_device(&Device::Cpu)?),
+            ("eps".to_string(), eps.to_device(&Device::Cpu)?),
+            ("t".to_string(), Tensor::from_vec(t, n, &Device::Cpu)?),
+            (
+                "x_t".to_string(),
+                xt.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+            ),
+        ];
+        crate::fsutil::write_safetensors(path, &tensors, None)?;
         written.push(path.clone());
     }
     Ok(written)
-}
-
-/// Write tensors as safetensors atomically.
-pub fn save_safetensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let data: Vec<(String, Tensor)> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let bytes = safetensors::serialize(data.iter().map(|(k, v)| (k.as_str(), v)), None)
-        .map_err(|e| Error::format(path, format!("could not serialise tensors: {e}")))?;
-    crate::fsutil::write_bytes_atomic(path, &bytes)
 }

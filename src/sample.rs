@@ -7,7 +7,6 @@ use crate::sampler::{self, SamplerConfig, SamplerKind, SchedulerConfig, Timestep
 use crate::unet;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A model on disk: its UNet directory and its scheduler config, if any.
@@ -188,9 +187,7 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
         written.push(gif.clone());
     }
     if let Some(p) = &req.save_tensors {
-        let mut m = HashMap::new();
-        m.insert("samples".to_string(), all);
-        crate::noising::save_safetensors(&m, p)?;
+        crate::fsutil::write_safetensors(p, &[("samples".to_string(), all)], None)?;
         written.push(p.clone());
     }
     Ok(written)

@@ -66,14 +66,7 @@ pub fn save(
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let path = out.join(STATE_FILE);
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
-        .map_err(|e| {
-            Error::format(
-                &path,
-                format!("could not serialise the training state: {e}"),
-            )
-        })?;
-    crate::fsutil::write_bytes_atomic(&path, &bytes)
+    crate::fsutil::write_safetensors(&path, &tensors, Some(meta))
 }
 
 pub fn load(path: &Path, ucfg: &UNetConfig, device: &Device) -> Result<State> {

@@ -275,9 +275,7 @@ pub fn save(dir: &Path, cfg: &UNetConfig, vm: &VarMap) -> Result<()> {
     };
     let wpath = dir.join(WEIGHTS_FILE);
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
-        .map_err(|e| Error::format(&wpath, format!("could not serialise tensors: {e}")))?;
-    crate::fsutil::write_bytes_atomic(&wpath, &bytes)?;
+    crate::fsutil::write_safetensors(&wpath, &tensors, Some(meta))?;
     crate::fsutil::write_bytes_atomic(&dir.join(CONFIG_FILE), cfg.to_json().as_bytes())
 }
 
