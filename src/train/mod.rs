@@ -118,23 +118,17 @@ pub struct LogRow {
     pub images_per_s: f64,
 }
 
-/// Everything trainable, in name order.
-struct Trainables {
-    vars: Vec<(String, Var)>,
-}
-
-impl Trainables {
-    fn from_varmap(vm: &VarMap) -> Self {
-        let mut vars: Vec<(String, Var)> = vm
-            .data()
-            .lock()
-            .expect("varmap lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        Self { vars }
-    }
+/// Everything trainable, in name order (the order optimizer and EMA state are kept in).
+fn sorted_vars(vm: &VarMap) -> Vec<(String, Var)> {
+    let mut vars: Vec<(String, Var)> = vm
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
 }
 
 /// Install a Ctrl-C handler once; returns the shared flag.
@@ -245,9 +239,9 @@ pub fn train(
 
     let state_path = cfg.out.join(checkpoint::STATE_FILE);
     let (vm, model) = unet::init(&ucfg, cfg.seed, device)?;
-    let tr = Trainables::from_varmap(&vm);
-    let mut opt = AdamW::new(tr.vars.clone(), AdamWParams::default())?;
-    let mut ema = ema::Ema::new(&tr.vars, cfg.ema_decay)?;
+    let vars = sorted_vars(&vm);
+    let mut opt = AdamW::new(vars.clone(), AdamWParams::default())?;
+    let mut ema = ema::Ema::new(&vars, cfg.ema_decay)?;
     let mut rng = NoiseRng::new(cfg.seed ^ 0x7452_4149_4E00_0000);
     let mut batches;
     let mut step = 0usize;
@@ -256,7 +250,7 @@ pub fn train(
         if st.config.model_config != cfg.model_config || st.config.prediction != cfg.prediction {
             tracing::warn!("resuming with a different model config or prediction type than the checkpoint was written with");
         }
-        checkpoint::restore(&st, &tr.vars, &mut opt, &mut ema)?;
+        checkpoint::restore(&st, &vars, &mut opt, &mut ema)?;
         rng = st.rng;
         batches = Batches::resume(&ds, bcfg.clone(), st.batches, device)?;
         step = st.step;
@@ -302,7 +296,7 @@ pub fn train(
         let grads = loss.backward()?;
         let clip = opt.clip_factor(&grads, cfg.grad_clip)?;
         opt.step(&grads, lr, clip.as_ref())?;
-        ema.update(&tr.vars)?;
+        ema.update(&vars)?;
         step += 1;
         // Keep the running loss on the device; read it back only when logging.
         let l = loss.detach();
@@ -352,13 +346,13 @@ pub fn train(
                 cfg,
                 &ucfg,
                 step,
-                &tr.vars,
+                &vars,
                 &opt,
                 &ema,
                 &rng,
                 batches.state(),
             )?;
-            export(&cfg.out, cfg, &ucfg, &ema, device)?;
+            export(&cfg.out, cfg, &ucfg, &ema)?;
             last_good = step;
             log.plot(&cfg.out.join("loss.png"))?;
         }
@@ -409,13 +403,7 @@ fn ema_varmap(ema: &ema::Ema) -> Result<VarMap> {
 }
 
 /// Write unet/ (EMA weights) and scheduler/scheduler_config.json.
-fn export(
-    out: &Path,
-    cfg: &TrainConfig,
-    ucfg: &UNetConfig,
-    ema: &ema::Ema,
-    _device: &Device,
-) -> Result<()> {
+fn export(out: &Path, cfg: &TrainConfig, ucfg: &UNetConfig, ema: &ema::Ema) -> Result<()> {
     unet::save(&out.join("unet"), ucfg, &ema_varmap(ema)?)?;
     let sdir = out.join("scheduler");
     std::fs::create_dir_all(&sdir).map_err(|e| Error::io(&sdir, e))?;
