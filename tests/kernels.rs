@@ -106,6 +106,56 @@ fn conv2d_matches_candle_forward_and_both_gradients() {
 }
 
 #[test]
+fn conv2d_per_image_bias_matches_candle() {
+    // The resnet's conv1 takes its bias plus the time embedding as one [n, co] bias.
+    for (i, &(xs, co)) in [([64, 32, 14, 14], 64), ([5, 3, 7, 7], 6)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 500 + 10 * i as u64;
+        let x = randn(seed, &xs);
+        let w = (randn(seed + 1, &[co, xs[1], 3, 3]) * 0.2).unwrap();
+        let b = randn(seed + 2, &[xs[0], co]);
+        check(
+            &format!("conv {xs:?}->{co} per-image bias"),
+            &[x, w, b],
+            |t| kernels::conv2d(&t[0], &t[1], Some(&t[2]), 1, 1).unwrap(),
+            |t| reference::conv2d(&t[0], &t[1], Some(&t[2]), 1, 1).unwrap(),
+        );
+    }
+    let (x, w) = (randn(1, &[2, 3, 5, 5]), randn(2, &[4, 3, 3, 3]));
+    let e = kernels::conv2d(&x, &w, Some(&randn(3, &[3, 4])), 1, 1).unwrap_err();
+    assert!(e.to_string().contains("bias of shape [3, 4]"), "{e}");
+}
+
+#[test]
+fn linear_matches_candle_forward_and_all_gradients() {
+    // (input shape, out features, bias): attention projections on [B, N, C], the time
+    // embedding on [B, C], and odd sizes (rows not a multiple of the block).
+    let cases: &[(Vec<usize>, usize, bool)] = &[
+        (vec![64, 196, 64], 64, true),
+        (vec![64, 128], 128, true),
+        (vec![3, 7, 5], 9, true),
+        (vec![300, 17], 3, true),
+        (vec![4, 6], 5, false),
+    ];
+    for (i, (xs, co, bias)) in cases.iter().enumerate() {
+        let seed = 700 + 10 * i as u64;
+        let ci = *xs.last().unwrap();
+        let mut inputs = vec![randn(seed, xs), randn(seed + 1, &[*co, ci])];
+        if *bias {
+            inputs.push(randn(seed + 2, &[*co]));
+        }
+        check(
+            &format!("linear {xs:?}->{co} bias={bias}"),
+            &inputs,
+            |t| kernels::linear(&t[0], &t[1], t.get(2)).unwrap(),
+            |t| reference::linear(&t[0], &t[1], t.get(2)).unwrap(),
+        );
+    }
+}
+
+#[test]
 fn conv2d_accepts_non_contiguous_input() {
     let x = randn(1, &[2, 4, 6, 6]).transpose(2, 3).unwrap();
     let w = randn(2, &[3, 4, 3, 3]);

@@ -7,7 +7,7 @@ use super::gemm::{sgemm, Mat};
 use super::par::{for_each_chunk_mut, for_each_slot, n_threads, SharedMut};
 use super::{cpu_f32, f32_data};
 use crate::error::{Error, Result};
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use std::cell::RefCell;
 
 /// Shapes of one convolution: x (n, ci, h, w), w (co, ci, kh, kw), y (n, co, oh, ow).
@@ -189,8 +189,30 @@ fn interleave(dst: &mut [f32], src: &[f32], co: usize, ohw: usize, bn: usize, ba
     }
 }
 
-/// y[n] = W (co x k) @ col(x[n]) (k x oh*ow), `group_size` images per gemm.
-fn fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// A bias added to the convolution's output: [co] for every image, or [n, co] per image
+/// (the UNet adds its time embedding to the first conv of each resnet that way).
+#[derive(Clone, Copy)]
+struct Bias<'a> {
+    data: &'a [f32],
+    per_image: bool,
+}
+
+impl Bias<'_> {
+    /// Add to the output rows of image `n` (co planes of `ohw`), while they are in cache.
+    fn add(&self, n: usize, y: &mut [f32], co: usize, ohw: usize) {
+        let b = if self.per_image {
+            &self.data[n * co..(n + 1) * co]
+        } else {
+            &self.data[..co]
+        };
+        for (plane, &bv) in y.chunks_exact_mut(ohw).zip(b) {
+            plane.iter_mut().for_each(|v| *v += bv);
+        }
+    }
+}
+
+/// y[n] = W (co x k) @ col(x[n]) (k x oh*ow) (+ bias), `group_size` images per gemm.
+fn fwd(g: &Geom, x: &[f32], w: &[f32], bias: Option<Bias>) -> Vec<f32> {
     let (k, ohw, bs) = (g.k(), g.out_len(), group_size(g));
     let mut y = vec![0f32; g.n * g.co * ohw];
     for_each_chunk_mut(&mut y, bs * g.co * ohw, |gi, yg| {
@@ -199,19 +221,25 @@ fn fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
         let ld = bn * ohw;
         let wm = Mat::rows(w, k);
         if bn == 1 && g.is_pointwise() {
-            return sgemm(yg, g.co, ohw, k, wm, Mat::rows(xg, ohw), false);
+            sgemm(yg, g.co, ohw, k, wm, Mat::rows(xg, ohw), false);
+        } else {
+            with_ws(k * ld, if bn > 1 { g.co * ld } else { 0 }, |col, tmp| {
+                for (b, xn) in xg.chunks_exact(g.in_len()).enumerate() {
+                    im2col(g, xn, col, ld, b * ohw);
+                }
+                if bn == 1 {
+                    sgemm(yg, g.co, ohw, k, wm, Mat::rows(col, ohw), false);
+                } else {
+                    sgemm(tmp, g.co, ld, k, wm, Mat::rows(col, ld), false);
+                    interleave(yg, tmp, g.co, ohw, bn, true);
+                }
+            });
         }
-        with_ws(k * ld, if bn > 1 { g.co * ld } else { 0 }, |col, tmp| {
-            for (b, xn) in xg.chunks_exact(g.in_len()).enumerate() {
-                im2col(g, xn, col, ld, b * ohw);
+        if let Some(bias) = bias {
+            for (b, yn) in yg.chunks_exact_mut(g.co * ohw).enumerate() {
+                bias.add(gi * bs + b, yn, g.co, ohw);
             }
-            if bn == 1 {
-                sgemm(yg, g.co, ohw, k, wm, Mat::rows(col, ohw), false);
-            } else {
-                sgemm(tmp, g.co, ld, k, wm, Mat::rows(col, ld), false);
-                interleave(yg, tmp, g.co, ohw, bn, true);
-            }
-        });
+        }
     });
     y
 }
@@ -318,8 +346,8 @@ impl CustomOp2 for ConvOp {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (a, b) = (
-            f32_data(self.name(), s1, l1)?,
-            f32_data(self.name(), s2, l2)?,
+            f32_data(CustomOp2::name(self), s1, l1)?,
+            f32_data(CustomOp2::name(self), s2, l2)?,
         );
         let (d1, d2) = (l1.dims(), l2.dims());
         let (s, p) = (self.stride, self.pad);
@@ -327,7 +355,7 @@ impl CustomOp2 for ConvOp {
             Pass::Fwd => {
                 let g = Geom::new(d1, d2, s, p)?;
                 let shape = Shape::from((g.n, g.co, g.oh, g.ow));
-                Ok((CpuStorage::F32(fwd(&g, a, b)), shape))
+                Ok((CpuStorage::F32(fwd(&g, a, b, None)), shape))
             }
             Pass::BwdInput { h, w } => {
                 let g = Geom::new(&[d1[0], d2[1], h, w], d2, s, p)?;
@@ -351,13 +379,77 @@ impl CustomOp2 for ConvOp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
+        let (dx, dw) = self.grads(x, w, &dy.contiguous()?)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl ConvOp {
+    /// (dx, dw) for the forward pass `self` given a contiguous dy.
+    fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
         let op = |pass| ConvOp { pass, ..*self };
         let dx = dy.apply_op2_no_bwd(w, &op(Pass::BwdInput { h, w: wd }))?;
-        let dw = x.apply_op2_no_bwd(&dy, &op(Pass::BwdWeight { kh, kw }))?;
-        Ok((Some(dx), Some(dw)))
+        let dw = x.apply_op2_no_bwd(dy, &op(Pass::BwdWeight { kh, kw }))?;
+        Ok((dx, dw))
+    }
+}
+
+/// The forward pass with a bias fused into the output (x, w, b), b of shape [co] or [n, co].
+/// Candle's own bias path is a broadcast add whose gradient is a slow strided sum.
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        "diffuse-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = CustomOp3::name(self);
+        let (x, w, b) = (
+            f32_data(name, s1, l1)?,
+            f32_data(name, s2, l2)?,
+            f32_data(name, s3, l3)?,
+        );
+        let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let per_image = bias_per_image(&g, l3.dims())?;
+        let bias = Bias { data: b, per_image };
+        let shape = Shape::from((g.n, g.co, g.oh, g.ow));
+        Ok((CpuStorage::F32(fwd(&g, x, w, Some(bias))), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (dx, dw) = self.grads(x, w, &dy)?;
+        let db = super::bias::channel_bias_grad(&dy, b.rank() == 2)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Whether a bias of shape `b` is per image ([n, co]) or shared ([co]).
+fn bias_per_image(g: &Geom, b: &[usize]) -> candle_core::Result<bool> {
+    match b {
+        [c] if *c == g.co => Ok(false),
+        [n, c] if *n == g.n && *c == g.co => Ok(true),
+        _ => candle_core::bail!(
+            "conv2d bias of shape {b:?} for {} images of {} output channels",
+            g.n,
+            g.co
+        ),
     }
 }
 
@@ -368,7 +460,8 @@ fn check_out(g: &Geom, dy: &[usize]) -> candle_core::Result<()> {
     Ok(())
 }
 
-/// `x.conv2d(w, padding, stride, 1, 1)` plus an optional per-channel bias `b` of shape [co].
+/// `x.conv2d(w, padding, stride, 1, 1)` plus an optional bias `b`: [co] per channel, or
+/// [n, co] per image and channel (broadcast over the output's pixels).
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -376,29 +469,33 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let y = if cpu_f32(&[x, w]) {
+    let (n, co) = (x.dim(0)?, w.dim(0)?);
+    if let Some(b) = b {
+        if !(b.dims() == [co] || b.dims() == [n, co]) {
+            return Err(Error::invalid(format!(
+                "conv2d bias of shape {:?} for {n} images of {co} output channels",
+                b.dims()
+            )));
+        }
+    }
+    if cpu_f32(&[x, w]) && b.is_none_or(|b| cpu_f32(&[b])) {
         let op = ConvOp {
             pass: Pass::Fwd,
             stride,
             pad: padding,
         };
-        x.contiguous()?.apply_op2(&w.contiguous()?, op)?
-    } else {
-        x.conv2d(w, padding, stride, 1, 1)?
-    };
-    match b {
-        None => Ok(y),
-        Some(b) => {
-            let co = b.elem_count();
-            if co != y.dim(1)? {
-                return Err(Error::invalid(format!(
-                    "conv2d bias has {co} entries for {} output channels",
-                    y.dim(1)?
-                )));
-            }
-            Ok(y.broadcast_add(&b.reshape((1, co, 1, 1))?)?)
-        }
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        return Ok(match b {
+            None => x.apply_op2(&w, op)?,
+            Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
+        });
     }
+    let y = x.conv2d(w, padding, stride, 1, 1)?;
+    Ok(match b {
+        None => y,
+        Some(b) if b.rank() == 2 => y.broadcast_add(&b.reshape((n, co, 1, 1))?)?,
+        Some(b) => y.broadcast_add(&b.reshape((1, co, 1, 1))?)?,
+    })
 }
 
 fn cpu_only(ts: &[&Tensor]) -> Result<()> {

@@ -6,6 +6,7 @@
 //! Measured figures (vs Candle and PyTorch, same run) are in docs/kernels.md.
 pub mod act;
 pub mod attn;
+pub mod bias;
 pub mod conv;
 mod gemm;
 pub mod norm;
@@ -15,6 +16,7 @@ pub mod upsample;
 
 pub use act::silu;
 pub use attn::softmax_last_dim;
+pub use bias::{add_row_bias, linear};
 pub use conv::conv2d;
 pub use norm::{group_norm, group_norm_silu};
 pub use upsample::upsample_nearest2x;

@@ -12,9 +12,16 @@ pub fn conv2d(
 ) -> Result<Tensor> {
     let y = x.conv2d(w, padding, stride, 1, 1)?;
     Ok(match b {
+        Some(b) if b.rank() == 2 => y.broadcast_add(&b.unsqueeze(2)?.unsqueeze(3)?)?,
         Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
         None => y,
     })
+}
+
+/// torch's `nn.Linear` as Candle's `Linear` computes it.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let lin = candle_nn::Linear::new(w.clone(), b.cloned());
+    Ok(candle_core::Module::forward(&lin, &x.contiguous()?)?)
 }
 
 pub fn group_norm(

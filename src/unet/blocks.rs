@@ -61,11 +61,13 @@ impl ResnetBlock2D {
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let h = ops::group_norm_silu(&self.norm1, x)?;
-        let h = ops::conv2d(&self.conv1, &h)?;
-        let t = ops::linear(&self.time_emb_proj, ctx.temb_act)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
+        // The time embedding joins conv1's bias as one [B, C] bias added inside the conv.
+        let t = ops::linear(&self.time_emb_proj, ctx.temb_act)?;
+        let bias = match self.conv1.bias() {
+            Some(b) => t.broadcast_add(b)?,
+            None => t,
+        };
+        let h = ops::conv2d_bias(&self.conv1, &h, &bias)?;
         let mut h = ops::group_norm_silu(&self.norm2, &h)?;
         if ctx.train && ctx.dropout > 0.0 {
             let mut rng = ctx.rng.lock().expect("dropout rng");

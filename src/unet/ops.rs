@@ -3,7 +3,7 @@
 //! without touching the blocks. Everything here is device-generic Candle code and keeps the
 //! autograd graph intact.
 use crate::rng::NoiseRng;
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -95,10 +95,31 @@ pub fn conv2d(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// Linear layer on [.., in]. The input is made contiguous first: with Candle 0.11.1 a
-/// transposed [B, N, C] view fed to `Linear` gave wrong values on CPU (caught by the golden test).
+/// The same convolution with `bias` ([co] or [n, co]) in place of the layer's own.
+pub fn conv2d_bias(conv: &Conv2d, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let c = conv.config();
+    timed("conv2d", || {
+        kernel(crate::kernels::conv2d(
+            x,
+            conv.weight(),
+            Some(bias),
+            c.stride,
+            c.padding,
+        ))
+    })
+}
+
+/// Linear layer on [.., in], flattened to one 2-D matmul (the reference path is Candle's
+/// `Linear` on a contiguous input: with Candle 0.11.1 a transposed [B, N, C] view fed to
+/// `Linear` gave wrong values on CPU, caught by the golden test).
 pub fn linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
-    timed("linear", || lin.forward(&x.contiguous()?))
+    timed("linear", || {
+        kernel(if fast() {
+            crate::kernels::linear(x, lin.weight(), lin.bias())
+        } else {
+            crate::kernels::reference::linear(x, lin.weight(), lin.bias())
+        })
+    })
 }
 
 /// torch.nn.GroupNorm with affine parameters; parameters are public for future kernels.
