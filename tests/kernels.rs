@@ -85,6 +85,14 @@ fn conv2d_matches_candle_forward_and_both_gradients() {
         ([64, 64, 7, 7], 64, 3, 1, 1, true),
         ([21, 6, 7, 7], 5, 3, 2, 1, false),
         ([18, 13, 7, 7], 7, 1, 1, 0, true),
+        // The direct kernels (stride 1, same padding, 8-channel tiles): odd channel counts,
+        // widths that are not a tile, an odd batch, 1x1, 1x1 images.
+        ([3, 13, 5, 11], 16, 3, 1, 1, true),
+        ([5, 16, 9, 9], 8, 3, 1, 1, false),
+        ([3, 5, 6, 3], 8, 1, 1, 0, true),
+        ([2, 8, 1, 1], 8, 3, 1, 1, true),
+        ([4, 96, 28, 28], 32, 3, 1, 1, true),
+        ([3, 96, 14, 14], 64, 1, 1, 0, true),
     ];
     for (i, &(xs, co, k, s, p, bias)) in cases.iter().enumerate() {
         let seed = 10 * i as u64;

@@ -8,6 +8,7 @@ pub mod act;
 pub mod attn;
 pub mod bias;
 pub mod conv;
+mod direct;
 mod gemm;
 pub mod norm;
 mod par;

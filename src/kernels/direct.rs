@@ -1,0 +1,390 @@
+//! Direct stride-1 "same" convolutions (3x3 pad 1, 1x1 pad 0) with AVX-512 microkernels: the
+//! forward pass, the input gradient (the forward pass of the flipped, transposed kernel) and
+//! the weight gradient, with no im2col matrix.
+//!
+//! Each image is copied once into zero-padded planes of row length `wp = w + 2 pad`. In that
+//! layout output pixel `p = oy * wp + ox` is `sum_c sum_t w[o, c, t] * xpad[c, p + off_t]`
+//! with `off_t = i * wp + j`: a one-dimensional shift per tap, so a tile of 32 consecutive
+//! pixels is two unaligned vector loads per tap, whatever the row boundaries (the `2 pad`
+//! columns past each row are computed and dropped). The microkernel keeps a 32-pixel x
+//! 8-channel tile in 16 registers and broadcasts weights.
+//!
+//! Why: im2col + gemm spent as much time building, packing and (for the input gradient)
+//! scattering the 9x-larger column matrix as in the multiply (profile: gemm microkernels 34%,
+//! im2col/col2im/packing 22% of a train step); PyTorch's oneDNN direct convolution was ~2x
+//! faster at 64 channels. Measured figures are in docs/kernels.md.
+use super::par::{for_each_chunk_mut, for_each_slot, n_threads, SharedMut};
+use std::cell::RefCell;
+
+/// Output channels per tile (weights broadcast from one 32-byte row).
+const NR: usize = 8;
+/// 16-pixel vectors per tile.
+const MR: usize = 2;
+const TILE: usize = 16 * MR;
+
+/// Whether the direct kernels take a convolution of this geometry on this CPU whose pass
+/// produces `out_channels` channels (co for the forward and weight gradient, ci for the input
+/// gradient): tiles are 8 channels wide.
+pub(super) fn applies(stride: usize, pad: usize, k: (usize, usize), out_channels: usize) -> bool {
+    let (kh, kw) = k;
+    stride == 1
+        && kh == kw
+        && (kh == 1 || kh == 3)
+        && pad == kh / 2
+        && out_channels.is_multiple_of(NR)
+        && avx512()
+}
+
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The padded-plane geometry of an image of `c` channels, h x w, for a k x k kernel.
+#[derive(Clone, Debug)]
+struct Planes {
+    h: usize,
+    w: usize,
+    pad: usize,
+    /// Row length of a padded plane.
+    wp: usize,
+    /// Output positions h * wp, rounded up to whole tiles.
+    p_pad: usize,
+    /// Plane stride: the padded image plus the reads of the last tile, in whole vectors.
+    s: usize,
+    /// Tap offsets i * wp + j.
+    offs: Vec<usize>,
+}
+
+impl Planes {
+    fn new(h: usize, w: usize, k: usize) -> Self {
+        let pad = k / 2;
+        let wp = w + 2 * pad;
+        let p_pad = (h * wp).div_ceil(TILE) * TILE;
+        let s = (p_pad + (k - 1) * wp + (k - 1)).div_ceil(16) * 16;
+        let offs = (0..k)
+            .flat_map(|i| (0..k).map(move |j| i * wp + j))
+            .collect();
+        Self {
+            h,
+            w,
+            pad,
+            wp,
+            p_pad,
+            s,
+            offs,
+        }
+    }
+
+    #[inline(never)]
+    /// Copy image planes `x` (c, h, w) into `dst` (c planes of stride `stride`), zero elsewhere.
+    fn pad_into(&self, x: &[f32], c: usize, dst: &mut [f32], stride: usize) {
+        let hw = self.h * self.w;
+        for ch in 0..c {
+            let d = &mut dst[ch * stride..ch * stride + self.s];
+            d.fill(0.0);
+            for r in 0..self.h {
+                let o = (r + self.pad) * self.wp + self.pad;
+                d[o..o + self.w].copy_from_slice(&x[ch * hw + r * self.w..][..self.w]);
+            }
+        }
+    }
+
+    #[inline(never)]
+    /// Copy gradient planes `dy` (c, h, w) into output-position layout (row length `wp`),
+    /// zero in the dropped columns and the tail, as the weight gradient's pixel loop needs.
+    fn spread_into(&self, dy: &[f32], c: usize, dst: &mut [f32], stride: usize) {
+        let hw = self.h * self.w;
+        for ch in 0..c {
+            let d = &mut dst[ch * stride..ch * stride + self.s];
+            d.fill(0.0);
+            for r in 0..self.h {
+                d[r * self.wp..][..self.w].copy_from_slice(&dy[ch * hw + r * self.w..][..self.w]);
+            }
+        }
+    }
+
+    /// y (c, h, w) = tmp (c, p_pad) without the dropped columns, plus a per-channel bias.
+    fn gather_out(&self, tmp: &[f32], y: &mut [f32], bias: Option<&[f32]>) {
+        let hw = self.h * self.w;
+        for (ch, yc) in y.chunks_exact_mut(hw).enumerate() {
+            let b = bias.map_or(0.0, |b| b[ch]);
+            let t = &tmp[ch * self.p_pad..];
+            for r in 0..self.h {
+                let (src, dst) = (&t[r * self.wp..][..self.w], &mut yc[r * self.w..][..self.w]);
+                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b);
+            }
+        }
+    }
+}
+
+/// Weights for the forward microkernel: (cout / NR) blocks of (cin * taps) rows of NR,
+/// from `get(o, c, t)`.
+fn pack(cout: usize, cin: usize, taps: usize, get: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+    let mut p = Vec::with_capacity(cout * cin * taps);
+    for b in 0..cout / NR {
+        for c in 0..cin {
+            for t in 0..taps {
+                p.extend((0..NR).map(|n| get(b * NR + n, c, t)));
+            }
+        }
+    }
+    p
+}
+
+thread_local! {
+    static WS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_ws<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    WS.with(|ws| {
+        let mut ws = ws.borrow_mut();
+        if ws.len() < a + b {
+            ws.resize(a + b, 0.0);
+        }
+        let (wa, wb) = ws[..a + b].split_at_mut(a);
+        f(wa, wb)
+    })
+}
+
+/// One image: y (cout, h, w) = conv(x (cin, h, w)) with packed weights, + bias.
+fn image(
+    pl: &Planes,
+    x: &[f32],
+    cin: usize,
+    wpk: &[f32],
+    y: &mut [f32],
+    cout: usize,
+    bias: Option<&[f32]>,
+) {
+    let taps = pl.offs.len();
+    with_ws(cin * pl.s, cout * pl.p_pad, |xp, tmp| {
+        pl.pad_into(x, cin, xp, pl.s);
+        for b in 0..cout / NR {
+            let wb = &wpk[b * cin * taps * NR..(b + 1) * cin * taps * NR];
+            for t0 in (0..pl.p_pad).step_by(TILE) {
+                // SAFETY: tile t0 reads xp[c * s + t0 + off + 0..TILE] for c < cin, which is
+                // inside plane c by the choice of `s`; it writes NR rows of TILE at
+                // tmp[(b * NR + n) * p_pad + t0..], inside `tmp` (cout * p_pad).
+                unsafe {
+                    tile(
+                        xp.as_ptr().add(t0),
+                        pl.s,
+                        cin,
+                        &pl.offs,
+                        wb.as_ptr(),
+                        tmp.as_mut_ptr().add(b * NR * pl.p_pad + t0),
+                        pl.p_pad,
+                    )
+                }
+            }
+        }
+        pl.gather_out(tmp, y, bias);
+    })
+}
+
+/// Forward: x (n, ci, h, w), w (co, ci, k, k), bias [co] or [n, co] -> y (n, co, h, w).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fwd(
+    n: usize,
+    ci: usize,
+    co: usize,
+    (h, w): (usize, usize),
+    k: usize,
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<(&[f32], bool)>,
+) -> Vec<f32> {
+    let (pl, taps) = (Planes::new(h, w, k), k * k);
+    let wpk = pack(co, ci, taps, |o, c, t| wt[(o * ci + c) * taps + t]);
+    let mut y = vec![0f32; n * co * h * w];
+    for_each_chunk_mut(&mut y, co * h * w, |i, yn| {
+        let b = bias.map(|(b, per_image)| if per_image { &b[i * co..(i + 1) * co] } else { b });
+        image(&pl, &x[i * ci * h * w..(i + 1) * ci * h * w], ci, &wpk, yn, co, b);
+    });
+    y
+}
+
+/// Input gradient: dy (n, co, h, w), w (co, ci, k, k) -> dx (n, ci, h, w), the forward pass
+/// of the kernel transposed in channels and flipped in space.
+pub(super) fn bwd_input(
+    n: usize,
+    ci: usize,
+    co: usize,
+    (h, w): (usize, usize),
+    k: usize,
+    dy: &[f32],
+    wt: &[f32],
+) -> Vec<f32> {
+    let (pl, taps) = (Planes::new(h, w, k), k * k);
+    let wpk = pack(ci, co, taps, |o, c, t| wt[(c * ci + o) * taps + (taps - 1 - t)]);
+    let mut dx = vec![0f32; n * ci * h * w];
+    for_each_chunk_mut(&mut dx, ci * h * w, |i, dxn| {
+        image(&pl, &dy[i * co * h * w..(i + 1) * co * h * w], co, &wpk, dxn, ci, None);
+    });
+    dx
+}
+
+/// Weight gradient: x (n, ci, h, w), dy (n, co, h, w) -> dw (co, ci, k, k) =
+/// sum over images and pixels of dy[o, p] * xpad[c, p + off_t]. Images are packed channel-major
+/// in chunks, so the pixel loop runs over a whole chunk at once; chunk j goes to slot
+/// j % threads and the slots' sums are added in slot order, so the result does not depend on
+/// scheduling.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn bwd_weight(
+    n: usize,
+    ci: usize,
+    co: usize,
+    (h, w): (usize, usize),
+    k: usize,
+    x: &[f32],
+    dy: &[f32],
+) -> Vec<f32> {
+    let (pl, taps) = (Planes::new(h, w, k), k * k);
+    let (xl, yl) = (ci * h * w, co * h * w);
+    // An 8-channel block of dy (NR * nb * s floats) is re-read for every (channel, kernel
+    // row): keep it within ~32 KB of L1 (at ~256 KB, in L2, the kernel was bandwidth-bound
+    // and 1.4x slower), while the pixel loop stays long enough to amortise the final sums.
+    let nb = (1024 / pl.s).clamp(1, n.div_ceil(n_threads()).max(1));
+    let chunks = n.div_ceil(nb);
+    let (nt, wl) = (n_threads(), co * ci * taps);
+    let mut partials = vec![0f32; nt * wl];
+    let pp = SharedMut::new(&mut partials);
+    for_each_slot(|tid| {
+        // SAFETY: slot tid owns partial tid.
+        let dw = unsafe { pp.slice(tid * wl..(tid + 1) * wl) };
+        for j in (tid..chunks).step_by(nt) {
+            let (n0, bn) = (j * nb, nb.min(n - j * nb));
+            let len = bn * pl.s;
+            // x chunk (ci, bn, s) with one plane of slack for the last taps' reads.
+            with_ws(ci * len + pl.s, co * len, |xp, dyp| {
+                xp[ci * len..].fill(0.0);
+                for b in 0..bn {
+                    let img = n0 + b;
+                    for c in 0..ci {
+                        let d = &mut xp[c * len + b * pl.s..];
+                        pl.pad_into(&x[img * xl + c * h * w..][..h * w], 1, d, pl.s);
+                    }
+                    for o in 0..co {
+                        let d = &mut dyp[o * len + b * pl.s..];
+                        pl.spread_into(&dy[img * yl + o * h * w..][..h * w], 1, d, pl.s);
+                    }
+                }
+                for b in 0..co / NR {
+                    for c in 0..ci {
+                        for i in 0..k {
+                            let mut acc = [[0f32; 3]; NR];
+                            // SAFETY: reads dyp rows b*NR.. (each `len`, a multiple of 16)
+                            // and xp[c * len + i * wp + j + 0..len] for j < k, inside xp
+                            // thanks to the trailing slack plane.
+                            unsafe {
+                                let xr = xp.as_ptr().add(c * len + i * pl.wp);
+                                let dr = dyp.as_ptr().add(b * NR * len);
+                                if k == 3 {
+                                    wtile::<3>(dr, xr, len, &mut acc)
+                                } else {
+                                    wtile::<1>(dr, xr, len, &mut acc)
+                                }
+                            }
+                            for (nn, a) in acc.iter().enumerate() {
+                                let row = ((b * NR + nn) * ci + c) * taps + i * k;
+                                for jj in 0..k {
+                                    dw[row + jj] += a[jj];
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut it = partials.chunks(wl);
+    let mut dw = it.next().map_or_else(|| vec![0f32; wl], <[f32]>::to_vec);
+    for p in it {
+        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    dw
+}
+
+/// Forward microkernel: NR output rows of TILE pixels at `y` (row stride `ldy`) =
+/// sum over cin planes (stride `s`) and taps of w * x[off + ..]. `w` is NR floats per
+/// (channel, tap) in that order.
+///
+/// # Safety
+/// AVX-512F must be available; all reads and writes must be in bounds (see the caller).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile(
+    x: *const f32,
+    s: usize,
+    cin: usize,
+    offs: &[usize],
+    w: *const f32,
+    y: *mut f32,
+    ldy: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    let mut wp = w;
+    for c in 0..cin {
+        let xc = x.add(c * s);
+        for &off in offs {
+            let xo = xc.add(off);
+            let xv: [__m512; MR] = std::array::from_fn(|m| _mm512_loadu_ps(xo.add(16 * m)));
+            for nn in 0..NR {
+                let b = _mm512_set1_ps(*wp.add(nn));
+                for m in 0..MR {
+                    acc[m][nn] = _mm512_fmadd_ps(xv[m], b, acc[m][nn]);
+                }
+            }
+            wp = wp.add(NR);
+        }
+    }
+    for nn in 0..NR {
+        for m in 0..MR {
+            _mm512_storeu_ps(y.add(nn * ldy + 16 * m), acc[m][nn]);
+        }
+    }
+}
+
+/// Weight-gradient microkernel: acc[n][j] += sum_q dy[n * len + q] * x[q + j] over
+/// q < len (a multiple of 16), for the NR gradient rows at `dy` and KW taps of one kernel row.
+///
+/// # Safety
+/// AVX-512F must be available; `dy` must hold NR rows of `len` and `x` len + KW - 1 floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn wtile<const KW: usize>(dy: *const f32, x: *const f32, len: usize, acc: &mut [[f32; 3]; NR]) {
+    use std::arch::x86_64::*;
+    let mut a = [[_mm512_setzero_ps(); KW]; NR];
+    for q in (0..len).step_by(16) {
+        let xv: [__m512; KW] = std::array::from_fn(|j| _mm512_loadu_ps(x.add(q + j)));
+        for nn in 0..NR {
+            let d = _mm512_loadu_ps(dy.add(nn * len + q));
+            for j in 0..KW {
+                a[nn][j] = _mm512_fmadd_ps(d, xv[j], a[nn][j]);
+            }
+        }
+    }
+    for nn in 0..NR {
+        for j in 0..KW {
+            acc[nn][j] = _mm512_reduce_add_ps(a[nn][j]);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile(_: *const f32, _: usize, _: usize, _: &[usize], _: *const f32, _: *mut f32, _: usize) {
+    unreachable!("direct convolution needs AVX-512")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn wtile<const KW: usize>(_: *const f32, _: *const f32, _: usize, _: &mut [[f32; 3]; NR]) {
+    unreachable!("direct convolution needs AVX-512")
+}
