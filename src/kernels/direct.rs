@@ -21,6 +21,8 @@ const NR: usize = 8;
 /// 16-pixel vectors per tile.
 const MR: usize = 2;
 const TILE: usize = 16 * MR;
+/// Output channels per weight-gradient tile.
+const WR: usize = 4;
 
 /// Whether the direct kernels take a convolution of this geometry on this CPU whose pass
 /// produces `out_channels` channels (co for the forward and weight gradient, ci for the input
@@ -82,7 +84,6 @@ impl Planes {
         }
     }
 
-    #[inline(never)]
     /// Copy image planes `x` (c, h, w) into `dst` (c planes of stride `stride`), zero elsewhere.
     fn pad_into(&self, x: &[f32], c: usize, dst: &mut [f32], stride: usize) {
         let hw = self.h * self.w;
@@ -96,7 +97,6 @@ impl Planes {
         }
     }
 
-    #[inline(never)]
     /// Copy gradient planes `dy` (c, h, w) into output-position layout (row length `wp`),
     /// zero in the dropped columns and the tail, as the weight gradient's pixel loop needs.
     fn spread_into(&self, dy: &[f32], c: usize, dst: &mut [f32], stride: usize) {
@@ -126,7 +126,12 @@ impl Planes {
 
 /// Weights for the forward microkernel: (cout / NR) blocks of (cin * taps) rows of NR,
 /// from `get(o, c, t)`.
-fn pack(cout: usize, cin: usize, taps: usize, get: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+fn pack(
+    cout: usize,
+    cin: usize,
+    taps: usize,
+    get: impl Fn(usize, usize, usize) -> f32,
+) -> Vec<f32> {
     let mut p = Vec::with_capacity(cout * cin * taps);
     for b in 0..cout / NR {
         for c in 0..cin {
@@ -205,8 +210,22 @@ pub(super) fn fwd(
     let wpk = pack(co, ci, taps, |o, c, t| wt[(o * ci + c) * taps + t]);
     let mut y = vec![0f32; n * co * h * w];
     for_each_chunk_mut(&mut y, co * h * w, |i, yn| {
-        let b = bias.map(|(b, per_image)| if per_image { &b[i * co..(i + 1) * co] } else { b });
-        image(&pl, &x[i * ci * h * w..(i + 1) * ci * h * w], ci, &wpk, yn, co, b);
+        let b = bias.map(|(b, per_image)| {
+            if per_image {
+                &b[i * co..(i + 1) * co]
+            } else {
+                b
+            }
+        });
+        image(
+            &pl,
+            &x[i * ci * h * w..(i + 1) * ci * h * w],
+            ci,
+            &wpk,
+            yn,
+            co,
+            b,
+        );
     });
     y
 }
@@ -223,10 +242,20 @@ pub(super) fn bwd_input(
     wt: &[f32],
 ) -> Vec<f32> {
     let (pl, taps) = (Planes::new(h, w, k), k * k);
-    let wpk = pack(ci, co, taps, |o, c, t| wt[(c * ci + o) * taps + (taps - 1 - t)]);
+    let wpk = pack(ci, co, taps, |o, c, t| {
+        wt[(c * ci + o) * taps + (taps - 1 - t)]
+    });
     let mut dx = vec![0f32; n * ci * h * w];
     for_each_chunk_mut(&mut dx, ci * h * w, |i, dxn| {
-        image(&pl, &dy[i * co * h * w..(i + 1) * co * h * w], co, &wpk, dxn, ci, None);
+        image(
+            &pl,
+            &dy[i * co * h * w..(i + 1) * co * h * w],
+            co,
+            &wpk,
+            dxn,
+            ci,
+            None,
+        );
     });
     dx
 }
@@ -251,7 +280,7 @@ pub(super) fn bwd_weight(
     // An 8-channel block of dy (NR * nb * s floats) is re-read for every (channel, kernel
     // row): keep it within ~32 KB of L1 (at ~256 KB, in L2, the kernel was bandwidth-bound
     // and 1.4x slower), while the pixel loop stays long enough to amortise the final sums.
-    let nb = (1024 / pl.s).clamp(1, n.div_ceil(n_threads()).max(1));
+    let nb = (2048 / pl.s).clamp(1, n.div_ceil(n_threads()).max(1));
     let chunks = n.div_ceil(nb);
     let (nt, wl) = (n_threads(), co * ci * taps);
     let mut partials = vec![0f32; nt * wl];
@@ -276,16 +305,16 @@ pub(super) fn bwd_weight(
                         pl.spread_into(&dy[img * yl + o * h * w..][..h * w], 1, d, pl.s);
                     }
                 }
-                for b in 0..co / NR {
+                for b in 0..co / WR {
                     for c in 0..ci {
                         for i in 0..k {
-                            let mut acc = [[0f32; 3]; NR];
+                            let mut acc = [[0f32; 3]; WR];
                             // SAFETY: reads dyp rows b*NR.. (each `len`, a multiple of 16)
                             // and xp[c * len + i * wp + j + 0..len] for j < k, inside xp
                             // thanks to the trailing slack plane.
                             unsafe {
                                 let xr = xp.as_ptr().add(c * len + i * pl.wp);
-                                let dr = dyp.as_ptr().add(b * NR * len);
+                                let dr = dyp.as_ptr().add(b * WR * len);
                                 if k == 3 {
                                     wtile::<3>(dr, xr, len, &mut acc)
                                 } else {
@@ -293,7 +322,7 @@ pub(super) fn bwd_weight(
                                 }
                             }
                             for (nn, a) in acc.iter().enumerate() {
-                                let row = ((b * NR + nn) * ci + c) * taps + i * k;
+                                let row = ((b * WR + nn) * ci + c) * taps + i * k;
                                 for jj in 0..k {
                                     dw[row + jj] += a[jj];
                                 }
@@ -320,6 +349,7 @@ pub(super) fn bwd_weight(
 /// AVX-512F must be available; all reads and writes must be in bounds (see the caller).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // register tiles indexed by (row, column)
 unsafe fn tile(
     x: *const f32,
     s: usize,
@@ -360,31 +390,100 @@ unsafe fn tile(
 /// AVX-512F must be available; `dy` must hold NR rows of `len` and `x` len + KW - 1 floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn wtile<const KW: usize>(dy: *const f32, x: *const f32, len: usize, acc: &mut [[f32; 3]; NR]) {
-    use std::arch::x86_64::*;
-    let mut a = [[_mm512_setzero_ps(); KW]; NR];
-    for q in (0..len).step_by(16) {
-        let xv: [__m512; KW] = std::array::from_fn(|j| _mm512_loadu_ps(x.add(q + j)));
-        for nn in 0..NR {
-            let d = _mm512_loadu_ps(dy.add(nn * len + q));
-            for j in 0..KW {
-                a[nn][j] = _mm512_fmadd_ps(d, xv[j], a[nn][j]);
-            }
-        }
-    }
-    for nn in 0..NR {
-        for j in 0..KW {
-            acc[nn][j] = _mm512_reduce_add_ps(a[nn][j]);
-        }
+unsafe fn wtile<const KW: usize>(
+    dy: *const f32,
+    x: *const f32,
+    len: usize,
+    acc: &mut [[f32; 3]; WR],
+) {
+    if KW == 3 {
+        wtile3(dy, x, len, acc)
+    } else {
+        wtile1(dy, x, len, acc)
     }
 }
 
+// The accumulators are named variables (generated), 4 rows x 3 taps: written as an array of
+// __m512, or with 8 rows (24 accumulators + 11 loads live), LLVM spilled and rotated them and
+// the kernel ran at half the forward's FMA rate.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[rustfmt::skip]
+unsafe fn wtile3(dy: *const f32, x: *const f32, len: usize, acc: &mut [[f32; 3]; WR]) {
+    use std::arch::x86_64::*;
+    let z = _mm512_setzero_ps();
+    let (mut a00, mut a01, mut a02, mut a10, mut a11, mut a12, mut a20, mut a21, mut a22, mut a30, mut a31, mut a32) = (z, z, z, z, z, z, z, z, z, z, z, z);
+    let (mut xq, mut dq) = (x, dy);
+    for _ in 0..len / 16 {
+        let x0 = _mm512_loadu_ps(xq);
+        let x1 = _mm512_loadu_ps(xq.add(1));
+        let x2 = _mm512_loadu_ps(xq.add(2));
+        let d = _mm512_loadu_ps(dq);
+        a00 = _mm512_fmadd_ps(d, x0, a00);
+        a01 = _mm512_fmadd_ps(d, x1, a01);
+        a02 = _mm512_fmadd_ps(d, x2, a02);
+        let d = _mm512_loadu_ps(dq.add(len));
+        a10 = _mm512_fmadd_ps(d, x0, a10);
+        a11 = _mm512_fmadd_ps(d, x1, a11);
+        a12 = _mm512_fmadd_ps(d, x2, a12);
+        let d = _mm512_loadu_ps(dq.add(2 * len));
+        a20 = _mm512_fmadd_ps(d, x0, a20);
+        a21 = _mm512_fmadd_ps(d, x1, a21);
+        a22 = _mm512_fmadd_ps(d, x2, a22);
+        let d = _mm512_loadu_ps(dq.add(3 * len));
+        a30 = _mm512_fmadd_ps(d, x0, a30);
+        a31 = _mm512_fmadd_ps(d, x1, a31);
+        a32 = _mm512_fmadd_ps(d, x2, a32);
+        xq = xq.add(16);
+        dq = dq.add(16);
+    }
+    acc[0] = [_mm512_reduce_add_ps(a00), _mm512_reduce_add_ps(a01), _mm512_reduce_add_ps(a02)];
+    acc[1] = [_mm512_reduce_add_ps(a10), _mm512_reduce_add_ps(a11), _mm512_reduce_add_ps(a12)];
+    acc[2] = [_mm512_reduce_add_ps(a20), _mm512_reduce_add_ps(a21), _mm512_reduce_add_ps(a22)];
+    acc[3] = [_mm512_reduce_add_ps(a30), _mm512_reduce_add_ps(a31), _mm512_reduce_add_ps(a32)];
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[rustfmt::skip]
+unsafe fn wtile1(dy: *const f32, x: *const f32, len: usize, acc: &mut [[f32; 3]; WR]) {
+    use std::arch::x86_64::*;
+    let z = _mm512_setzero_ps();
+    let (mut a00, mut a10, mut a20, mut a30) = (z, z, z, z);
+    let (mut xq, mut dq) = (x, dy);
+    for _ in 0..len / 16 {
+        let x0 = _mm512_loadu_ps(xq);
+        let d = _mm512_loadu_ps(dq);
+        a00 = _mm512_fmadd_ps(d, x0, a00);
+        let d = _mm512_loadu_ps(dq.add(len));
+        a10 = _mm512_fmadd_ps(d, x0, a10);
+        let d = _mm512_loadu_ps(dq.add(2 * len));
+        a20 = _mm512_fmadd_ps(d, x0, a20);
+        let d = _mm512_loadu_ps(dq.add(3 * len));
+        a30 = _mm512_fmadd_ps(d, x0, a30);
+        xq = xq.add(16);
+        dq = dq.add(16);
+    }
+    acc[0] = [_mm512_reduce_add_ps(a00), 0.0, 0.0];
+    acc[1] = [_mm512_reduce_add_ps(a10), 0.0, 0.0];
+    acc[2] = [_mm512_reduce_add_ps(a20), 0.0, 0.0];
+    acc[3] = [_mm512_reduce_add_ps(a30), 0.0, 0.0];
+}
+
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile(_: *const f32, _: usize, _: usize, _: &[usize], _: *const f32, _: *mut f32, _: usize) {
+unsafe fn tile(
+    _: *const f32,
+    _: usize,
+    _: usize,
+    _: &[usize],
+    _: *const f32,
+    _: *mut f32,
+    _: usize,
+) {
     unreachable!("direct convolution needs AVX-512")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn wtile<const KW: usize>(_: *const f32, _: *const f32, _: usize, _: &mut [[f32; 3]; NR]) {
+unsafe fn wtile<const KW: usize>(_: *const f32, _: *const f32, _: usize, _: &mut [[f32; 3]; WR]) {
     unreachable!("direct convolution needs AVX-512")
 }
