@@ -277,3 +277,22 @@ fn upsample_matches_candle_forward_and_gradient() {
         );
     }
 }
+
+#[test]
+fn fused_channels_first_attention_matches_candle() {
+    // q^T, k^T, v^T [items, d, n]: the UNet's 64 x 64 x 196 and 64 x 64 x 49, and odd sizes.
+    for (i, &(b, d, n)) in [(64, 64, 196), (16, 64, 49), (3, 5, 7), (2, 1, 1)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 900 + 10 * i as u64;
+        let inputs: Vec<Tensor> = (0..3).map(|j| randn(seed + j, &[b, d, n])).collect();
+        let scale = 1.0 / (d as f64).sqrt();
+        check(
+            &format!("attention channels-first {b}x{d}x{n}"),
+            &inputs,
+            |t| kernels::attention_channels_first(&t[0], &t[1], &t[2], scale).unwrap(),
+            |t| reference::attention_channels_first(&t[0], &t[1], &t[2], scale).unwrap(),
+        );
+    }
+}

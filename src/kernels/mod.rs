@@ -9,6 +9,7 @@ pub mod attn;
 pub mod bias;
 pub mod conv;
 mod direct;
+mod flash;
 mod gemm;
 pub mod norm;
 mod par;
@@ -19,6 +20,7 @@ pub use act::silu;
 pub use attn::softmax_last_dim;
 pub use bias::{add_row_bias, linear};
 pub use conv::conv2d;
+pub use flash::attention_channels_first;
 pub use norm::{group_norm, group_norm_silu};
 pub use upsample::upsample_nearest2x;
 

@@ -75,3 +75,15 @@ pub fn attention_with(
     let s = (q.matmul(&k.t()?)? * scale)?;
     Ok(softmax(&s)?.matmul(v)?)
 }
+
+/// `attention` on channels-first operands q^T, k^T, v^T [items, d, n] -> o^T, with Candle's
+/// matmuls on the transposed views and Candle's softmax.
+pub fn attention_channels_first(
+    qt: &Tensor,
+    kt: &Tensor,
+    vt: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let s = (qt.t()?.matmul(kt)? * scale)?;
+    Ok(vt.matmul(&softmax_last_dim(&s)?.t()?)?)
+}

@@ -182,21 +182,32 @@ pub fn group_norm_silu(gn: &GroupNorm, x: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// Scaled dot-product attention on [B*heads, N, d] tensors; the softmax is our fused kernel
-/// with a backward (Candle's fused softmax has none, its composite one is 4x slower).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, train: bool) -> Result<Tensor> {
-    timed("attention", || attention_impl(q, k, v, scale, train))
+/// A linear layer (weight [out, in]) applied to every pixel of x [B, in, H, W], as a 1x1
+/// convolution: the output stays channels-first.
+pub fn linear_1x1(lin: &Linear, x: &Tensor) -> Result<Tensor> {
+    let (o, i) = lin.weight().dims2()?;
+    let w = lin.weight().reshape((o, i, 1, 1))?;
+    timed("linear", || {
+        kernel(crate::kernels::conv2d(x, &w, lin.bias(), 1, 0))
+    })
 }
 
-fn attention_impl(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, train: bool) -> Result<Tensor> {
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
-    let _ = train;
-    let p = kernel(if fast() {
-        crate::kernels::softmax_last_dim(&scores)
-    } else {
-        crate::kernels::reference::softmax_last_dim(&scores)
-    })?;
-    p.matmul(&v.contiguous()?)
+/// Scaled dot-product attention on transposed tensors q^T, k^T, v^T of [B*heads, d, N]:
+/// returns (softmax(q k^T * scale) v)^T, [B*heads, d, N]. The fast path is one fused op
+/// (kernels::flash); the reference is Candle's matmuls on strided views and the softmax.
+pub fn attention_channels_first(
+    qt: &Tensor,
+    kt: &Tensor,
+    vt: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    timed("attention", || {
+        kernel(if fast() {
+            crate::kernels::attention_channels_first(qt, kt, vt, scale)
+        } else {
+            crate::kernels::reference::attention_channels_first(qt, kt, vt, scale)
+        })
+    })
 }
 
 /// Nearest-neighbour 2x upsampling (torch F.interpolate(scale_factor=2, mode="nearest")).
