@@ -93,6 +93,9 @@ fn conv2d_matches_candle_forward_and_both_gradients() {
         ([2, 8, 1, 1], 8, 3, 1, 1, true),
         ([4, 96, 28, 28], 32, 3, 1, 1, true),
         ([3, 96, 14, 14], 64, 1, 1, 0, true),
+        // Channel counts padded to whole tiles: the 1-channel output conv, 6 and 13 channels.
+        ([4, 32, 28, 28], 1, 3, 1, 1, true),
+        ([3, 13, 5, 11], 6, 3, 1, 1, true),
     ];
     for (i, &(xs, co, k, s, p, bias)) in cases.iter().enumerate() {
         let seed = 10 * i as u64;

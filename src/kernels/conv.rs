@@ -214,7 +214,7 @@ impl Bias<'_> {
 
 /// y[n] = W (co x k) @ col(x[n]) (k x oh*ow) (+ bias), `group_size` images per gemm.
 fn fwd(g: &Geom, x: &[f32], w: &[f32], bias: Option<Bias>) -> Vec<f32> {
-    if direct::applies(g.stride, g.pad, (g.kh, g.kw), g.co) {
+    if direct::applies(g.stride, g.pad, (g.kh, g.kw)) {
         let b = bias.map(|b| (b.data, b.per_image));
         return direct::fwd(g.n, g.ci, g.co, (g.h, g.w), g.kh, x, w, b);
     }
@@ -251,7 +251,7 @@ fn fwd(g: &Geom, x: &[f32], w: &[f32], bias: Option<Bias>) -> Vec<f32> {
 
 /// dx[n] = col2im(W^T (k x co) @ dy[n] (co x oh*ow)), `group_size` images per gemm.
 fn bwd_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
-    if direct::applies(g.stride, g.pad, (g.kh, g.kw), g.ci) {
+    if direct::applies(g.stride, g.pad, (g.kh, g.kw)) {
         return direct::bwd_input(g.n, g.ci, g.co, (g.h, g.w), g.kh, dy, w);
     }
     let (k, ohw, bs) = (g.k(), g.out_len(), group_size(g));
@@ -284,7 +284,7 @@ fn bwd_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
 /// slot order. The assignment is static (slot s takes groups s, s+T, ...), so the sums, and
 /// therefore training, are bit-reproducible (a shared work cursor made resumed runs drift).
 fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    if direct::applies(g.stride, g.pad, (g.kh, g.kw), g.co) {
+    if direct::applies(g.stride, g.pad, (g.kh, g.kw)) {
         return direct::bwd_weight(g.n, g.ci, g.co, (g.h, g.w), g.kh, x, dy);
     }
     let (k, ohw, wl, bs) = (g.k(), g.out_len(), g.co * g.k(), group_size(g));
@@ -391,17 +391,27 @@ impl CustomOp2 for ConvOp {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = self.grads(x, w, &dy.contiguous()?)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
 impl ConvOp {
-    /// (dx, dw) for the forward pass `self` given a contiguous dy.
-    fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    /// (dx, dw) for the forward pass `self` given a contiguous dy; dx is skipped when x is
+    /// not part of the graph (the UNet's input conv: x_t is data).
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Tensor)> {
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
         let op = |pass| ConvOp { pass, ..*self };
-        let dx = dy.apply_op2_no_bwd(w, &op(Pass::BwdInput { h, w: wd }))?;
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(w, &op(Pass::BwdInput { h, w: wd }))?)
+        } else {
+            None
+        };
         let dw = x.apply_op2_no_bwd(dy, &op(Pass::BwdWeight { kh, kw }))?;
         Ok((dx, dw))
     }
@@ -447,7 +457,7 @@ impl CustomOp3 for ConvOp {
         let dy = dy.contiguous()?;
         let (dx, dw) = self.grads(x, w, &dy)?;
         let db = super::bias::channel_bias_grad(&dy, b.rank() == 2)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, Some(dw), Some(db)))
     }
 }
 

@@ -24,17 +24,12 @@ const TILE: usize = 16 * MR;
 /// Output channels per weight-gradient tile.
 const WR: usize = 4;
 
-/// Whether the direct kernels take a convolution of this geometry on this CPU whose pass
-/// produces `out_channels` channels (co for the forward and weight gradient, ci for the input
-/// gradient): tiles are 8 channels wide.
-pub(super) fn applies(stride: usize, pad: usize, k: (usize, usize), out_channels: usize) -> bool {
+/// Whether the direct kernels take a convolution of this geometry on this CPU. Channel
+/// counts that are not a multiple of the tile width are padded with zero weights (the
+/// UNet's 1-channel output conv: 8x its few FLOPs, but no 9x im2col copy of its input).
+pub(super) fn applies(stride: usize, pad: usize, k: (usize, usize)) -> bool {
     let (kh, kw) = k;
-    stride == 1
-        && kh == kw
-        && (kh == 1 || kh == 3)
-        && pad == kh / 2
-        && out_channels.is_multiple_of(NR)
-        && avx512()
+    stride == 1 && kh == kw && (kh == 1 || kh == 3) && pad == kh / 2 && avx512()
 }
 
 fn avx512() -> bool {
@@ -83,7 +78,9 @@ impl Planes {
                     let p = 16 * v + l;
                     (p / wp < h && p % wp < w).then_some((p / wp) * w + p % wp)
                 };
-                let mask = (0..16).filter(|&l| real(l).is_some()).fold(0u16, |m, l| m | 1 << l);
+                let mask = (0..16)
+                    .filter(|&l| real(l).is_some())
+                    .fold(0u16, |m, l| m | 1 << l);
                 let first = (0..16).find_map(real).unwrap_or(0);
                 (mask, first as u32)
             })
@@ -127,8 +124,8 @@ impl Planes {
     }
 }
 
-/// Weights for the forward microkernel: (cout / NR) blocks of (cin * taps) rows of NR,
-/// from `get(o, c, t)`.
+/// Weights for the forward microkernel: ceil(cout / NR) blocks of (cin * taps) rows of NR,
+/// from `get(o, c, t)`, zero past cout.
 fn pack(
     cout: usize,
     cin: usize,
@@ -136,10 +133,17 @@ fn pack(
     get: impl Fn(usize, usize, usize) -> f32,
 ) -> Vec<f32> {
     let mut p = Vec::with_capacity(cout * cin * taps);
-    for b in 0..cout / NR {
+    for b in 0..cout.div_ceil(NR) {
         for c in 0..cin {
             for t in 0..taps {
-                p.extend((0..NR).map(|n| get(b * NR + n, c, t)));
+                p.extend((0..NR).map(|n| {
+                    let o = b * NR + n;
+                    if o < cout {
+                        get(o, c, t)
+                    } else {
+                        0.0
+                    }
+                }));
             }
         }
     }
@@ -175,14 +179,15 @@ fn image(
     assert!(y.len() == cout * hw && bias.is_none_or(|b| b.len() == cout));
     with_ws(cin * pl.s, 0, |xp, _| {
         pl.pad_into(x, cin, xp, pl.s);
-        for b in 0..cout / NR {
+        for b in 0..cout.div_ceil(NR) {
             let wb = &wpk[b * cin * taps * NR..(b + 1) * cin * taps * NR];
-            let bb = bias.map(|bias| &bias[b * NR..(b + 1) * NR]);
+            let rows = NR.min(cout - b * NR);
+            let bb = bias.map(|bias| &bias[b * NR..b * NR + rows]);
             for t0 in (0..pl.p_pad).step_by(TILE) {
                 let stores = &pl.stores[t0 / 16..t0 / 16 + MR];
                 // SAFETY: tile t0 reads xp[c * s + t0 + off + 0..TILE] for c < cin, which is
                 // inside plane c by the choice of `s`; it writes the real pixels of `stores`
-                // (indices < hw by construction) in NR planes of y from plane b * NR.
+                // (indices < hw by construction) in `rows` planes of y from plane b * NR.
                 unsafe {
                     tile(
                         xp.as_ptr().add(t0),
@@ -193,6 +198,7 @@ fn image(
                         y.as_mut_ptr().add(b * NR * hw),
                         hw,
                         stores,
+                        rows,
                         bb,
                     )
                 }
@@ -299,8 +305,11 @@ pub(super) fn bwd_weight(
             let (n0, bn) = (j * nb, nb.min(n - j * nb));
             let len = bn * pl.s;
             // x chunk (ci, bn, s) with one plane of slack for the last taps' reads.
-            with_ws(ci * len + pl.s, co * len, |xp, dyp| {
+            // dy rows padded to whole WR-row tiles with zero planes.
+            let co_pad = co.div_ceil(WR) * WR;
+            with_ws(ci * len + pl.s, co_pad * len, |xp, dyp| {
                 xp[ci * len..].fill(0.0);
+                dyp[co * len..].fill(0.0);
                 for b in 0..bn {
                     let img = n0 + b;
                     for c in 0..ci {
@@ -312,7 +321,7 @@ pub(super) fn bwd_weight(
                         pl.spread_into(&dy[img * yl + o * h * w..][..h * w], 1, d, pl.s);
                     }
                 }
-                for b in 0..co / WR {
+                for b in 0..co_pad / WR {
                     for c in 0..ci {
                         for i in 0..k {
                             let mut acc = [[0f32; 3]; WR];
@@ -328,7 +337,7 @@ pub(super) fn bwd_weight(
                                     wtile::<1>(dr, xr, len, &mut acc)
                                 }
                             }
-                            for (nn, a) in acc.iter().enumerate() {
+                            for (nn, a) in acc.iter().enumerate().take(co - b * WR) {
                                 let row = ((b * WR + nn) * ci + c) * taps + i * k;
                                 for jj in 0..k {
                                     dw[row + jj] += a[jj];
@@ -367,6 +376,7 @@ unsafe fn tile(
     y: *mut f32,
     ldy: usize,
     stores: &[(u16, u32)],
+    rows: usize,
     bias: Option<&[f32]>,
 ) {
     use std::arch::x86_64::*;
@@ -395,7 +405,7 @@ unsafe fn tile(
         }
     }
     // Only real pixels reach y: packed (dropped columns squeezed out), bias added.
-    for (nn, row) in out.iter().enumerate() {
+    for (nn, row) in out.iter().enumerate().take(rows) {
         let bv = _mm512_set1_ps(bias.map_or(0.0, |b| b[nn]));
         for (m, &(mask, first)) in stores.iter().enumerate() {
             let v = _mm512_add_ps(_mm512_loadu_ps(row.as_ptr().add(16 * m)), bv);
@@ -499,6 +509,7 @@ unsafe fn wtile1(dy: *const f32, x: *const f32, len: usize, acc: &mut [[f32; 3];
 }
 
 #[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     _: *const f32,
     _: usize,
@@ -507,6 +518,9 @@ unsafe fn tile(
     _: *const f32,
     _: *mut f32,
     _: usize,
+    _: &[(u16, u32)],
+    _: usize,
+    _: Option<&[f32]>,
 ) {
     unreachable!("direct convolution needs AVX-512")
 }
