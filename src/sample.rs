@@ -129,9 +129,11 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
     scfg.validate()?;
     // Build the scheduler once up front so bad step counts fail before any model work.
     drop(sampler::build(&scfg)?);
+    let t0 = std::time::Instant::now();
     let (ucfg, vm, _) = unet::load(&loc.unet_dir, device)?;
     // Inference copy: no autograd graph is recorded through the weights.
     let model = unet::frozen(&ucfg, &vm, device)?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "model loaded");
     let shape = ucfg.image_shape()?;
     let bs = req.batch_size.unwrap_or(req.num).clamp(1, req.num);
     let mut rng = NoiseRng::new(req.seed);
@@ -173,6 +175,7 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
         samples.push(x0.to_device(&Device::Cpu)?);
     }
     pb.finish_and_clear();
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "sampled");
     let all = Tensor::cat(&samples, 0)?;
     let mut written = Vec::new();
     let grid = imageio::grid(&all, 2)?;
@@ -190,5 +193,6 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
         crate::fsutil::write_safetensors(p, &[("samples".to_string(), all)], None)?;
         written.push(p.clone());
     }
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "written");
     Ok(written)
 }
