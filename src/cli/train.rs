@@ -20,7 +20,7 @@ pub struct TrainCmd {
     /// Output directory (diffusers layout).
     #[arg(long, default_value = "models/mnist")]
     out: PathBuf,
-    /// Optimisation steps (default 800, ~15 min on 2 CPU cores, when neither --steps nor
+    /// Optimisation steps (default 2500, ~14 min on 2 CPU cores, when neither --steps nor
     /// --epochs is given).
     #[arg(long, conflicts_with = "epochs")]
     steps: Option<usize>,
@@ -48,9 +48,9 @@ pub struct TrainCmd {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Write a sample grid (DDIM 50, EMA weights) every N steps.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 500)]
     sample_every: usize,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 500)]
     checkpoint_every: usize,
     #[arg(long, default_value_t = 10)]
     log_every: usize,

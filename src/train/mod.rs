@@ -81,8 +81,8 @@ impl Default for TrainConfig {
             ema_decay: 0.999,
             grad_clip: Some(1.0),
             seed: 0,
-            sample_every: 200,
-            checkpoint_every: 200,
+            sample_every: 500,
+            checkpoint_every: 500,
             log_every: 10,
             sample_steps: 50,
             num_samples: 64,
@@ -94,8 +94,9 @@ impl Default for TrainConfig {
 }
 
 /// Default number of steps when neither --steps nor --epochs is given.
-/// About 15 minutes on a 2-core CPU for the mnist preset at batch 64 (README has the figures).
-pub const DEFAULT_STEPS: usize = 800;
+/// About 14 minutes on a 2-core CPU for the mnist preset at batch 64 (~200 images/s; README
+/// has the figures).
+pub const DEFAULT_STEPS: usize = 2500;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
