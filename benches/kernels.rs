@@ -201,14 +201,31 @@ fn bench_attn(t: &Table) {
             .map(|i| Var::from_tensor(&randn(10 + i, &[b, n, d])).unwrap())
             .collect();
         let g = randn(20, &[b, n, d]);
-        let ours = |t: &[Tensor]| {
-            reference::attention_with(&t[0], &t[1], &t[2], scale, kernels::softmax_last_dim)
-                .unwrap()
-        };
+        // Ours is the fused op on the UNet's channels-first operands q^T, k^T, v^T [b, d, n]
+        // (the same computation; PyTorch and Candle take [b, n, d]).
+        let qkv_t: Vec<Var> = (0..3)
+            .map(|i| Var::from_tensor(&randn(10 + i, &[b, d, n])).unwrap())
+            .collect();
+        let g_t = randn(20, &[b, d, n]);
+        let ours =
+            |t: &[Tensor]| kernels::attention_channels_first(&t[0], &t[1], &t[2], scale).unwrap();
         let cand = |t: &[Tensor]| reference::attention(&t[0], &t[1], &t[2], scale).unwrap();
-        let m = time_ms(&mut [&mut || fwd_bwd(&qkv, &g, &ours), &mut || {
-            fwd_bwd(&qkv, &g, &cand)
-        }]);
+        let (qt, q) = (
+            qkv_t
+                .iter()
+                .map(|v| v.as_tensor().clone())
+                .collect::<Vec<_>>(),
+            qkv.iter()
+                .map(|v| v.as_tensor().clone())
+                .collect::<Vec<_>>(),
+        );
+        let m = time_ms(&mut [
+            &mut || fwd_bwd(&qkv_t, &g_t, &ours),
+            &mut || fwd_bwd(&qkv, &g, &cand),
+            &mut || drop(ours(&qt)),
+            &mut || drop(cand(&q)),
+        ]);
+        t.row("attn_fwd", &shape, m[2], Some(m[3]));
         t.row("attn_fwdbwd", &shape, m[0], Some(m[1]));
         let s = Var::from_tensor(&randn(30, &[b, n, n])).unwrap();
         let gs = randn(31, &[b, n, n]);

@@ -14,7 +14,6 @@ use diffuse::forward::ForwardProcess;
 use diffuse::rng::NoiseRng;
 use diffuse::schedule::{BetaSchedule, Schedule};
 use diffuse::unet::{self, ops, UNetConfig};
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 64;
@@ -34,45 +33,24 @@ fn vm_hwm_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// PyTorch medians (s) from peer_bench.py sections c and d, for the diffusers model at 28x28.
-fn torch_peer(steps: usize, repeats: usize) -> BTreeMap<String, f64> {
-    let mut m = BTreeMap::new();
-    let Ok(py) = std::env::var("PEER_PYTHON") else {
-        return m;
+/// PyTorch+diffusers on a UNet2DModel of the same config.json (benches/peer_unet.py), one
+/// process per mode: (median seconds, peak RSS MiB) for "train" and "forward".
+fn torch_peer(mode: &str, n: usize) -> Option<(f64, f64)> {
+    let py = std::env::var("PEER_PYTHON").ok()?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(&py)
+        .arg(root.join("benches/peer_unet.py"))
+        .arg(root.join("models/mnist/config.json"))
+        .args([mode, &n.to_string()])
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let Some(out) = out else {
+        eprintln!("PEER_PYTHON={py}: peer_unet.py {mode} failed; PyTorch columns left empty");
+        return None;
     };
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/peer_bench.py");
-    let out = std::env::temp_dir().join("diffuse-peer-unet.json");
-    let _ = std::fs::remove_file(&out);
-    let ok = std::process::Command::new(&py)
-        .arg(&script)
-        .args(["--only", "c,d", "--sizes", "28"])
-        .args(["--train-steps", &steps.to_string()])
-        .args(["--fwd-repeats", &repeats.to_string()])
-        .arg("--out")
-        .arg(&out)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("PEER_PYTHON={py}: peer_bench.py failed; PyTorch columns left empty");
-        return m;
-    }
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap_or_default())
-            .unwrap_or_default();
-    let run = &v["runs"][0]["sections"];
-    for sec in ["c", "d"] {
-        if let Some(o) = run[sec].as_object() {
-            for (k, r) in o {
-                if let Some(s) = r["median_s"].as_f64() {
-                    m.insert(k.clone(), s);
-                }
-            }
-        }
-    }
-    m
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((v["median_s"].as_f64()?, v["peak_rss_mib"].as_f64()?))
 }
 
 fn print_shares(
@@ -194,15 +172,9 @@ fn main() {
     let (p_total, _, p_bwd, p_opt) = step(true);
     let train_prof = ops::take_profile();
 
-    let peer = torch_peer(if quick { 3 } else { 8 }, if quick { 3 } else { 7 });
-    let pf = peer
-        .iter()
-        .find(|(k, _)| k.starts_with("forward b64 no_grad diffusers"))
-        .map(|e| *e.1);
-    let pt = peer
-        .iter()
-        .find(|(k, _)| k.starts_with("train step b64 diffusers"))
-        .map(|e| *e.1);
+    let peer_train = torch_peer("train", if quick { 3 } else { 8 });
+    let peer_fwd = torch_peer("forward", if quick { 3 } else { 7 });
+    let (pf, pt) = (peer_fwd.map(|p| p.0), peer_train.map(|p| p.0));
     let cell = |p: Option<f64>| {
         p.map(|s| format!("{:.0} ({:.1} ms)", BATCH as f64 / s, s * 1e3))
             .unwrap_or("-".into())
@@ -230,6 +202,9 @@ fn main() {
     println!(
         "\npeak RSS (VmHWM): {rss0:.0} MiB after init, {rss_fwd:.0} MiB after forward, {rss_train:.0} MiB after training steps"
     );
+    if let (Some((_, f)), Some((_, t))) = (peer_fwd, peer_train) {
+        println!("PyTorch peak RSS (ru_maxrss, one process per mode): {f:.0} MiB forward, {t:.0} MiB training steps");
+    }
     println!(
         "train step medians: backward {:.1} ms, AdamW {:.1} ms",
         bwd_s * 1e3,
@@ -247,7 +222,7 @@ fn main() {
         p_total,
         &[("backward (all ops)", p_bwd), ("AdamW step", p_opt)],
     );
-    if peer.is_empty() {
+    if peer_train.is_none() {
         println!(
             "\n(set PEER_PYTHON=/path/to/python with torch+diffusers for the PyTorch columns)"
         );

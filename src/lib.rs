@@ -5,6 +5,7 @@ pub mod device;
 pub mod error;
 pub mod forward;
 pub mod fsutil;
+pub mod hub;
 pub mod kernels;
 pub mod rng;
 pub mod schedule;

@@ -1,42 +1,18 @@
 //! Models from the Hugging Face hub (e.g. google/ddpm-cifar10-32), through hf-hub into the
 //! standard cache. The cache is tried first; with HF_HUB_OFFLINE set, nothing else is.
-use crate::data::hub::{cache_dir, offline};
 use crate::error::{Error, Result};
+use crate::hub::{Lookup, Repo};
 use crate::sample::ModelLocation;
-use hf_hub::HFError;
 use std::path::PathBuf;
 
 /// Look `filename` up in model repo `repo_id`: Ok(Some) if cached or downloaded, Ok(None) if the
 /// repo has no such file, Err if it is not cached and cannot be fetched.
 fn get(repo_id: &str, filename: &str) -> Result<Option<PathBuf>> {
-    let client = hf_hub::HFClient::builder()
-        .retry_max_attempts(2)
-        .build_sync()
-        .map_err(|e| Error::Runtime(format!("hugging face hub client: {e}")))?;
-    let (owner, name) = hf_hub::split_id(repo_id);
-    let repo = client.model(owner, name);
-    let download = repo.download_file().filename(filename);
-    match download.clone().local_files_only(true).send() {
-        Ok(p) => return Ok(Some(p)),
-        Err(HFError::EntryNotFound { .. }) => return Ok(None),
-        Err(HFError::LocalEntryNotFound { .. }) => {}
-        Err(e) => {
-            return Err(Error::Runtime(format!(
-                "{repo_id}: hub cache lookup failed: {e}"
-            )))
-        }
-    }
-    if offline() {
-        return Err(Error::Runtime(format!(
-            "{repo_id}: {filename} is not in the hub cache {} and HF_HUB_OFFLINE is set; download it once online, or pass a local directory",
-            cache_dir().display()
-        )));
-    }
-    match download.send() {
-        Ok(p) => Ok(Some(p)),
-        Err(HFError::EntryNotFound { .. }) => Ok(None),
-        Err(e) => Err(Error::Runtime(format!(
-            "{repo_id}: could not download {filename}: {e}"
+    match crate::hub::lookup(Repo::Model, repo_id, filename)? {
+        Lookup::Found(p) => Ok(Some(p)),
+        Lookup::NotInRepo => Ok(None),
+        Lookup::Unavailable(why) => Err(Error::Runtime(format!(
+            "{why}; download it once online, or pass a local directory"
         ))),
     }
 }

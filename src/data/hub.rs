@@ -1,11 +1,9 @@
-//! The Hugging Face hub cache: parquet conversions of the named datasets, read as
+//! Datasets from the Hugging Face hub: parquet conversions of the named datasets, read as
 //! candle-datasets' loaders read them (revision `refs/convert/parquet`, image column a struct
-//! of PNG bytes, label column int64).
-//!
-//! hf-hub 1.0 honours HF_HOME / HF_HUB_CACHE / HF_ENDPOINT but has no offline switch, so
-//! HF_HUB_OFFLINE is read here and turns every lookup into a cache-only one.
+//! of PNG bytes, label column int64). Lookups go through `crate::hub`.
 use crate::error::{Error, Result};
-use hf_hub::HFError;
+pub use crate::hub::{cache_dir, offline};
+use crate::hub::{Lookup, Repo};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use rayon::prelude::*;
@@ -13,21 +11,6 @@ use std::path::{Path, PathBuf};
 
 /// Revision the hub's automatic parquet conversion lives at.
 pub const PARQUET_REVISION: &str = "refs/convert/parquet";
-
-/// True when HF_HUB_OFFLINE asks for no network (1/true/yes/on, any case).
-pub fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on"
-        )
-    })
-}
-
-/// Where hub files are cached: HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub.
-pub fn cache_dir() -> PathBuf {
-    hf_hub::resolve_cache_dir()
-}
 
 /// Outcome of looking for a file on the hub.
 pub enum HubFile {
@@ -37,36 +20,16 @@ pub enum HubFile {
 }
 
 /// Find `filename` of dataset `repo_id` at the parquet revision: the cache first, then (unless
-/// offline) the network. A failed download is `Missing`, so callers can fall back.
+/// offline) the network. Anything short of the file is `Missing`, so callers can fall back.
 pub fn find(repo_id: &str, filename: &str) -> Result<HubFile> {
-    // Two attempts, not five: a missing network should fall back quickly.
-    let client = hf_hub::HFClient::builder()
-        .retry_max_attempts(2)
-        .build_sync()
-        .map_err(|e| Error::Runtime(format!("hugging face hub client: {e}")))?;
-    let (owner, name) = hf_hub::split_id(repo_id);
-    let repo = client.dataset(owner, name);
-    let download = repo
-        .download_file()
-        .filename(filename)
-        .revision(PARQUET_REVISION);
-    match download.clone().local_files_only(true).send() {
-        Ok(p) => return Ok(HubFile::Found(p)),
-        Err(HFError::LocalEntryNotFound { .. }) | Err(HFError::EntryNotFound { .. }) => {}
-        Err(e) => return Ok(HubFile::Missing(format!("hub cache lookup failed: {e}"))),
-    }
-    if offline() {
-        return Ok(HubFile::Missing(format!(
-            "{filename} of {repo_id} is not in the hub cache {} and HF_HUB_OFFLINE is set",
-            cache_dir().display()
-        )));
-    }
-    match download.send() {
-        Ok(p) => Ok(HubFile::Found(p)),
-        Err(e) => Ok(HubFile::Missing(format!(
-            "could not download {filename} of {repo_id}: {e}"
-        ))),
-    }
+    let kind = Repo::Dataset {
+        revision: Some(PARQUET_REVISION),
+    };
+    Ok(match crate::hub::lookup(kind, repo_id, filename)? {
+        Lookup::Found(p) => HubFile::Found(p),
+        Lookup::NotInRepo => HubFile::Missing(format!("{repo_id} has no {filename}")),
+        Lookup::Unavailable(why) => HubFile::Missing(why),
+    })
 }
 
 /// Images and labels decoded from a parquet file: `channels` 1 (luma) or 3 (RGB); every image

@@ -5,11 +5,10 @@
 //! per-thread im2col workspace, rayon over the batch; 1x1 stride-1 unpadded convs skip im2col.
 use super::direct;
 use super::gemm::{sgemm, Mat};
-use super::par::{for_each_chunk_mut, for_each_slot, n_threads, SharedMut};
+use super::par::{for_each_chunk_mut, for_each_slot, n_threads, with_workspace, SharedMut};
 use super::{cpu_f32, f32_data};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
-use std::cell::RefCell;
 
 /// Shapes of one convolution: x (n, ci, h, w), w (co, ci, kh, kw), y (n, co, oh, ow).
 #[derive(Clone, Copy, Debug)]
@@ -81,24 +80,6 @@ impl Geom {
             .map_or(lo, |o| o + 1);
         lo..hi
     }
-}
-
-thread_local! {
-    /// im2col / col2im scratch, reused across calls (k * cols + co * cols floats: ~2 MB at
-    /// 64 channels 14x14 in groups of 2 images).
-    static WS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Two scratch slices of `a` and `b` floats from this thread's workspace.
-fn with_ws<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
-    WS.with(|ws| {
-        let mut ws = ws.borrow_mut();
-        if ws.len() < a + b {
-            ws.resize(a + b, 0.0);
-        }
-        let (wa, wb) = ws[..a + b].split_at_mut(a);
-        f(wa, wb)
-    })
 }
 
 /// Images per gemm: small images are grouped so that the gemm has >= ~512 columns (one gemm
@@ -228,7 +209,7 @@ fn fwd(g: &Geom, x: &[f32], w: &[f32], bias: Option<Bias>) -> Vec<f32> {
         if bn == 1 && g.is_pointwise() {
             sgemm(yg, g.co, ohw, k, wm, Mat::rows(xg, ohw), false);
         } else {
-            with_ws(k * ld, if bn > 1 { g.co * ld } else { 0 }, |col, tmp| {
+            with_workspace(k * ld, if bn > 1 { g.co * ld } else { 0 }, |col, tmp| {
                 for (b, xn) in xg.chunks_exact(g.in_len()).enumerate() {
                     im2col(g, xn, col, ld, b * ohw);
                 }
@@ -264,7 +245,7 @@ fn bwd_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
         if bn == 1 && g.is_pointwise() {
             return sgemm(dxg, k, ohw, g.co, wt, Mat::rows(dyg, ohw), false);
         }
-        with_ws(k * ld, if bn > 1 { g.co * ld } else { 0 }, |col, tmp| {
+        with_workspace(k * ld, if bn > 1 { g.co * ld } else { 0 }, |col, tmp| {
             if bn == 1 {
                 sgemm(col, k, ohw, g.co, wt, Mat::rows(dyg, ohw), false);
             } else {
@@ -304,7 +285,7 @@ fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 sgemm(dw, g.co, k, ohw, a, b, true);
                 continue;
             }
-            with_ws(k * ld, if bn > 1 { g.co * ld } else { 0 }, |col, tmp| {
+            with_workspace(k * ld, if bn > 1 { g.co * ld } else { 0 }, |col, tmp| {
                 for (b, xn) in xg.chunks_exact(g.in_len()).enumerate() {
                     im2col(g, xn, col, ld, b * ohw);
                 }

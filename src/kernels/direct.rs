@@ -13,8 +13,7 @@
 //! scattering the 9x-larger column matrix as in the multiply (profile: gemm microkernels 34%,
 //! im2col/col2im/packing 22% of a train step); PyTorch's oneDNN direct convolution was ~2x
 //! faster at 64 channels. Measured figures are in docs/kernels.md.
-use super::par::{for_each_chunk_mut, for_each_slot, n_threads, SharedMut};
-use std::cell::RefCell;
+use super::par::{for_each_chunk_mut, for_each_slot, n_threads, with_workspace, SharedMut};
 
 /// Output channels per tile (weights broadcast from one 32-byte row).
 const NR: usize = 8;
@@ -150,21 +149,6 @@ fn pack(
     p
 }
 
-thread_local! {
-    static WS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-fn with_ws<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
-    WS.with(|ws| {
-        let mut ws = ws.borrow_mut();
-        if ws.len() < a + b {
-            ws.resize(a + b, 0.0);
-        }
-        let (wa, wb) = ws[..a + b].split_at_mut(a);
-        f(wa, wb)
-    })
-}
-
 /// One image: y (cout, h, w) = conv(x (cin, h, w)) with packed weights, + bias.
 fn image(
     pl: &Planes,
@@ -177,7 +161,7 @@ fn image(
 ) {
     let (taps, hw) = (pl.offs.len(), pl.h * pl.w);
     assert!(y.len() == cout * hw && bias.is_none_or(|b| b.len() == cout));
-    with_ws(cin * pl.s, 0, |xp, _| {
+    with_workspace(cin * pl.s, 0, |xp, _| {
         pl.pad_into(x, cin, xp, pl.s);
         for b in 0..cout.div_ceil(NR) {
             let wb = &wpk[b * cin * taps * NR..(b + 1) * cin * taps * NR];
@@ -307,7 +291,7 @@ pub(super) fn bwd_weight(
             // x chunk (ci, bn, s) with one plane of slack for the last taps' reads.
             // dy rows padded to whole WR-row tiles with zero planes.
             let co_pad = co.div_ceil(WR) * WR;
-            with_ws(ci * len + pl.s, co_pad * len, |xp, dyp| {
+            with_workspace(ci * len + pl.s, co_pad * len, |xp, dyp| {
                 xp[ci * len..].fill(0.0);
                 dyp[co * len..].fill(0.0);
                 for b in 0..bn {

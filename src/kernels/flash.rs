@@ -10,12 +10,12 @@
 use super::act::exp_approx;
 use super::gemm::{sgemm, Mat};
 use super::par::{
-    avx2_dispatch, for_each_chunk_mut, for_each_range, lane_sum, lane_sum2, SharedMut,
+    avx2_dispatch, for_each_chunk_mut, for_each_range, lane_sum, lane_sum2, with_workspace,
+    SharedMut,
 };
 use super::{cpu_f32, f32_data};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
-use std::cell::RefCell;
 
 /// Row softmax of `scale * s` in place, for rows of length `n`.
 #[inline(always)]
@@ -41,22 +41,6 @@ fn softmax_bwd_rows_body(p: &mut [f32], dp: &[f32], n: usize, scale: f32) {
     }
 }
 avx2_dispatch!(fn softmax_bwd_rows(p: &mut [f32], dp: &[f32], n: usize, scale: f32) => softmax_bwd_rows_body);
-
-thread_local! {
-    static WS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// `len` floats of this thread's workspace, split in two halves.
-fn with_ws<R>(len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
-    WS.with(|ws| {
-        let mut ws = ws.borrow_mut();
-        if ws.len() < 2 * len {
-            ws.resize(2 * len, 0.0);
-        }
-        let (a, b) = ws[..2 * len].split_at_mut(len);
-        f(a, b)
-    })
-}
 
 /// P = softmax(scale * Q K^T) for one item, Q^T and K^T given (d x n).
 fn probs(p: &mut [f32], qt: &[f32], kt: &[f32], d: usize, n: usize, scale: f32) {
@@ -100,7 +84,7 @@ impl CustomOp3 for Attn {
         let mut out = vec![0f32; b * d * n];
         for_each_chunk_mut(&mut out, d * n, |i, oi| {
             let r = i * d * n..(i + 1) * d * n;
-            with_ws(n * n, |p, _| {
+            with_workspace(n * n, 0, |p, _| {
                 probs(p, &q[r.clone()], &k[r.clone()], d, n, self.scale);
                 // O^T = V^T P^T.
                 sgemm(oi, d, n, n, Mat::rows(&v[r], n), Mat::t(p, n), false);
@@ -154,7 +138,7 @@ impl CustomOp3 for Attn {
                     )
                 };
                 let (qi, ki, vi, gi) = (&q[r.clone()], &k[r.clone()], &v[r.clone()], &g[r]);
-                with_ws(n * n, |p, dp| {
+                with_workspace(n * n, n * n, |p, dp| {
                     probs(p, qi, ki, d, n, self.scale);
                     // dV^T = dO^T P; dP = dO V^T.
                     sgemm(dvi, d, n, n, Mat::rows(gi, n), Mat::rows(p, n), false);
