@@ -288,6 +288,14 @@ pub(super) fn bwd_weight(
         for j in (tid..chunks).step_by(nt) {
             let (n0, bn) = (j * nb, nb.min(n - j * nb));
             let len = bn * pl.s;
+            // Pixel loop: each image's output positions (rounded to whole vectors), not its
+            // plane's slack: 18-33% fewer FMAs at 14x14 / 7x7 than looping over whole planes.
+            let sp = Span {
+                row: len,
+                segs: bn,
+                seg: (h * pl.wp).div_ceil(16) * 16,
+                stride: pl.s,
+            };
             // x chunk (ci, bn, s) with one plane of slack for the last taps' reads.
             // dy rows padded to whole WR-row tiles with zero planes.
             let co_pad = co.div_ceil(WR) * WR;
@@ -316,9 +324,9 @@ pub(super) fn bwd_weight(
                                 let xr = xp.as_ptr().add(c * len + i * pl.wp);
                                 let dr = dyp.as_ptr().add(b * WR * len);
                                 if k == 3 {
-                                    wtile::<3>(dr, xr, len, &mut acc)
+                                    wtile::<3>(dr, xr, sp, &mut acc)
                                 } else {
-                                    wtile::<1>(dr, xr, len, &mut acc)
+                                    wtile::<1>(dr, xr, sp, &mut acc)
                                 }
                             }
                             for (nn, a) in acc.iter().enumerate().take(co - b * WR) {
@@ -405,23 +413,34 @@ unsafe fn tile(
     }
 }
 
-/// Weight-gradient microkernel: acc[n][j] += sum_q dy[n * len + q] * x[q + j] over
-/// q < len (a multiple of 16), for the NR gradient rows at `dy` and KW taps of one kernel row.
+/// The pixel loop of the weight-gradient kernel: `segs` runs of `seg` positions, `stride`
+/// apart, in dy rows `row` floats apart.
+#[derive(Clone, Copy)]
+struct Span {
+    row: usize,
+    segs: usize,
+    seg: usize,
+    stride: usize,
+}
+
+/// Weight-gradient microkernel: acc[n][j] = sum_q dy[n * sp.row + q] * x[q + j] over the
+/// positions q of `sp`, for the WR gradient rows at `dy` and KW taps of one kernel row.
 ///
 /// # Safety
-/// AVX-512F must be available; `dy` must hold NR rows of `len` and `x` len + KW - 1 floats.
+/// AVX-512F must be available; `dy` must hold WR rows of `sp.row` floats and `x` every
+/// position of `sp` plus KW - 1 floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn wtile<const KW: usize>(
     dy: *const f32,
     x: *const f32,
-    len: usize,
+    sp: Span,
     acc: &mut [[f32; 3]; WR],
 ) {
     if KW == 3 {
-        wtile3(dy, x, len, acc)
+        wtile3(dy, x, sp, acc)
     } else {
-        wtile1(dy, x, len, acc)
+        wtile1(dy, x, sp, acc)
     }
 }
 
@@ -431,12 +450,14 @@ unsafe fn wtile<const KW: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[rustfmt::skip]
-unsafe fn wtile3(dy: *const f32, x: *const f32, len: usize, acc: &mut [[f32; 3]; WR]) {
+unsafe fn wtile3(dy: *const f32, x: *const f32, sp: Span, acc: &mut [[f32; 3]; WR]) {
+    let len = sp.row;
     use std::arch::x86_64::*;
     let z = _mm512_setzero_ps();
     let (mut a00, mut a01, mut a02, mut a10, mut a11, mut a12, mut a20, mut a21, mut a22, mut a30, mut a31, mut a32) = (z, z, z, z, z, z, z, z, z, z, z, z);
-    let (mut xq, mut dq) = (x, dy);
-    for _ in 0..len / 16 {
+    for seg in 0..sp.segs {
+    let (mut xq, mut dq) = (x.add(seg * sp.stride), dy.add(seg * sp.stride));
+    for _ in 0..sp.seg / 16 {
         let x0 = _mm512_loadu_ps(xq);
         let x1 = _mm512_loadu_ps(xq.add(1));
         let x2 = _mm512_loadu_ps(xq.add(2));
@@ -459,6 +480,7 @@ unsafe fn wtile3(dy: *const f32, x: *const f32, len: usize, acc: &mut [[f32; 3];
         xq = xq.add(16);
         dq = dq.add(16);
     }
+    }
     acc[0] = [_mm512_reduce_add_ps(a00), _mm512_reduce_add_ps(a01), _mm512_reduce_add_ps(a02)];
     acc[1] = [_mm512_reduce_add_ps(a10), _mm512_reduce_add_ps(a11), _mm512_reduce_add_ps(a12)];
     acc[2] = [_mm512_reduce_add_ps(a20), _mm512_reduce_add_ps(a21), _mm512_reduce_add_ps(a22)];
@@ -468,12 +490,14 @@ unsafe fn wtile3(dy: *const f32, x: *const f32, len: usize, acc: &mut [[f32; 3];
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[rustfmt::skip]
-unsafe fn wtile1(dy: *const f32, x: *const f32, len: usize, acc: &mut [[f32; 3]; WR]) {
+unsafe fn wtile1(dy: *const f32, x: *const f32, sp: Span, acc: &mut [[f32; 3]; WR]) {
+    let len = sp.row;
     use std::arch::x86_64::*;
     let z = _mm512_setzero_ps();
     let (mut a00, mut a10, mut a20, mut a30) = (z, z, z, z);
-    let (mut xq, mut dq) = (x, dy);
-    for _ in 0..len / 16 {
+    for seg in 0..sp.segs {
+    let (mut xq, mut dq) = (x.add(seg * sp.stride), dy.add(seg * sp.stride));
+    for _ in 0..sp.seg / 16 {
         let x0 = _mm512_loadu_ps(xq);
         let d = _mm512_loadu_ps(dq);
         a00 = _mm512_fmadd_ps(d, x0, a00);
@@ -485,6 +509,7 @@ unsafe fn wtile1(dy: *const f32, x: *const f32, len: usize, acc: &mut [[f32; 3];
         a30 = _mm512_fmadd_ps(d, x0, a30);
         xq = xq.add(16);
         dq = dq.add(16);
+    }
     }
     acc[0] = [_mm512_reduce_add_ps(a00), 0.0, 0.0];
     acc[1] = [_mm512_reduce_add_ps(a10), 0.0, 0.0];
@@ -510,6 +535,6 @@ unsafe fn tile(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn wtile<const KW: usize>(_: *const f32, _: *const f32, _: usize, _: &mut [[f32; 3]; WR]) {
+unsafe fn wtile<const KW: usize>(_: *const f32, _: *const f32, _: Span, _: &mut [[f32; 3]; WR]) {
     unreachable!("direct convolution needs AVX-512")
 }
