@@ -203,26 +203,32 @@ pub(super) fn fwd(
     wt: &[f32],
     bias: Option<(&[f32], bool)>,
 ) -> Vec<f32> {
-    let (pl, taps) = (Planes::new(h, w, k), k * k);
-    let wpk = pack(co, ci, taps, |o, c, t| wt[(o * ci + c) * taps + t]);
-    let mut y = vec![0f32; n * co * h * w];
-    for_each_chunk_mut(&mut y, co * h * w, |i, yn| {
+    let wpk = pack(co, ci, k * k, |o, c, t| wt[(o * ci + c) * k * k + t]);
+    images(n, (ci, co), (h, w), k, x, &wpk, bias)
+}
+
+/// y (n, cout, h, w) from x (n, cin, h, w) with packed weights, one image per task.
+fn images(
+    n: usize,
+    (cin, cout): (usize, usize),
+    (h, w): (usize, usize),
+    k: usize,
+    x: &[f32],
+    wpk: &[f32],
+    bias: Option<(&[f32], bool)>,
+) -> Vec<f32> {
+    let pl = Planes::new(h, w, k);
+    let (xl, yl) = (cin * h * w, cout * h * w);
+    let mut y = vec![0f32; n * yl];
+    for_each_chunk_mut(&mut y, yl, |i, yn| {
         let b = bias.map(|(b, per_image)| {
             if per_image {
-                &b[i * co..(i + 1) * co]
+                &b[i * cout..(i + 1) * cout]
             } else {
                 b
             }
         });
-        image(
-            &pl,
-            &x[i * ci * h * w..(i + 1) * ci * h * w],
-            ci,
-            &wpk,
-            yn,
-            co,
-            b,
-        );
+        image(&pl, &x[i * xl..(i + 1) * xl], cin, wpk, yn, cout, b);
     });
     y
 }
@@ -238,30 +244,18 @@ pub(super) fn bwd_input(
     dy: &[f32],
     wt: &[f32],
 ) -> Vec<f32> {
-    let (pl, taps) = (Planes::new(h, w, k), k * k);
+    let taps = k * k;
     let wpk = pack(ci, co, taps, |o, c, t| {
         wt[(c * ci + o) * taps + (taps - 1 - t)]
     });
-    let mut dx = vec![0f32; n * ci * h * w];
-    for_each_chunk_mut(&mut dx, ci * h * w, |i, dxn| {
-        image(
-            &pl,
-            &dy[i * co * h * w..(i + 1) * co * h * w],
-            co,
-            &wpk,
-            dxn,
-            ci,
-            None,
-        );
-    });
-    dx
+    images(n, (co, ci), (h, w), k, dy, &wpk, None)
 }
 
 /// Weight gradient: x (n, ci, h, w), dy (n, co, h, w) -> dw (co, ci, k, k) =
 /// sum over images and pixels of dy[o, p] * xpad[c, p + off_t]. Images are packed channel-major
-/// in chunks, so the pixel loop runs over a whole chunk at once; chunk j goes to slot
-/// j % threads and the slots' sums are added in slot order, so the result does not depend on
-/// scheduling.
+/// in chunks, so the pixel loop runs over a whole chunk at once; each slot takes a fixed equal
+/// share of the images and the slots' sums are added in slot order, so the result does not
+/// depend on scheduling.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn bwd_weight(
     n: usize,
