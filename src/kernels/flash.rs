@@ -107,17 +107,19 @@ impl CustomOp3 for Attn {
         let (sk, lk) = k.storage_and_layout();
         let (sv, lv) = v.storage_and_layout();
         let (sg, lg) = dout.storage_and_layout();
-        let cpu = |s: &candle_core::Storage| match s {
-            candle_core::Storage::Cpu(c) => Ok(c.clone()),
-            _ => candle_core::bail!("attention backward: CPU tensors expected"),
-        };
-        let (cq, ck, cv, cg) = (cpu(&sq)?, cpu(&sk)?, cpu(&sv)?, cpu(&sg)?);
+        // Borrow the CPU buffers under their read guards (no copies).
+        fn cpu(s: &candle_core::Storage) -> candle_core::Result<&CpuStorage> {
+            match s {
+                candle_core::Storage::Cpu(c) => Ok(c),
+                _ => candle_core::bail!("attention backward: CPU tensors expected"),
+            }
+        }
         let name = "diffuse-attention-bwd";
         let (q, k, v, g) = (
-            f32_data(name, &cq, lq)?,
-            f32_data(name, &ck, lk)?,
-            f32_data(name, &cv, lv)?,
-            f32_data(name, &cg, lg)?,
+            f32_data(name, cpu(&sq)?, lq)?,
+            f32_data(name, cpu(&sk)?, lk)?,
+            f32_data(name, cpu(&sv)?, lv)?,
+            f32_data(name, cpu(&sg)?, lg)?,
         );
         let len = b * d * n;
         let (mut dq, mut dk, mut dv) = (vec![0f32; len], vec![0f32; len], vec![0f32; len]);
