@@ -1,8 +1,10 @@
 //! conv2d (groups 1, dilation 1) as im2col + gemm, forward and both gradients.
 //!
 //! Candle 0.11.1's CPU conv2d was measured 4x slower than PyTorch forward and 7-16x slower for
-//! the input gradient (a plain loop, no gemm). Here every pass is one gemm per image on a
-//! per-thread im2col workspace, rayon over the batch; 1x1 stride-1 unpadded convs skip im2col.
+//! the input gradient (a plain loop, no gemm). Stride-1 3x3/1x1 convolutions go to the direct
+//! kernels (direct.rs) on AVX-512 CPUs; every other pass here is one gemm per image group on a
+//! per-thread im2col workspace, parallel over the batch; 1x1 stride-1 unpadded convs skip
+//! im2col. The bias (per channel or per image) is fused into the forward pass.
 use super::direct;
 use super::gemm::{sgemm, Mat};
 use super::par::{for_each_chunk_mut, for_each_slot, n_threads, with_workspace, SharedMut};
@@ -174,20 +176,24 @@ fn interleave(dst: &mut [f32], src: &[f32], co: usize, ohw: usize, bn: usize, ba
 /// A bias added to the convolution's output: [co] for every image, or [n, co] per image
 /// (the UNet adds its time embedding to the first conv of each resnet that way).
 #[derive(Clone, Copy)]
-struct Bias<'a> {
-    data: &'a [f32],
-    per_image: bool,
+pub(super) struct Bias<'a> {
+    pub data: &'a [f32],
+    pub per_image: bool,
 }
 
-impl Bias<'_> {
-    /// Add to the output rows of image `n` (co planes of `ohw`), while they are in cache.
-    fn add(&self, n: usize, y: &mut [f32], co: usize, ohw: usize) {
-        let b = if self.per_image {
+impl<'a> Bias<'a> {
+    /// The co biases of image `n`.
+    pub fn of_image(&self, n: usize, co: usize) -> &'a [f32] {
+        if self.per_image {
             &self.data[n * co..(n + 1) * co]
         } else {
             &self.data[..co]
-        };
-        for (plane, &bv) in y.chunks_exact_mut(ohw).zip(b) {
+        }
+    }
+
+    /// Add to the output rows of image `n` (co planes of `ohw`), while they are in cache.
+    fn add(&self, n: usize, y: &mut [f32], co: usize, ohw: usize) {
+        for (plane, &bv) in y.chunks_exact_mut(ohw).zip(self.of_image(n, co)) {
             plane.iter_mut().for_each(|v| *v += bv);
         }
     }
@@ -196,8 +202,7 @@ impl Bias<'_> {
 /// y[n] = W (co x k) @ col(x[n]) (k x oh*ow) (+ bias), `group_size` images per gemm.
 fn fwd(g: &Geom, x: &[f32], w: &[f32], bias: Option<Bias>) -> Vec<f32> {
     if direct::applies(g.stride, g.pad, (g.kh, g.kw)) {
-        let b = bias.map(|b| (b.data, b.per_image));
-        return direct::fwd(g.n, g.ci, g.co, (g.h, g.w), g.kh, x, w, b);
+        return direct::fwd(g.n, g.ci, g.co, (g.h, g.w), g.kh, x, w, bias);
     }
     let (k, ohw, bs) = (g.k(), g.out_len(), group_size(g));
     let mut y = vec![0f32; g.n * g.co * ohw];

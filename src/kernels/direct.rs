@@ -13,6 +13,7 @@
 //! scattering the 9x-larger column matrix as in the multiply (profile: gemm microkernels 34%,
 //! im2col/col2im/packing 22% of a train step); PyTorch's oneDNN direct convolution was ~2x
 //! faster at 64 channels. Measured figures are in docs/kernels.md.
+use super::conv::Bias;
 use super::par::{for_each_chunk_mut, for_each_slot, n_threads, with_workspace, SharedMut};
 
 /// Output channels per tile (weights broadcast from one 32-byte row).
@@ -201,7 +202,7 @@ pub(super) fn fwd(
     k: usize,
     x: &[f32],
     wt: &[f32],
-    bias: Option<(&[f32], bool)>,
+    bias: Option<Bias>,
 ) -> Vec<f32> {
     let wpk = pack(co, ci, k * k, |o, c, t| wt[(o * ci + c) * k * k + t]);
     images(n, (ci, co), (h, w), k, x, &wpk, bias)
@@ -215,19 +216,13 @@ fn images(
     k: usize,
     x: &[f32],
     wpk: &[f32],
-    bias: Option<(&[f32], bool)>,
+    bias: Option<Bias>,
 ) -> Vec<f32> {
     let pl = Planes::new(h, w, k);
     let (xl, yl) = (cin * h * w, cout * h * w);
     let mut y = vec![0f32; n * yl];
     for_each_chunk_mut(&mut y, yl, |i, yn| {
-        let b = bias.map(|(b, per_image)| {
-            if per_image {
-                &b[i * cout..(i + 1) * cout]
-            } else {
-                b
-            }
-        });
+        let b = bias.map(|b| b.of_image(i, cout));
         image(&pl, &x[i * xl..(i + 1) * xl], cin, wpk, yn, cout, b);
     });
     y

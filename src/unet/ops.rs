@@ -1,6 +1,6 @@
-//! The UNet's compute primitives, each behind one small function so a faster kernel (a fused
-//! CPU group-norm+SiLU, a direct 3x3 convolution, flash attention) can replace the body
-//! without touching the blocks. Everything here is device-generic Candle code and keeps the
+//! The UNet's compute primitives, each behind one small function so the fast CPU kernels
+//! (src/kernels: direct convolution, fused group-norm+SiLU, fused attention) replace the
+//! body without touching the blocks. Everything here is device-generic Candle code and keeps the
 //! autograd graph intact.
 use crate::rng::NoiseRng;
 use candle_core::{DType, Device, Result, Tensor};
@@ -80,29 +80,24 @@ pub fn conv2d_layer(
     candle_nn::conv2d(c_in, c_out, kernel, cfg, vb)
 }
 
-/// Fast CPU kernel (im2col + gemm, 3-19x Candle's conv2d; docs/kernels.md), Candle's own
-/// conv2d on other devices.
+/// Fast CPU kernel (direct or im2col + gemm; docs/kernels.md), Candle's own conv2d on other
+/// devices.
 pub fn conv2d(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
-    let c = conv.config();
-    timed("conv2d", || {
-        kernel(crate::kernels::conv2d(
-            x,
-            conv.weight(),
-            conv.bias(),
-            c.stride,
-            c.padding,
-        ))
-    })
+    conv2d_with(conv, x, conv.bias())
 }
 
 /// The same convolution with `bias` ([co] or [n, co]) in place of the layer's own.
 pub fn conv2d_bias(conv: &Conv2d, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    conv2d_with(conv, x, Some(bias))
+}
+
+fn conv2d_with(conv: &Conv2d, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let c = conv.config();
     timed("conv2d", || {
         kernel(crate::kernels::conv2d(
             x,
             conv.weight(),
-            Some(bias),
+            bias,
             c.stride,
             c.padding,
         ))
