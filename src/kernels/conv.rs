@@ -5,10 +5,10 @@
 //! kernels (direct.rs) on AVX-512 CPUs; every other pass here is one gemm per image group on a
 //! per-thread im2col workspace, parallel over the batch; 1x1 stride-1 unpadded convs skip
 //! im2col. The bias (per channel or per image) is fused into the forward pass.
-use super::direct;
 use super::gemm::{sgemm, Mat};
 use super::par::{for_each_chunk_mut, for_each_slot, n_threads, with_workspace, SharedMut};
 use super::{cpu_f32, f32_data};
+use super::{direct, winograd};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
@@ -201,6 +201,9 @@ impl<'a> Bias<'a> {
 
 /// y[n] = W (co x k) @ col(x[n]) (k x oh*ow) (+ bias), `group_size` images per gemm.
 fn fwd(g: &Geom, x: &[f32], w: &[f32], bias: Option<Bias>) -> Vec<f32> {
+    if winograd::applies(g.stride, g.pad, (g.kh, g.kw), g.ci, g.co) {
+        return winograd::fwd(g.n, g.ci, g.co, (g.h, g.w), x, w, bias);
+    }
     if direct::applies(g.stride, g.pad, (g.kh, g.kw)) {
         return direct::fwd(g.n, g.ci, g.co, (g.h, g.w), g.kh, x, w, bias);
     }
@@ -237,6 +240,9 @@ fn fwd(g: &Geom, x: &[f32], w: &[f32], bias: Option<Bias>) -> Vec<f32> {
 
 /// dx[n] = col2im(W^T (k x co) @ dy[n] (co x oh*ow)), `group_size` images per gemm.
 fn bwd_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if winograd::applies(g.stride, g.pad, (g.kh, g.kw), g.co, g.ci) {
+        return winograd::bwd_input(g.n, g.ci, g.co, (g.h, g.w), dy, w);
+    }
     if direct::applies(g.stride, g.pad, (g.kh, g.kw)) {
         return direct::bwd_input(g.n, g.ci, g.co, (g.h, g.w), g.kh, dy, w);
     }

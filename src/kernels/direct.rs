@@ -32,7 +32,7 @@ pub(super) fn applies(stride: usize, pad: usize, k: (usize, usize)) -> bool {
     stride == 1 && kh == kw && (kh == 1 || kh == 3) && pad == kh / 2 && avx512()
 }
 
-fn avx512() -> bool {
+pub(super) fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")

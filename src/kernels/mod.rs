@@ -15,6 +15,7 @@ pub mod norm;
 mod par;
 pub mod reference;
 pub mod upsample;
+mod winograd;
 
 pub use act::silu;
 pub use attn::softmax_last_dim;

@@ -1,0 +1,490 @@
+//! Winograd F(2x2, 3x3) for stride-1, pad-1 3x3 convolutions (forward, and the input
+//! gradient as the forward pass of the flipped, channel-transposed kernel).
+//!
+//! Why: the direct kernels (`direct.rs`) already run at the FMA peak, and 3x3 convolutions
+//! were ~40% of a train step. Winograd computes each 2x2 output tile from a 4x4 input tile
+//! with 16 multiplies per (output, input) channel pair instead of 36: in transformed space
+//! the convolution is 16 independent matrix products `M[xi] = U[xi] (co x ci) . V[xi]
+//! (ci x tiles)`, run by the same broadcast-FMA register tile as the direct kernel. The
+//! transforms are adds only (`B`, `A` have entries 0 and +-1; `G` has 1/2), so the result
+//! stays within ~1e-6 of direct summation. Measured figures are in docs/kernels.md.
+//!
+//! Layout: each image is split into its four polyphase components (even/odd padded rows x
+//! even/odd padded columns), each `(th + 1) x (tw + 1)` for `th x tw` tiles. Tile (ty, tx)
+//! then reads `P[i % 2][j % 2][ty + i / 2][tx + j / 2]`: with tiles numbered over the
+//! `(tw + 1)`-wide rows, input value (i, j) of 16 consecutive tiles is one vector load at
+//! a fixed offset, like the direct kernel's taps. The extra column and row of tiles are
+//! computed and dropped (7-20% extra work at 28x28..7x7, against the 2.25x fewer FMAs).
+//! Outputs are re-interleaved in registers, so every row of y is one contiguous copy.
+use super::conv::Bias;
+use super::par::{for_each_range, with_workspace, SharedMut};
+
+/// Output channels per register tile.
+const NR: usize = 8;
+/// Tiles per register tile (two 16-lane vectors).
+const TT: usize = 32;
+/// Scratch for one band's transformed input and products: about half of a core's L2.
+const BAND_BYTES: usize = 512 * 1024;
+/// Floats added to the V and M plane strides (see `group`).
+const SKEW: usize = 32;
+
+/// Whether a pass from `cin` to `cout` channels of this convolution goes through Winograd on
+/// this CPU. With fewer than 8 channels on either side the direct kernel's padding to 8 is
+/// cheaper than the transforms (UNet's 1-channel conv_in / conv_out: 0.30 vs 0.45 ms, 0.60
+/// vs 0.68 ms at 64x28x28).
+pub(super) fn applies(
+    stride: usize,
+    pad: usize,
+    k: (usize, usize),
+    cin: usize,
+    cout: usize,
+) -> bool {
+    stride == 1
+        && pad == 1
+        && k == (3, 3)
+        && cin >= NR
+        && cout >= NR
+        && super::direct::avx512()
+        && enabled()
+}
+
+/// `DIFFUSE_WINOGRAD=0` sends these convolutions to the direct kernels instead (direct
+/// summation; for comparisons and benchmarks). Read once.
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DIFFUSE_WINOGRAD").map_or(true, |v| v != "0"))
+}
+
+/// Tile geometry of an h x w image.
+struct Geo {
+    h: usize,
+    w: usize,
+    /// Real tile rows.
+    th: usize,
+    /// Tiles per (extended) row: tw + 1.
+    er: usize,
+    /// Tile rows per image, the extra one included: th + 1.
+    rows: usize,
+}
+
+impl Geo {
+    fn new(h: usize, w: usize) -> Self {
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        Self {
+            h,
+            w,
+            th,
+            er: tw + 1,
+            rows: th + 1,
+        }
+    }
+}
+
+/// Transformed weights `G g G^T`, packed as [16][ceil(cout / NR)][cin][NR] (zero past cout),
+/// from `get(o, c, t)` with t = 3 i + j.
+fn pack(cout: usize, cin: usize, get: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+    let nob = cout.div_ceil(NR);
+    let mut u = vec![0f32; 16 * nob * cin * NR];
+    for o in 0..cout {
+        for c in 0..cin {
+            let col = |j: usize| g_t([get(o, c, j), get(o, c, 3 + j), get(o, c, 6 + j)]);
+            let gg = [col(0), col(1), col(2)]; // gg[j][r] = (G g)[r][j]
+            for r in 0..4 {
+                for (s, val) in g_t([gg[0][r], gg[1][r], gg[2][r]]).into_iter().enumerate() {
+                    u[(((4 * r + s) * nob + o / NR) * cin + c) * NR + o % NR] = val;
+                }
+            }
+        }
+    }
+    u
+}
+
+/// G a for a 3-vector a: the filter transform along one axis.
+fn g_t(a: [f32; 3]) -> [f32; 4] {
+    [
+        a[0],
+        0.5 * (a[0] + a[1] + a[2]),
+        0.5 * (a[0] - a[1] + a[2]),
+        a[2],
+    ]
+}
+
+/// Forward: x (n, ci, h, w), w (co, ci, 3, 3), bias [co] or [n, co] -> y (n, co, h, w).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fwd(
+    n: usize,
+    ci: usize,
+    co: usize,
+    (h, w): (usize, usize),
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<Bias>,
+) -> Vec<f32> {
+    let u = pack(co, ci, |o, c, t| wt[(o * ci + c) * 9 + t]);
+    images(n, (ci, co), (h, w), x, &u, bias)
+}
+
+/// Input gradient: dy (n, co, h, w), w (co, ci, 3, 3) -> dx (n, ci, h, w).
+pub(super) fn bwd_input(
+    n: usize,
+    ci: usize,
+    co: usize,
+    (h, w): (usize, usize),
+    dy: &[f32],
+    wt: &[f32],
+) -> Vec<f32> {
+    let u = pack(ci, co, |o, c, t| wt[(c * ci + o) * 9 + (8 - t)]);
+    images(n, (co, ci), (h, w), dy, &u, None)
+}
+
+/// y (n, cout, h, w) from x (n, cin, h, w) with transformed weights `u`: the polyphase
+/// planes of all images first, then bands of real tiles (possibly spanning images) in
+/// parallel, so every band but the last fills its register tiles.
+fn images(
+    n: usize,
+    (cin, cout): (usize, usize),
+    (h, w): (usize, usize),
+    x: &[f32],
+    u: &[f32],
+    bias: Option<Bias>,
+) -> Vec<f32> {
+    let geo = Geo::new(h, w);
+    let (tw, ext) = (geo.er - 1, geo.rows * geo.er);
+    let co8 = cout.div_ceil(NR) * NR;
+    // Band capacity in real tiles: V and M within BAND_BYTES, whole register tiles.
+    let cap = (BAND_BYTES / (16 * 4 * (cin + co8)) / TT * TT).max(TT);
+    let tb = cap;
+    let nvec = (n * ext).div_ceil(16);
+    // Polyphase planes: reads reach extended tile 16 * nvec - 1 plus er + 1.
+    let ps = (16 * nvec + geo.er + 2).div_ceil(16) * 16;
+    let mut poly = vec![0f32; 4 * cin * ps];
+    let pp = SharedMut::new(&mut poly);
+    for_each_range(n, |imgs| {
+        for img in imgs {
+            // SAFETY: image img writes only its own extended tiles of each plane.
+            unsafe {
+                polyphase(
+                    &geo,
+                    &x[img * cin * h * w..][..cin * h * w],
+                    img,
+                    cin,
+                    pp,
+                    ps,
+                )
+            }
+        }
+    });
+    let bands = bands(&geo, n, cap);
+    let starts: Vec<usize> = bands
+        .iter()
+        .scan(0, |k, b| {
+            let k0 = *k;
+            *k += b
+                .iter()
+                .map(|&(_, m)| m.count_ones() as usize)
+                .sum::<usize>();
+            Some(k0)
+        })
+        .collect();
+    let mut y = vec![0f32; n * cout * h * w];
+    let yp = SharedMut::new(&mut y);
+    // Plane strides of V and M skewed off multiples of 4 KiB: the 16 planes written (and read)
+    // together at 32 KiB apart had all mapped to one L1 set (transform_in ran 4x slower).
+    // The skew also takes the last channel's compressed stores spilling past its row.
+    let (vs, ms) = (cin * tb + SKEW, co8 * tb + SKEW);
+    let (vl, ml) = (16 * vs, 16 * ms);
+    for_each_range(bands.len(), |r| {
+        with_workspace(vl, ml + 4 * tb, |v, rest| {
+            let (m, z) = rest.split_at_mut(ml);
+            for bi in r {
+                let band = &bands[bi];
+                let k0 = starts[bi];
+                let cnt: usize = band.iter().map(|&(_, m)| m.count_ones() as usize).sum();
+                let tn = cnt.div_ceil(TT) * TT;
+                // SAFETY: reads poly[(4 c + p) * ps + 16 q + l + off] for q < nvec, l < 16
+                // and off <= er + 1, below ps by its choice; writes
+                // v[xi * vs + c * tb + 0..cnt + 15], inside v thanks to the skew.
+                unsafe {
+                    transform_in(
+                        poly.as_ptr(),
+                        ps,
+                        geo.er,
+                        band,
+                        (vs, tb),
+                        cin,
+                        v.as_mut_ptr(),
+                    )
+                };
+                let nob = co8 / NR;
+                for xi in 0..16 {
+                    for ob in 0..nob {
+                        let ub = &u[(xi * nob + ob) * cin * NR..][..cin * NR];
+                        for t0 in (0..tn).step_by(TT) {
+                            // SAFETY: reads v[xi][c][t0..t0 + TT] for c < cin and ub; writes
+                            // m[xi][ob * NR + 0..NR][t0..t0 + TT], all inside their slices.
+                            unsafe {
+                                mk(
+                                    v.as_ptr().add(xi * vs + t0),
+                                    tb,
+                                    cin,
+                                    ub.as_ptr(),
+                                    m.as_mut_ptr().add(xi * ms + ob * NR * tb + t0),
+                                    tb,
+                                )
+                            }
+                        }
+                    }
+                }
+                let (z0, z1) = z.split_at_mut(2 * tb);
+                let k1 = k0 + cnt;
+                for o in 0..cout {
+                    // SAFETY: reads m[xi][o][0..tn]; writes z0, z1[0..2 tn] (2 * tb each).
+                    unsafe {
+                        transform_out(
+                            m.as_ptr().add(o * tb),
+                            ms,
+                            tn,
+                            z0.as_mut_ptr(),
+                            z1.as_mut_ptr(),
+                        )
+                    };
+                    // Tile rows (image, ty) overlapping the band's tiles k0..k1.
+                    for row in k0 / tw..k1.div_ceil(tw) {
+                        let (img, ty) = (row / geo.th, row % geo.th);
+                        let ta = k0.max(row * tw) - row * tw;
+                        let tz = k1.min(row * tw + tw) - row * tw;
+                        let (c0, c1) = (2 * ta, (2 * tz).min(w));
+                        let at = 2 * (row * tw + ta - k0);
+                        let b = bias.map_or(0.0, |b| b.of_image(img, cout)[o]);
+                        for (i, zi) in [&*z0, &*z1].into_iter().enumerate() {
+                            let r = 2 * ty + i;
+                            if r < h {
+                                let base = ((img * cout + o) * h + r) * w;
+                                // SAFETY: bands own disjoint tiles, so disjoint (row, column)
+                                // ranges of y.
+                                let dst = unsafe { yp.slice(base + c0..base + c1) };
+                                for (d, &s) in dst.iter_mut().zip(&zi[at..]) {
+                                    *d = s + b;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    });
+    y
+}
+
+/// The real tiles of `n` images in bands of at most `cap`, in order: each band a list of
+/// (extended 16-tile vector, lanes taken from it). A vector is split between bands when it
+/// does not fit, so every band but the last is full.
+fn bands(geo: &Geo, n: usize, cap: usize) -> Vec<Vec<(usize, u16)>> {
+    let ext = n * geo.rows * geo.er;
+    let real = |e: usize| e < ext && e % geo.er < geo.er - 1 && (e / geo.er) % geo.rows < geo.th;
+    let (mut out, mut cur, mut cnt) = (Vec::new(), Vec::new(), 0);
+    for q in 0..ext.div_ceil(16) {
+        let mut m = (0..16)
+            .filter(|&l| real(16 * q + l))
+            .fold(0u16, |m, l| m | 1 << l);
+        while m != 0 {
+            // The lowest set lanes of m that fit.
+            let mut take = m;
+            while take.count_ones() as usize > cap - cnt {
+                take &= !(1 << (15 - take.leading_zeros()));
+            }
+            cur.push((q, take));
+            cnt += take.count_ones() as usize;
+            m &= !take;
+            if cnt == cap {
+                out.push(std::mem::take(&mut cur));
+                cnt = 0;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// The four polyphase planes (padded row parity a, column parity b, at plane 2a + b) of
+/// image `img` (x: its cin planes): channel c's plane p at `poly[(4 c + p) * ps..]`, the
+/// image's extended tiles at `img * rows * er..`, zero outside the image.
+///
+/// # Safety
+/// No other thread may write the same image's ranges.
+unsafe fn polyphase(geo: &Geo, x: &[f32], img: usize, cin: usize, poly: SharedMut, ps: usize) {
+    let (h, w, er) = (geo.h, geo.w, geo.er);
+    let ext = geo.rows * er;
+    for c in 0..cin {
+        let src = &x[c * h * w..][..h * w];
+        let plane =
+            |p: usize| poly.slice((4 * c + p) * ps + img * ext..(4 * c + p) * ps + (img + 1) * ext);
+        let [p00, p01, p10, p11] = [plane(0), plane(1), plane(2), plane(3)];
+        for p in [&mut *p00, &mut *p01, &mut *p10, &mut *p11] {
+            p.fill(0.0);
+        }
+        for (r, row) in src.chunks_exact(w).enumerate() {
+            // Padded row r + 1: parity a, plane row (r + 1) / 2.
+            let at = r.div_ceil(2) * er;
+            let (p0, p1) = if (r + 1) % 2 == 0 {
+                (&mut *p00, &mut *p01)
+            } else {
+                (&mut *p10, &mut *p11)
+            };
+            // Padded column 2v + 1 (odd) is x column 2v; 2v + 2 (even) is x column 2v + 1.
+            let (e, o) = (&mut p0[at + 1..at + er], &mut p1[at..at + er]);
+            let pairs = row.chunks_exact(2);
+            let tail = pairs.remainder();
+            for (v, pair) in pairs.enumerate() {
+                o[v] = pair[0];
+                e[v] = pair[1];
+            }
+            if let [last] = tail {
+                o[w / 2] = *last;
+            }
+        }
+    }
+}
+
+/// V[xi][c][k] (plane stride ld, row stride tb) = (B^T d B)[xi] for the 4x4 input tile d
+/// of the k-th lane taken by `band` ((vector q, lanes): extended tiles 16 q + lane).
+///
+/// # Safety
+/// AVX-512F must be available; reads `poly` as described in `group`, writes
+/// `v[xi * ld + c * tb + 0..cnt + 15]` (cnt: the lanes taken); stores are whole vectors of
+/// compressed lanes, each overwriting the previous one's tail.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn transform_in(
+    poly: *const f32,
+    ps: usize,
+    er: usize,
+    band: &[(usize, u16)],
+    (ld, tb): (usize, usize),
+    cin: usize,
+    v: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let offs: [[usize; 4]; 4] = std::array::from_fn(|i| {
+        std::array::from_fn(|j| ((i % 2) * 2 + j % 2) * ps + (i / 2) * er + j / 2)
+    });
+    for c in 0..cin {
+        let p = poly.add(4 * c * ps);
+        let out = v.add(c * tb);
+        let mut k = 0;
+        for &(q, mask) in band {
+            let t = 16 * q;
+            let d: [[__m512; 4]; 4] = std::array::from_fn(|i| {
+                std::array::from_fn(|j| _mm512_loadu_ps(p.add(offs[i][j] + t)))
+            });
+            let mut r = [[_mm512_setzero_ps(); 4]; 4];
+            for j in 0..4 {
+                r[0][j] = _mm512_sub_ps(d[0][j], d[2][j]);
+                r[1][j] = _mm512_add_ps(d[1][j], d[2][j]);
+                r[2][j] = _mm512_sub_ps(d[2][j], d[1][j]);
+                r[3][j] = _mm512_sub_ps(d[1][j], d[3][j]);
+            }
+            for i in 0..4 {
+                let q = [
+                    _mm512_sub_ps(r[i][0], r[i][2]),
+                    _mm512_add_ps(r[i][1], r[i][2]),
+                    _mm512_sub_ps(r[i][2], r[i][1]),
+                    _mm512_sub_ps(r[i][1], r[i][3]),
+                ];
+                for j in 0..4 {
+                    let val = if mask == u16::MAX {
+                        q[j]
+                    } else {
+                        _mm512_maskz_compress_ps(mask, q[j])
+                    };
+                    _mm512_storeu_ps(out.add((4 * i + j) * ld + k), val);
+                }
+            }
+            k += mask.count_ones() as usize;
+        }
+    }
+}
+
+/// The 2x2 outputs `A^T M A` of tiles 0..tb of one channel (`m[xi * ld + t]`), interleaved:
+/// output row i of tile t, columns 0 and 1, at `z_i[2 t]` and `z_i[2 t + 1]`.
+///
+/// # Safety
+/// AVX-512F must be available; reads m[xi * ld + 0..tb] for xi < 16, writes z0, z1[0..2 tb].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_out(m: *const f32, ld: usize, tb: usize, z0: *mut f32, z1: *mut f32) {
+    use std::arch::x86_64::*;
+    let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for t in (0..tb).step_by(16) {
+        let mv: [[__m512; 4]; 4] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| _mm512_loadu_ps(m.add((4 * i + j) * ld + t)))
+        });
+        // A^T M: rows m0 + m1 + m2 and m1 - m2 - m3.
+        let s: [[__m512; 4]; 2] = [
+            std::array::from_fn(|j| _mm512_add_ps(_mm512_add_ps(mv[0][j], mv[1][j]), mv[2][j])),
+            std::array::from_fn(|j| _mm512_sub_ps(_mm512_sub_ps(mv[1][j], mv[2][j]), mv[3][j])),
+        ];
+        for (i, z) in [z0, z1].into_iter().enumerate() {
+            let y0 = _mm512_add_ps(_mm512_add_ps(s[i][0], s[i][1]), s[i][2]);
+            let y1 = _mm512_sub_ps(_mm512_sub_ps(s[i][1], s[i][2]), s[i][3]);
+            _mm512_storeu_ps(z.add(2 * t), _mm512_permutex2var_ps(y0, lo, y1));
+            _mm512_storeu_ps(z.add(2 * t + 16), _mm512_permutex2var_ps(y0, hi, y1));
+        }
+    }
+}
+
+/// NR rows of TT products at `m` (row stride `ldm`) = sum over c < cin of `u[c][0..NR]`
+/// (broadcast) times `v[c * ldv + 0..TT]`.
+///
+/// # Safety
+/// AVX-512F must be available; all reads and writes in bounds (see the caller).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // register tiles indexed by (row, column)
+unsafe fn mk(v: *const f32, ldv: usize, cin: usize, u: *const f32, m: *mut f32, ldm: usize) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); NR]; 2];
+    let mut up = u;
+    for c in 0..cin {
+        let vc = v.add(c * ldv);
+        let x = [_mm512_loadu_ps(vc), _mm512_loadu_ps(vc.add(16))];
+        for nn in 0..NR {
+            let b = _mm512_set1_ps(*up.add(nn));
+            for k in 0..2 {
+                acc[k][nn] = _mm512_fmadd_ps(x[k], b, acc[k][nn]);
+            }
+        }
+        up = up.add(NR);
+    }
+    for nn in 0..NR {
+        for k in 0..2 {
+            _mm512_storeu_ps(m.add(nn * ldm + 16 * k), acc[k][nn]);
+        }
+    }
+}
+
+// Never called off x86-64: `applies` is false there.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transform_in(
+    _: *const f32,
+    _: usize,
+    _: usize,
+    _: &[(usize, u16)],
+    _: (usize, usize),
+    _: usize,
+    _: *mut f32,
+) {
+    unreachable!("winograd kernels need AVX-512")
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transform_out(_: *const f32, _: usize, _: usize, _: *mut f32, _: *mut f32) {
+    unreachable!("winograd kernels need AVX-512")
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn mk(_: *const f32, _: usize, _: usize, _: *const f32, _: *mut f32, _: usize) {
+    unreachable!("winograd kernels need AVX-512")
+}
