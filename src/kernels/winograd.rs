@@ -17,7 +17,7 @@
 //! computed and dropped (7-20% extra work at 28x28..7x7, against the 2.25x fewer FMAs).
 //! Outputs are re-interleaved in registers, so every row of y is one contiguous copy.
 use super::conv::Bias;
-use super::par::{for_each_range, with_workspace, SharedMut};
+use super::par::{for_each_range, for_each_slot, n_threads, with_workspace, SharedMut};
 
 /// Output channels per register tile.
 const NR: usize = 8;
@@ -137,6 +137,90 @@ pub(super) fn bwd_input(
     images(n, (co, ci), (h, w), dy, &u, None)
 }
 
+/// Weight gradient: x (n, ci, h, w), dy (n, co, h, w) -> dw (co, ci, 3, 3) = G^T dU G with
+/// dU[xi] (co x ci) = sum over tiles of (A dY A^T)[xi] (co x tiles) . V[xi]^T (tiles x ci):
+/// per band and xi, 4x4 blocks of dot products over the band's tiles (both operands are
+/// tile-contiguous; the `gemm` crate spent a third of its time repacking them). Each slot takes a fixed equal share of the bands and the slots'
+/// sums are added in slot order, so the result does not depend on scheduling.
+pub(super) fn bwd_weight(
+    n: usize,
+    ci: usize,
+    co: usize,
+    (h, w): (usize, usize),
+    x: &[f32],
+    dy: &[f32],
+) -> Vec<f32> {
+    let geo = Geo::new(h, w);
+    // Longer bands than the forward's: longer dot products per reduction.
+    let cap = (4 * BAND_BYTES / (16 * 4 * (ci + co)) / TT * TT).max(TT);
+    let tb = cap;
+    let nvec = (n * geo.rows * geo.er).div_ceil(16);
+    let ps = (16 * nvec + geo.er + 2).div_ceil(16) * 16;
+    let xp = phases(&geo, x, n, ci, ps, 1);
+    let yp = phases(&geo, dy, n, co, ps, 0);
+    let bands = bands(&geo, n, cap);
+    let (vs, ms) = (ci * tb + SKEW, co * tb + SKEW);
+    let (nt, ul) = (n_threads(), 16 * co * ci);
+    let mut partials = vec![0f32; nt * ul];
+    let pp = SharedMut::new(&mut partials);
+    for_each_slot(|tid| {
+        // SAFETY: slot tid owns partial tid.
+        let du = unsafe { pp.slice(tid * ul..(tid + 1) * ul) };
+        let mine = &bands[tid * bands.len() / nt..(tid + 1) * bands.len() / nt];
+        with_workspace(16 * vs, 16 * ms, |v, m| {
+            for band in mine {
+                let cnt: usize = band.iter().map(|&(_, m)| m.count_ones() as usize).sum();
+                // SAFETY: as in `images` for x; dy's planes are read at offset 0 only.
+                unsafe {
+                    transform_in(xp.as_ptr(), ps, geo.er, band, (vs, tb), ci, v.as_mut_ptr());
+                    transform_dy(yp.as_ptr(), ps, band, (ms, tb), co, m.as_mut_ptr());
+                }
+                let kv = cnt.div_ceil(16);
+                for xi in 0..16 {
+                    let (mx, vx) = (m[xi * ms..].as_ptr(), v[xi * vs..].as_ptr());
+                    let dux = &mut du[xi * co * ci..][..co * ci];
+                    for o0 in (0..co).step_by(4) {
+                        for c0 in (0..ci).step_by(4) {
+                            // SAFETY: rows o0..o0 + 4 of dM and c0..c0 + 4 of V, 16 kv <=
+                            // cnt + 15 floats each, inside their planes (dM zero past cnt).
+                            let z = unsafe { dot4x4(mx.add(o0 * tb), vx.add(c0 * tb), tb, kv) };
+                            for (l, zl) in z.iter().enumerate() {
+                                dux[(o0 + l % 4) * ci + c0 + l / 4] += zl;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    });
+    let mut it = partials.chunks(ul);
+    let mut du = it.next().map_or_else(|| vec![0f32; ul], <[f32]>::to_vec);
+    for p in it {
+        du.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    let mut dw = vec![0f32; co * ci * 9];
+    for (oc, out) in dw.chunks_exact_mut(9).enumerate() {
+        let at = |r: usize, s: usize| du[(4 * r + s) * co * ci + oc];
+        // G^T dU: per column s; then (G^T dU) G: per row.
+        let cols: [[f32; 3]; 4] =
+            std::array::from_fn(|s| gt([at(0, s), at(1, s), at(2, s), at(3, s)]));
+        for i in 0..3 {
+            let row = gt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]);
+            out[3 * i..3 * i + 3].copy_from_slice(&row);
+        }
+    }
+    dw
+}
+
+/// G^T a for a 4-vector a: the adjoint of `g_t`.
+fn gt(a: [f32; 4]) -> [f32; 3] {
+    [
+        a[0] + 0.5 * (a[1] + a[2]),
+        0.5 * (a[1] - a[2]),
+        0.5 * (a[1] + a[2]) + a[3],
+    ]
+}
+
 /// y (n, cout, h, w) from x (n, cin, h, w) with transformed weights `u`: the polyphase
 /// planes of all images first, then bands of real tiles (possibly spanning images) in
 /// parallel, so every band but the last fills its register tiles.
@@ -157,23 +241,7 @@ fn images(
     let nvec = (n * ext).div_ceil(16);
     // Polyphase planes: reads reach extended tile 16 * nvec - 1 plus er + 1.
     let ps = (16 * nvec + geo.er + 2).div_ceil(16) * 16;
-    let mut poly = vec![0f32; 4 * cin * ps];
-    let pp = SharedMut::new(&mut poly);
-    for_each_range(n, |imgs| {
-        for img in imgs {
-            // SAFETY: image img writes only its own extended tiles of each plane.
-            unsafe {
-                polyphase(
-                    &geo,
-                    &x[img * cin * h * w..][..cin * h * w],
-                    img,
-                    cin,
-                    pp,
-                    ps,
-                )
-            }
-        }
-    });
+    let poly = phases(&geo, x, n, cin, ps, 1);
     let bands = bands(&geo, n, cap);
     let starts: Vec<usize> = bands
         .iter()
@@ -308,13 +376,36 @@ fn bands(geo: &Geo, n: usize, cap: usize) -> Vec<Vec<(usize, u16)>> {
     out
 }
 
-/// The four polyphase planes (padded row parity a, column parity b, at plane 2a + b) of
-/// image `img` (x: its cin planes): channel c's plane p at `poly[(4 c + p) * ps..]`, the
-/// image's extended tiles at `img * rows * er..`, zero outside the image.
+/// The four polyphase planes of `cin` channel planes of every image, `pad` (0 or 1) zero
+/// rows and columns before each: channel c's plane 2a + b (padded row parity a, column
+/// parity b) at `[(4 c + 2 a + b) * ps..]`, image i's extended tiles at `i * rows * er..`,
+/// zero outside the image. Images in parallel.
+fn phases(geo: &Geo, x: &[f32], n: usize, cin: usize, ps: usize, pad: usize) -> Vec<f32> {
+    let mut poly = vec![0f32; 4 * cin * ps];
+    let pp = SharedMut::new(&mut poly);
+    let len = cin * geo.h * geo.w;
+    for_each_range(n, |imgs| {
+        for img in imgs {
+            // SAFETY: image img writes only its own extended tiles of each plane.
+            unsafe { polyphase(geo, &x[img * len..][..len], img, cin, pp, ps, pad) }
+        }
+    });
+    poly
+}
+
+/// One image's part of `phases`.
 ///
 /// # Safety
 /// No other thread may write the same image's ranges.
-unsafe fn polyphase(geo: &Geo, x: &[f32], img: usize, cin: usize, poly: SharedMut, ps: usize) {
+unsafe fn polyphase(
+    geo: &Geo,
+    x: &[f32],
+    img: usize,
+    cin: usize,
+    poly: SharedMut,
+    ps: usize,
+    pad: usize,
+) {
     let (h, w, er) = (geo.h, geo.w, geo.er);
     let ext = geo.rows * er;
     for c in 0..cin {
@@ -325,26 +416,62 @@ unsafe fn polyphase(geo: &Geo, x: &[f32], img: usize, cin: usize, poly: SharedMu
         for p in [&mut *p00, &mut *p01, &mut *p10, &mut *p11] {
             p.fill(0.0);
         }
-        for (r, row) in src.chunks_exact(w).enumerate() {
-            // Padded row r + 1: parity a, plane row (r + 1) / 2.
-            let at = r.div_ceil(2) * er;
-            let (p0, p1) = if (r + 1) % 2 == 0 {
+        for r in 0..h {
+            // Padded row r + pad: parity a, plane row (r + pad) / 2.
+            let at = (r + pad) / 2 * er;
+            let (p0, p1) = if (r + pad) % 2 == 0 {
                 (&mut *p00, &mut *p01)
             } else {
                 (&mut *p10, &mut *p11)
             };
-            // Padded column 2v + 1 (odd) is x column 2v; 2v + 2 (even) is x column 2v + 1.
-            let (e, o) = (&mut p0[at + 1..at + er], &mut p1[at..at + er]);
-            let pairs = row.chunks_exact(2);
-            let tail = pairs.remainder();
-            for (v, pair) in pairs.enumerate() {
-                o[v] = pair[0];
-                e[v] = pair[1];
-            }
-            if let [last] = tail {
-                o[w / 2] = *last;
-            }
+            // Columns 2v and 2v + 1 go to padded columns 2v + pad and 2v + 1 + pad.
+            let (even, odd) = if pad == 1 {
+                (&mut p1[at..at + er], &mut p0[at + 1..at + er])
+            } else {
+                (&mut p0[at..at + er], &mut p1[at..at + er])
+            };
+            deinterleave(&src[r * w..], w, even, odd);
         }
+    }
+}
+
+/// even[v] = src[2 v], odd[v] = src[2 v + 1] for 2 v (+ 1) < n; `src` may extend past n.
+///
+/// # Safety
+/// AVX-512F must be available; `even` must hold ceil(n / 2), `odd` floor(n / 2) values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn deinterleave(src: &[f32], n: usize, even: &mut [f32], odd: &mut [f32]) {
+    use std::arch::x86_64::*;
+    // Scalar loops at baseline x86-64 (SSE) made this copy 16% of a weight gradient; masked
+    // loads were slower still (whole-vector loads when the source has them).
+    let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let mask = |k: usize| ((1u32 << k.min(16)) - 1) as u16;
+    assert!(src.len() >= n && even.len() >= n.div_ceil(2) && odd.len() >= n / 2);
+    for i in (0..n).step_by(32) {
+        let k = (n - i).min(32);
+        if src.len() - i < 32 {
+            for (j, &val) in src[i..i + k].iter().enumerate() {
+                let (dst, at) = if j % 2 == 0 {
+                    (&mut *even, j / 2)
+                } else {
+                    (&mut *odd, j / 2)
+                };
+                dst[i / 2 + at] = val;
+            }
+            continue;
+        }
+        let (lo, hi) = (
+            _mm512_loadu_ps(src.as_ptr().add(i)),
+            _mm512_loadu_ps(src.as_ptr().add(i + 16)),
+        );
+        let (e, o) = (
+            _mm512_permutex2var_ps(lo, ie, hi),
+            _mm512_permutex2var_ps(lo, io, hi),
+        );
+        _mm512_mask_storeu_ps(even.as_mut_ptr().add(i / 2), mask(k.div_ceil(2)), e);
+        _mm512_mask_storeu_ps(odd.as_mut_ptr().add(i / 2), mask(k / 2), o);
     }
 }
 
@@ -406,6 +533,113 @@ unsafe fn transform_in(
             k += mask.count_ones() as usize;
         }
     }
+}
+
+/// dM[xi][o][k] (plane stride ld, row stride tb) = (A dY A^T)[xi] for the 2x2 output
+/// gradient dY of the k-th lane taken by `band`, read from dy's unpadded polyphase planes,
+/// zero for k from the band's tile count to the next multiple of 16.
+///
+/// # Safety
+/// As `transform_in`, with `co` channels and reads at offset 0 only.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_dy(
+    poly: *const f32,
+    ps: usize,
+    band: &[(usize, u16)],
+    (ld, tb): (usize, usize),
+    co: usize,
+    m: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    // A applied to a 2-vector (u, v): u, u + v, u - v, -v.
+    let a = |u: __m512, v: __m512| {
+        [
+            u,
+            _mm512_add_ps(u, v),
+            _mm512_sub_ps(u, v),
+            _mm512_sub_ps(zero, v),
+        ]
+    };
+    for o in 0..co {
+        let p = poly.add(4 * o * ps);
+        let out = m.add(o * tb);
+        let mut k = 0;
+        for &(q, mask) in band {
+            let t = 16 * q;
+            let y: [__m512; 4] = std::array::from_fn(|ab| _mm512_loadu_ps(p.add(ab * ps + t)));
+            // A dY per column b, then A along each resulting row.
+            let col = [a(y[0], y[2]), a(y[1], y[3])];
+            for r in 0..4 {
+                for (s, val) in a(col[0][r], col[1][r]).into_iter().enumerate() {
+                    let val = if mask == u16::MAX {
+                        val
+                    } else {
+                        _mm512_maskz_compress_ps(mask, val)
+                    };
+                    _mm512_storeu_ps(out.add((4 * r + s) * ld + k), val);
+                }
+            }
+            k += mask.count_ones() as usize;
+        }
+        // Zeros past the band's tiles, so whole-vector dot products ignore them.
+        for xi in 0..16 {
+            _mm512_storeu_ps(out.add(xi * ld + k), zero);
+        }
+    }
+}
+
+/// Lane 4 j + i of the result = sum over t < 16 kv of dm[i * ld + t] * v[j * ld + t], for
+/// i, j < 4.
+///
+/// # Safety
+/// AVX-512F must be available; reads 4 rows of `16 kv` floats at `ld` apart from each pointer.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // register tiles indexed by (row, column)
+unsafe fn dot4x4(dm: *const f32, v: *const f32, ld: usize, kv: usize) -> [f32; 16] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    for t in 0..kv {
+        let a: [__m512; 4] = std::array::from_fn(|i| _mm512_loadu_ps(dm.add(i * ld + 16 * t)));
+        let b: [__m512; 4] = std::array::from_fn(|j| _mm512_loadu_ps(v.add(j * ld + 16 * t)));
+        for i in 0..4 {
+            for j in 0..4 {
+                acc[i][j] = _mm512_fmadd_ps(a[i], b[j], acc[i][j]);
+            }
+        }
+    }
+    // Sum each accumulator's 16 lanes: halve the lanes per value four times, pairing values.
+    let v: [__m512; 16] = std::array::from_fn(|k| acc[k / 4][k % 4]);
+    let w: [__m512; 8] = std::array::from_fn(|k| {
+        let (a, b) = (v[2 * k], v[2 * k + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(a, b),
+            _mm512_shuffle_f32x4::<0xEE>(a, b),
+        )
+    });
+    let x: [__m512; 4] = std::array::from_fn(|k| {
+        let (a, b) = (w[2 * k], w[2 * k + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(a, b),
+            _mm512_shuffle_f32x4::<0xDD>(a, b),
+        )
+    });
+    let y: [__m512; 2] = std::array::from_fn(|k| {
+        let (a, b) = (x[2 * k], x[2 * k + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x88>(a, b),
+            _mm512_shuffle_ps::<0xDD>(a, b),
+        )
+    });
+    let z = _mm512_add_ps(
+        _mm512_shuffle_ps::<0x88>(y[0], y[1]),
+        _mm512_shuffle_ps::<0xDD>(y[0], y[1]),
+    );
+    let mut out = [0f32; 16];
+    _mm512_storeu_ps(out.as_mut_ptr(), z);
+    out
 }
 
 /// The 2x2 outputs `A^T M A` of tiles 0..tb of one channel (`m[xi * ld + t]`), interleaved:
@@ -478,6 +712,25 @@ unsafe fn transform_in(
     _: usize,
     _: *mut f32,
 ) {
+    unreachable!("winograd kernels need AVX-512")
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transform_dy(
+    _: *const f32,
+    _: usize,
+    _: &[(usize, u16)],
+    _: (usize, usize),
+    _: usize,
+    _: *mut f32,
+) {
+    unreachable!("winograd kernels need AVX-512")
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn deinterleave(_: &[f32], _: usize, _: &mut [f32], _: &mut [f32]) {
+    unreachable!("winograd kernels need AVX-512")
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn dot4x4(_: *const f32, _: *const f32, _: usize, _: usize) -> [f32; 16] {
     unreachable!("winograd kernels need AVX-512")
 }
 #[cfg(not(target_arch = "x86_64"))]
