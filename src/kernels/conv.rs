@@ -277,8 +277,8 @@ fn bwd_input(g: &Geom, dy: &[f32], w: &[f32]) -> Vec<f32> {
 /// therefore training, are bit-reproducible (a shared work cursor made resumed runs drift).
 fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if winograd::applies(g.stride, g.pad, (g.kh, g.kw), g.ci, g.co)
-        && g.ci % 4 == 0
-        && g.co % 4 == 0
+        && g.ci.is_multiple_of(4)
+        && g.co.is_multiple_of(4)
     {
         return winograd::bwd_weight(g.n, g.ci, g.co, (g.h, g.w), x, dy);
     }

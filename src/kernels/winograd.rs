@@ -154,11 +154,9 @@ pub(super) fn bwd_weight(
     // Longer bands than the forward's: longer dot products per reduction.
     let cap = (4 * BAND_BYTES / (16 * 4 * (ci + co)) / TT * TT).max(TT);
     let tb = cap;
-    let nvec = (n * geo.rows * geo.er).div_ceil(16);
-    let ps = (16 * nvec + geo.er + 2).div_ceil(16) * 16;
-    let xp = phases(&geo, x, n, ci, ps, 1);
-    let yp = phases(&geo, dy, n, co, ps, 0);
     let bands = bands(&geo, n, cap);
+    let spans: Vec<(usize, usize)> = bands.iter().map(|b| band_span(&geo, b)).collect();
+    let ps = plane_len(&geo, &spans);
     let (vs, ms) = (ci * tb + SKEW, co * tb + SKEW);
     let (nt, ul) = (n_threads(), 16 * co * ci);
     let mut partials = vec![0f32; nt * ul];
@@ -166,14 +164,28 @@ pub(super) fn bwd_weight(
     for_each_slot(|tid| {
         // SAFETY: slot tid owns partial tid.
         let du = unsafe { pp.slice(tid * ul..(tid + 1) * ul) };
-        let mine = &bands[tid * bands.len() / nt..(tid + 1) * bands.len() / nt];
-        with_workspace(16 * vs, 16 * ms, |v, m| {
-            for band in mine {
+        let mine = tid * bands.len() / nt..(tid + 1) * bands.len() / nt;
+        with_workspace(16 * vs + 4 * ci * ps, 16 * ms + 4 * co * ps, |v, m| {
+            let (v, xp) = v.split_at_mut(16 * vs);
+            let (m, yp) = m.split_at_mut(16 * ms);
+            for bi in mine {
+                let band = &bands[bi];
                 let cnt: usize = band.iter().map(|&(_, m)| m.count_ones() as usize).sum();
+                band_phases(&geo, x, n, ci, 1, spans[bi], xp, ps);
+                band_phases(&geo, dy, n, co, 0, spans[bi], yp, ps);
+                let base = spans[bi].0 * geo.er;
                 // SAFETY: as in `images` for x; dy's planes are read at offset 0 only.
                 unsafe {
-                    transform_in(xp.as_ptr(), ps, geo.er, band, (vs, tb), ci, v.as_mut_ptr());
-                    transform_dy(yp.as_ptr(), ps, band, (ms, tb), co, m.as_mut_ptr());
+                    transform_in(
+                        xp.as_ptr(),
+                        (ps, base),
+                        geo.er,
+                        band,
+                        (vs, tb),
+                        ci,
+                        v.as_mut_ptr(),
+                    );
+                    transform_dy(yp.as_ptr(), (ps, base), band, (ms, tb), co, m.as_mut_ptr());
                 }
                 let kv = cnt.div_ceil(16);
                 for xi in 0..16 {
@@ -233,16 +245,14 @@ fn images(
     bias: Option<Bias>,
 ) -> Vec<f32> {
     let geo = Geo::new(h, w);
-    let (tw, ext) = (geo.er - 1, geo.rows * geo.er);
+    let tw = geo.er - 1;
     let co8 = cout.div_ceil(NR) * NR;
     // Band capacity in real tiles: V and M within BAND_BYTES, whole register tiles.
     let cap = (BAND_BYTES / (16 * 4 * (cin + co8)) / TT * TT).max(TT);
     let tb = cap;
-    let nvec = (n * ext).div_ceil(16);
-    // Polyphase planes: reads reach extended tile 16 * nvec - 1 plus er + 1.
-    let ps = (16 * nvec + geo.er + 2).div_ceil(16) * 16;
-    let poly = phases(&geo, x, n, cin, ps, 1);
     let bands = bands(&geo, n, cap);
+    let spans: Vec<(usize, usize)> = bands.iter().map(|b| band_span(&geo, b)).collect();
+    let ps = plane_len(&geo, &spans);
     let starts: Vec<usize> = bands
         .iter()
         .scan(0, |k, b| {
@@ -262,20 +272,22 @@ fn images(
     let (vs, ms) = (cin * tb + SKEW, co8 * tb + SKEW);
     let (vl, ml) = (16 * vs, 16 * ms);
     for_each_range(bands.len(), |r| {
-        with_workspace(vl, ml + 4 * tb, |v, rest| {
+        with_workspace(vl + 4 * cin * ps, ml + 4 * tb, |v, rest| {
+            let (v, poly) = v.split_at_mut(vl);
             let (m, z) = rest.split_at_mut(ml);
             for bi in r {
                 let band = &bands[bi];
                 let k0 = starts[bi];
                 let cnt: usize = band.iter().map(|&(_, m)| m.count_ones() as usize).sum();
                 let tn = cnt.div_ceil(TT) * TT;
-                // SAFETY: reads poly[(4 c + p) * ps + 16 q + l + off] for q < nvec, l < 16
-                // and off <= er + 1, below ps by its choice; writes
+                band_phases(&geo, x, n, cin, 1, spans[bi], poly, ps);
+                // SAFETY: reads the band's planes at 16 q + l + off - r0 * er for its vectors
+                // q, l < 16 and off <= er + 1, inside the span; writes
                 // v[xi * vs + c * tb + 0..cnt + 15], inside v thanks to the skew.
                 unsafe {
                     transform_in(
                         poly.as_ptr(),
-                        ps,
+                        (ps, spans[bi].0 * geo.er),
                         geo.er,
                         band,
                         (vs, tb),
@@ -376,61 +388,58 @@ fn bands(geo: &Geo, n: usize, cap: usize) -> Vec<Vec<(usize, u16)>> {
     out
 }
 
-/// The four polyphase planes of `cin` channel planes of every image, `pad` (0 or 1) zero
-/// rows and columns before each: channel c's plane 2a + b (padded row parity a, column
-/// parity b) at `[(4 c + 2 a + b) * ps..]`, image i's extended tiles at `i * rows * er..`,
-/// zero outside the image. Images in parallel.
-fn phases(geo: &Geo, x: &[f32], n: usize, cin: usize, ps: usize, pad: usize) -> Vec<f32> {
-    let mut poly = vec![0f32; 4 * cin * ps];
-    let pp = SharedMut::new(&mut poly);
-    let len = cin * geo.h * geo.w;
-    for_each_range(n, |imgs| {
-        for img in imgs {
-            // SAFETY: image img writes only its own extended tiles of each plane.
-            unsafe { polyphase(geo, &x[img * len..][..len], img, cin, pp, ps, pad) }
-        }
-    });
-    poly
+/// Rows of extended tiles [r0, r1) (over all images, `rows` per image) that `band` reads.
+fn band_span(geo: &Geo, band: &[(usize, u16)]) -> (usize, usize) {
+    let (qa, qz) = (band[0].0, band[band.len() - 1].0);
+    (
+        16 * qa / geo.er,
+        (16 * qz + 16 + geo.er + 1).div_ceil(geo.er),
+    )
 }
 
-/// One image's part of `phases`.
-///
-/// # Safety
-/// No other thread may write the same image's ranges.
-unsafe fn polyphase(
+/// Plane stride for the bands' spans: the longest, in whole vectors.
+fn plane_len(geo: &Geo, spans: &[(usize, usize)]) -> usize {
+    let rows = spans.iter().map(|&(a, b)| b - a).max().unwrap_or(0);
+    (rows * geo.er).div_ceil(16) * 16
+}
+
+/// The four polyphase planes of extended tile rows [r0, r1) of `cin`-channel images x, `pad`
+/// (0 or 1) zero rows and columns before each image: channel c's plane 2a + b (padded row
+/// parity a, column parity b) at `dst[(4 c + 2 a + b) * ps..]`, tile row r at `(r - r0) * er`,
+/// zero outside the images. Built per band, so the planes stay in cache (a copy of the whole
+/// batch went through memory: 20% of a 96-channel forward pass).
+#[allow(clippy::too_many_arguments)]
+fn band_phases(
     geo: &Geo,
     x: &[f32],
-    img: usize,
+    n: usize,
     cin: usize,
-    poly: SharedMut,
-    ps: usize,
     pad: usize,
+    (r0, r1): (usize, usize),
+    dst: &mut [f32],
+    ps: usize,
 ) {
     let (h, w, er) = (geo.h, geo.w, geo.er);
-    let ext = geo.rows * er;
+    dst[..4 * cin * ps].fill(0.0);
     for c in 0..cin {
-        let src = &x[c * h * w..][..h * w];
-        let plane =
-            |p: usize| poly.slice((4 * c + p) * ps + img * ext..(4 * c + p) * ps + (img + 1) * ext);
-        let [p00, p01, p10, p11] = [plane(0), plane(1), plane(2), plane(3)];
-        for p in [&mut *p00, &mut *p01, &mut *p10, &mut *p11] {
-            p.fill(0.0);
-        }
-        for r in 0..h {
-            // Padded row r + pad: parity a, plane row (r + pad) / 2.
-            let at = (r + pad) / 2 * er;
-            let (p0, p1) = if (r + pad) % 2 == 0 {
-                (&mut *p00, &mut *p01)
-            } else {
-                (&mut *p10, &mut *p11)
-            };
-            // Columns 2v and 2v + 1 go to padded columns 2v + pad and 2v + 1 + pad.
-            let (even, odd) = if pad == 1 {
-                (&mut p1[at..at + er], &mut p0[at + 1..at + er])
-            } else {
-                (&mut p0[at..at + er], &mut p1[at..at + er])
-            };
-            deinterleave(&src[r * w..], w, even, odd);
+        for row in r0..r1.min(n * geo.rows) {
+            let (img, ty) = (row / geo.rows, row % geo.rows);
+            for a in 0..2 {
+                // Padded row 2 ty + a is x row 2 ty + a - pad.
+                let Some(r) = (2 * ty + a).checked_sub(pad).filter(|&r| r < h) else {
+                    continue;
+                };
+                let base = (4 * c + 2 * a) * ps + (row - r0) * er;
+                let (p0, p1) = dst[base..base + ps + er].split_at_mut(ps);
+                // Columns 2v and 2v + 1 go to padded columns 2v + pad and 2v + 1 + pad.
+                let (even, odd) = if pad == 1 {
+                    (&mut p1[..er], &mut p0[1..er])
+                } else {
+                    (&mut p0[..er], &mut p1[..er])
+                };
+                // SAFETY: this function only runs where `applies` found AVX-512.
+                unsafe { deinterleave(&x[((img * cin + c) * h + r) * w..], w, even, odd) };
+            }
         }
     }
 }
@@ -476,7 +485,8 @@ unsafe fn deinterleave(src: &[f32], n: usize, even: &mut [f32], odd: &mut [f32])
 }
 
 /// V[xi][c][k] (plane stride ld, row stride tb) = (B^T d B)[xi] for the 4x4 input tile d
-/// of the k-th lane taken by `band` ((vector q, lanes): extended tiles 16 q + lane).
+/// of the k-th lane taken by `band` ((vector q, lanes): extended tiles 16 q + lane), from
+/// planes of stride ps starting at extended tile `base`.
 ///
 /// # Safety
 /// AVX-512F must be available; reads `poly` as described in `group`, writes
@@ -487,7 +497,7 @@ unsafe fn deinterleave(src: &[f32], n: usize, even: &mut [f32], odd: &mut [f32])
 #[allow(clippy::needless_range_loop)]
 unsafe fn transform_in(
     poly: *const f32,
-    ps: usize,
+    (ps, base): (usize, usize),
     er: usize,
     band: &[(usize, u16)],
     (ld, tb): (usize, usize),
@@ -503,7 +513,7 @@ unsafe fn transform_in(
         let out = v.add(c * tb);
         let mut k = 0;
         for &(q, mask) in band {
-            let t = 16 * q;
+            let t = 16 * q - base;
             let d: [[__m512; 4]; 4] = std::array::from_fn(|i| {
                 std::array::from_fn(|j| _mm512_loadu_ps(p.add(offs[i][j] + t)))
             });
@@ -545,7 +555,7 @@ unsafe fn transform_in(
 #[target_feature(enable = "avx512f")]
 unsafe fn transform_dy(
     poly: *const f32,
-    ps: usize,
+    (ps, base): (usize, usize),
     band: &[(usize, u16)],
     (ld, tb): (usize, usize),
     co: usize,
@@ -567,7 +577,7 @@ unsafe fn transform_dy(
         let out = m.add(o * tb);
         let mut k = 0;
         for &(q, mask) in band {
-            let t = 16 * q;
+            let t = 16 * q - base;
             let y: [__m512; 4] = std::array::from_fn(|ab| _mm512_loadu_ps(p.add(ab * ps + t)));
             // A dY per column b, then A along each resulting row.
             let col = [a(y[0], y[2]), a(y[1], y[3])];
@@ -705,7 +715,7 @@ unsafe fn mk(v: *const f32, ldv: usize, cin: usize, u: *const f32, m: *mut f32, 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn transform_in(
     _: *const f32,
-    _: usize,
+    _: (usize, usize),
     _: usize,
     _: &[(usize, u16)],
     _: (usize, usize),
@@ -717,7 +727,7 @@ unsafe fn transform_in(
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn transform_dy(
     _: *const f32,
-    _: usize,
+    _: (usize, usize),
     _: &[(usize, u16)],
     _: (usize, usize),
     _: usize,
