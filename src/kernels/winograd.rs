@@ -572,6 +572,7 @@ unsafe fn transform_in(
 /// As `transform_in`, with `co` channels and reads at offset 0 only.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)]
 unsafe fn transform_dy(
     poly: *const f32,
     (ps, base): (usize, usize),
