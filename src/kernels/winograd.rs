@@ -25,6 +25,8 @@ const NR: usize = 8;
 const TT: usize = 32;
 /// Scratch for one band's transformed input and products: about half of a core's L2.
 const BAND_BYTES: usize = 512 * 1024;
+/// Polyphase planes built at once (see `superbands`).
+const POLY_BYTES: usize = 256 * 1024;
 /// Floats added to the V and M plane strides (see `group`).
 const SKEW: usize = 32;
 
@@ -155,8 +157,7 @@ pub(super) fn bwd_weight(
     let cap = (4 * BAND_BYTES / (16 * 4 * (ci + co)) / TT * TT).max(TT);
     let tb = cap;
     let bands = bands(&geo, n, cap);
-    let spans: Vec<(usize, usize)> = bands.iter().map(|b| band_span(&geo, b)).collect();
-    let ps = plane_len(&geo, &spans);
+    let (groups, spans, ps) = superbands(&geo, &bands, ci + co, n_threads());
     let (vs, ms) = (ci * tb + SKEW, co * tb + SKEW);
     let (nt, ul) = (n_threads(), 16 * co * ci);
     let mut partials = vec![0f32; nt * ul];
@@ -164,16 +165,18 @@ pub(super) fn bwd_weight(
     for_each_slot(|tid| {
         // SAFETY: slot tid owns partial tid.
         let du = unsafe { pp.slice(tid * ul..(tid + 1) * ul) };
-        let mine = tid * bands.len() / nt..(tid + 1) * bands.len() / nt;
+        let mine = tid * groups.len() / nt..(tid + 1) * groups.len() / nt;
         with_workspace(16 * vs + 4 * ci * ps, 16 * ms + 4 * co * ps, |v, m| {
             let (v, xp) = v.split_at_mut(16 * vs);
             let (m, yp) = m.split_at_mut(16 * ms);
-            for bi in mine {
+            for (gi, bi) in mine.flat_map(|gi| groups[gi].clone().map(move |bi| (gi, bi))) {
                 let band = &bands[bi];
                 let cnt: usize = band.iter().map(|&(_, m)| m.count_ones() as usize).sum();
-                band_phases(&geo, x, n, ci, 1, spans[bi], xp, ps);
-                band_phases(&geo, dy, n, co, 0, spans[bi], yp, ps);
-                let base = spans[bi].0 * geo.er;
+                if bi == groups[gi].start {
+                    band_phases(&geo, x, n, ci, 1, spans[gi], xp, ps);
+                    band_phases(&geo, dy, n, co, 0, spans[gi], yp, ps);
+                }
+                let base = spans[gi].0 * geo.er;
                 // SAFETY: as in `images` for x; dy's planes are read at offset 0 only.
                 unsafe {
                     transform_in(
@@ -251,8 +254,7 @@ fn images(
     let cap = (BAND_BYTES / (16 * 4 * (cin + co8)) / TT * TT).max(TT);
     let tb = cap;
     let bands = bands(&geo, n, cap);
-    let spans: Vec<(usize, usize)> = bands.iter().map(|b| band_span(&geo, b)).collect();
-    let ps = plane_len(&geo, &spans);
+    let (groups, spans, ps) = superbands(&geo, &bands, cin, 4 * n_threads());
     let starts: Vec<usize> = bands
         .iter()
         .scan(0, |k, b| {
@@ -271,23 +273,25 @@ fn images(
     // The skew also takes the last channel's compressed stores spilling past its row.
     let (vs, ms) = (cin * tb + SKEW, co8 * tb + SKEW);
     let (vl, ml) = (16 * vs, 16 * ms);
-    for_each_range(bands.len(), |r| {
+    for_each_range(groups.len(), |r| {
         with_workspace(vl + 4 * cin * ps, ml + 4 * tb, |v, rest| {
             let (v, poly) = v.split_at_mut(vl);
             let (m, z) = rest.split_at_mut(ml);
-            for bi in r {
+            for (gi, bi) in r.flat_map(|gi| groups[gi].clone().map(move |bi| (gi, bi))) {
                 let band = &bands[bi];
                 let k0 = starts[bi];
                 let cnt: usize = band.iter().map(|&(_, m)| m.count_ones() as usize).sum();
                 let tn = cnt.div_ceil(TT) * TT;
-                band_phases(&geo, x, n, cin, 1, spans[bi], poly, ps);
+                if bi == groups[gi].start {
+                    band_phases(&geo, x, n, cin, 1, spans[gi], poly, ps);
+                }
                 // SAFETY: reads the band's planes at 16 q + l + off - r0 * er for its vectors
                 // q, l < 16 and off <= er + 1, inside the span; writes
                 // v[xi * vs + c * tb + 0..cnt + 15], inside v thanks to the skew.
                 unsafe {
                     transform_in(
                         poly.as_ptr(),
-                        (ps, spans[bi].0 * geo.er),
+                        (ps, spans[gi].0 * geo.er),
                         geo.er,
                         band,
                         (vs, tb),
@@ -395,6 +399,34 @@ fn band_span(geo: &Geo, band: &[(usize, u16)]) -> (usize, usize) {
         16 * qa / geo.er,
         (16 * qz + 16 + geo.er + 1).div_ceil(geo.er),
     )
+}
+
+/// Consecutive bands that share one build of the polyphase planes, and each group's span:
+/// neighbouring bands' spans overlap by a row or two, which had been ~40% of the planes'
+/// work at 28x28 with one build per band. Groups are as long as keeps `chans` channels'
+/// planes within POLY_BYTES and leaves at least `min_groups` of them.
+fn superbands(
+    geo: &Geo,
+    bands: &[Vec<(usize, u16)>],
+    chans: usize,
+    min_groups: usize,
+) -> (Vec<std::ops::Range<usize>>, Vec<(usize, usize)>, usize) {
+    let spans: Vec<(usize, usize)> = bands.iter().map(|b| band_span(geo, b)).collect();
+    let nb = bands.len();
+    let group = |s: usize| {
+        let groups: Vec<_> = (0..nb).step_by(s).map(|i| i..(i + s).min(nb)).collect();
+        let gs: Vec<_> = groups
+            .iter()
+            .map(|g| (spans[g.start].0, spans[g.end - 1].1))
+            .collect();
+        let ps = plane_len(geo, &gs);
+        (groups, gs, ps)
+    };
+    [8, 4, 2]
+        .into_iter()
+        .map(group)
+        .find(|(g, _, ps)| g.len() >= min_groups && 4 * chans * ps * 4 <= POLY_BYTES)
+        .unwrap_or_else(|| group(1))
 }
 
 /// Plane stride for the bands' spans: the longest, in whole vectors.
