@@ -191,17 +191,19 @@ pub(super) fn bwd_weight(
                     transform_dy(yp.as_ptr(), (ps, base), band, (ms, tb), co, m.as_mut_ptr());
                 }
                 let kv = cnt.div_ceil(16);
+                // dU accumulates in 4x4 blocks, [xi][o / 4][c / 4][lane 4 (c % 4) + o % 4]:
+                // one vector add per block (scattered scalar adds had cost as much as the
+                // dot products at 64 channels).
                 for xi in 0..16 {
                     let (mx, vx) = (m[xi * ms..].as_ptr(), v[xi * vs..].as_ptr());
                     let dux = &mut du[xi * co * ci..][..co * ci];
-                    for o0 in (0..co).step_by(4) {
-                        for c0 in (0..ci).step_by(4) {
-                            // SAFETY: rows o0..o0 + 4 of dM and c0..c0 + 4 of V, 16 kv <=
-                            // cnt + 15 floats each, inside their planes (dM zero past cnt).
-                            let z = unsafe { dot4x4(mx.add(o0 * tb), vx.add(c0 * tb), tb, kv) };
-                            for (l, zl) in z.iter().enumerate() {
-                                dux[(o0 + l % 4) * ci + c0 + l / 4] += zl;
-                            }
+                    for (ob, dub) in dux.chunks_exact_mut(4 * ci).enumerate() {
+                        for (cb, acc) in dub.chunks_exact_mut(16).enumerate() {
+                            // SAFETY: rows 4 ob.. of dM and 4 cb.. of V, 16 kv <= cnt + 15
+                            // floats each, inside their planes (dM zero past cnt).
+                            unsafe {
+                                dot4x4(mx.add(4 * ob * tb), vx.add(4 * cb * tb), tb, kv, acc)
+                            };
                         }
                     }
                 }
@@ -215,7 +217,9 @@ pub(super) fn bwd_weight(
     }
     let mut dw = vec![0f32; co * ci * 9];
     for (oc, out) in dw.chunks_exact_mut(9).enumerate() {
-        let at = |r: usize, s: usize| du[(4 * r + s) * co * ci + oc];
+        let (o, c) = (oc / ci, oc % ci);
+        let blk = (o / 4 * (ci / 4) + c / 4) * 16 + 4 * (c % 4) + o % 4;
+        let at = |r: usize, s: usize| du[(4 * r + s) * co * ci + blk];
         // G^T dU: per column s; then (G^T dU) G: per row.
         let cols: [[f32; 3]; 4] =
             std::array::from_fn(|s| gt([at(0, s), at(1, s), at(2, s), at(3, s)]));
@@ -652,15 +656,14 @@ unsafe fn transform_dy(
     }
 }
 
-/// Lane 4 j + i of the result = sum over t < 16 kv of dm[i * ld + t] * v[j * ld + t], for
-/// i, j < 4.
+/// acc[4 j + i] += sum over t < 16 kv of dm[i * ld + t] * v[j * ld + t], for i, j < 4.
 ///
 /// # Safety
 /// AVX-512F must be available; reads 4 rows of `16 kv` floats at `ld` apart from each pointer.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)] // register tiles indexed by (row, column)
-unsafe fn dot4x4(dm: *const f32, v: *const f32, ld: usize, kv: usize) -> [f32; 16] {
+unsafe fn dot4x4(dm: *const f32, v: *const f32, ld: usize, kv: usize, acc_out: &mut [f32]) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 4]; 4];
     for t in 0..kv {
@@ -699,9 +702,9 @@ unsafe fn dot4x4(dm: *const f32, v: *const f32, ld: usize, kv: usize) -> [f32; 1
         _mm512_shuffle_ps::<0x88>(y[0], y[1]),
         _mm512_shuffle_ps::<0xDD>(y[0], y[1]),
     );
-    let mut out = [0f32; 16];
-    _mm512_storeu_ps(out.as_mut_ptr(), z);
-    out
+    assert!(acc_out.len() >= 16);
+    let sum = _mm512_add_ps(_mm512_loadu_ps(acc_out.as_ptr()), z);
+    _mm512_storeu_ps(acc_out.as_mut_ptr(), sum);
 }
 
 /// The 2x2 outputs `A^T M A` of tiles 0..tb of one channel (`m[xi * ld + t]`), interleaved:
@@ -792,7 +795,7 @@ unsafe fn deinterleave(_: &[f32], _: usize, _: &mut [f32], _: &mut [f32]) {
     unreachable!("winograd kernels need AVX-512")
 }
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn dot4x4(_: *const f32, _: *const f32, _: usize, _: usize) -> [f32; 16] {
+unsafe fn dot4x4(_: *const f32, _: *const f32, _: usize, _: usize, _: &mut [f32]) {
     unreachable!("winograd kernels need AVX-512")
 }
 #[cfg(not(target_arch = "x86_64"))]
