@@ -50,7 +50,14 @@ fn stats(x: &[f32], eps: f64) -> (f32, f32) {
 /// y = (x - mean) * rstd * gamma + beta for one (sample, group) block of `gamma.len()` channels,
 /// then silu(y) if `silu`.
 #[inline(always)]
-fn fwd_block_body(xb: &[f32], yb: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64, silu: bool) {
+fn fwd_block_body(
+    xb: &[f32],
+    yb: &mut [f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    silu: bool,
+) -> (f32, f32) {
     let (mean, rstd) = stats(xb, eps);
     let hw = xb.len() / gamma.len();
     for (ci, (&gm, &bt)) in gamma.iter().zip(beta).enumerate() {
@@ -68,8 +75,9 @@ fn fwd_block_body(xb: &[f32], yb: &mut [f32], gamma: &[f32], beta: &[f32], eps: 
             it.for_each(|(o, &v)| *o = v * a + b);
         }
     }
+    (mean, rstd)
 }
-avx2_dispatch!(fn fwd_block(xb: &[f32], yb: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64, silu: bool) => fwd_block_body);
+avx2_dispatch!(fn fwd_block(xb: &[f32], yb: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64, silu: bool) -> (f32, f32) => fwd_block_body);
 
 /// dx for one block, and per channel (sum dz*xhat, sum dz) into `pb`, where dz is the
 /// gradient at the norm's output: dy, or dy * silu'(z) with z recomputed when `beta` is given.
@@ -81,9 +89,8 @@ fn bwd_block_body(
     pb: &mut [f32],
     gamma: &[f32],
     beta: Option<&[f32]>,
-    eps: f64,
+    (mean, rstd): (f32, f32),
 ) {
-    let (mean, rstd) = stats(xb, eps);
     let hw = xb.len() / gamma.len();
     // Pass 1: dz into dxb; per-channel sums; a = sum(gamma dz), b = sum(gamma dz xhat).
     let (mut a, mut b) = (0f64, 0f64);
@@ -122,13 +129,31 @@ fn bwd_block_body(
         }
     }
 }
-avx2_dispatch!(fn bwd_block(xb: &[f32], dyb: &[f32], dxb: &mut [f32], pb: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f64) => bwd_block_body);
+avx2_dispatch!(fn bwd_block(xb: &[f32], dyb: &[f32], dxb: &mut [f32], pb: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, stats: (f32, f32)) => bwd_block_body);
+
+/// Per-block statistics written from the parallel blocks (each its own entry).
+#[derive(Clone, Copy)]
+struct SharedStats(*mut (f32, f32), usize);
+unsafe impl Send for SharedStats {}
+unsafe impl Sync for SharedStats {}
+
+impl SharedStats {
+    /// # Safety
+    /// No two threads may set the same entry.
+    unsafe fn set(&self, i: usize, v: (f32, f32)) {
+        assert!(i < self.1);
+        *self.0.add(i) = v;
+    }
+}
 
 struct GnFwd {
     groups: usize,
     eps: f64,
     /// Apply silu to the output (fused group_norm + silu).
     silu: bool,
+    /// (mean, rstd) per (sample, group) block, kept for the backward pass (recomputing them
+    /// there was two of its six passes over x).
+    stats: std::sync::Mutex<Vec<(f32, f32)>>,
 }
 
 impl CustomOp3 for GnFwd {
@@ -154,10 +179,12 @@ impl CustomOp3 for GnFwd {
         }
         let (cg, bl) = (d.cg(), d.block());
         let mut y = vec![0f32; x.len()];
+        let mut stats = vec![(0f32, 0f32); d.n * d.groups];
+        let sp = SharedStats(stats.as_mut_ptr(), stats.len());
         for_each_chunk_mut(&mut y, bl, |blk, yb| {
             let c0 = (blk % d.groups) * cg;
             let xb = &x[blk * bl..(blk + 1) * bl];
-            fwd_block(
+            let st = fwd_block(
                 xb,
                 yb,
                 &gamma[c0..c0 + cg],
@@ -165,7 +192,10 @@ impl CustomOp3 for GnFwd {
                 self.eps,
                 self.silu,
             );
+            // SAFETY: block blk writes only entry blk.
+            unsafe { sp.set(blk, st) };
         });
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -177,9 +207,10 @@ impl CustomOp3 for GnFwd {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let op = GnBwd {
             groups: self.groups,
-            eps: self.eps,
+            stats,
             beta: if self.silu {
                 Some(beta.flatten_all()?.to_vec1()?)
             } else {
@@ -199,7 +230,8 @@ impl CustomOp3 for GnFwd {
 /// output; the three are narrowed views of it).
 struct GnBwd {
     groups: usize,
-    eps: f64,
+    /// The forward pass's (mean, rstd) per block.
+    stats: Vec<(f32, f32)>,
     /// Set for the fused silu variant, whose backward recomputes the norm's output z.
     beta: Option<Vec<f32>>,
 }
@@ -224,6 +256,7 @@ impl CustomOp3 for GnBwd {
         let d = Dims::new(l1.dims(), self.groups)?;
         if gamma.len() != d.c
             || dy.len() != x.len()
+            || self.stats.len() != d.n * d.groups
             || self.beta.as_ref().is_some_and(|b| b.len() != d.c)
         {
             candle_core::bail!("group_norm backward: shape mismatch")
@@ -245,7 +278,7 @@ impl CustomOp3 for GnBwd {
                 pb,
                 &gamma[c0..c0 + cg],
                 self.beta.as_deref().map(|b| &b[c0..c0 + cg]),
-                self.eps,
+                self.stats[blk],
             );
         });
         let (dg, db) = out[nel..].split_at_mut(d.c);
@@ -301,6 +334,7 @@ fn group_norm_maybe_silu(
             groups: num_groups,
             eps,
             silu,
+            stats: Default::default(),
         };
         return Ok(x
             .contiguous()?
