@@ -84,6 +84,7 @@ impl Geo {
 
 /// Transformed weights `G g G^T`, packed as [16][ceil(cout / NR)][cin][NR] (zero past cout),
 /// from `get(o, c, t)` with t = 3 i + j.
+#[allow(clippy::needless_range_loop)] // r indexes the transformed columns
 fn pack(cout: usize, cin: usize, get: impl Fn(usize, usize, usize) -> f32 + Sync) -> Vec<f32> {
     let nob = cout.div_ceil(NR);
     let mut u = vec![0f32; 16 * nob * cin * NR];
