@@ -91,16 +91,22 @@ fn pack(cout: usize, cin: usize, get: impl Fn(usize, usize, usize) -> f32 + Sync
     let up = SharedMut::new(&mut u);
     // In parallel over blocks of NR output channels (whole cache lines each): done serially
     // it left the other core idle for ~5% of a 7x7 convolution.
+    #[allow(clippy::needless_range_loop)] // r indexes the transformed columns
     for_each_range(nob, |obs| {
-        for o in obs.start * NR..(obs.end * NR).min(cout) {
-            for c in 0..cin {
-                let col = |j: usize| g_t([get(o, c, j), get(o, c, 3 + j), get(o, c, 6 + j)]);
-                let gg = [col(0), col(1), col(2)]; // gg[j][r] = (G g)[r][j]
-                for r in 0..4 {
-                    for (s, val) in g_t([gg[0][r], gg[1][r], gg[2][r]]).into_iter().enumerate() {
-                        let at = (((4 * r + s) * nob + o / NR) * cin + c) * NR + o % NR;
-                        // SAFETY: entries of block o / NR are written by its task only.
-                        unsafe { up.slice(at..at + 1)[0] = val };
+        for ob in obs {
+            // SAFETY: block ob's 16 regions are written by this task only.
+            let dst: [&mut [f32]; 16] = std::array::from_fn(|xi| unsafe {
+                up.slice((xi * nob + ob) * cin * NR..(xi * nob + ob + 1) * cin * NR)
+            });
+            for o in ob * NR..(ob * NR + NR).min(cout) {
+                for c in 0..cin {
+                    let col = |j: usize| g_t([get(o, c, j), get(o, c, 3 + j), get(o, c, 6 + j)]);
+                    let gg = [col(0), col(1), col(2)]; // gg[j][r] = (G g)[r][j]
+                    for r in 0..4 {
+                        let row = g_t([gg[0][r], gg[1][r], gg[2][r]]);
+                        for (s, val) in row.into_iter().enumerate() {
+                            dst[4 * r + s][c * NR + o % NR] = val;
+                        }
                     }
                 }
             }
