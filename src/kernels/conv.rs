@@ -282,7 +282,9 @@ fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     {
         return winograd::bwd_weight(g.n, g.ci, g.co, (g.h, g.w), x, dy);
     }
-    if direct::applies(g.stride, g.pad, (g.kh, g.kw)) {
+    // 1x1 weight gradients are one gemm per image group on the images as they are, which
+    // measured 1.3-1.5x faster than the direct kernel (64x64x14x14 1x1: 0.38 vs 0.54 ms).
+    if direct::applies(g.stride, g.pad, (g.kh, g.kw)) && g.kh == 3 {
         return direct::bwd_weight(g.n, g.ci, g.co, (g.h, g.w), g.kh, x, dy);
     }
     let (k, ohw, wl, bs) = (g.k(), g.out_len(), g.co * g.k(), group_size(g));

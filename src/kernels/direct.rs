@@ -1,6 +1,8 @@
 //! Direct stride-1 "same" convolutions (3x3 pad 1, 1x1 pad 0) with AVX-512 microkernels: the
 //! forward pass, the input gradient (the forward pass of the flipped, transposed kernel) and
-//! the weight gradient, with no im2col matrix.
+//! the 3x3 weight gradient, with no im2col matrix. 3x3 passes with at least 8 channels on
+//! each side go to Winograd (winograd.rs) instead; these kernels take the 1x1 convolutions
+//! and the UNet's 1-channel input and output convolutions.
 //!
 //! Each image is copied once into zero-padded planes of row length `wp = w + 2 pad`. In that
 //! layout output pixel `p = oy * wp + ox` is `sum_c sum_t w[o, c, t] * xpad[c, p + off_t]`
@@ -272,7 +274,8 @@ pub(super) fn bwd_input(
     images(n, (co, ci), (h, w), k, dy, &wpk, None)
 }
 
-/// Weight gradient: x (n, ci, h, w), dy (n, co, h, w) -> dw (co, ci, k, k) =
+/// Weight gradient of a 3x3 kernel (1x1 ones are gemms in conv.rs, which measured faster):
+/// x (n, ci, h, w), dy (n, co, h, w) -> dw (co, ci, 3, 3) =
 /// sum over images and pixels of dy[o, p] * xpad[c, p + off_t]. Images are packed channel-major
 /// in chunks, so the pixel loop runs over a whole chunk at once; each slot takes a fixed equal
 /// share of the images and the slots' sums are added in slot order, so the result does not
@@ -287,6 +290,7 @@ pub(super) fn bwd_weight(
     x: &[f32],
     dy: &[f32],
 ) -> Vec<f32> {
+    assert_eq!(k, 3, "direct weight gradient: 3x3 kernels only");
     let (pl, taps) = (Planes::new(h, w, k), k * k);
     let (xl, yl) = (ci * h * w, co * h * w);
     // A WR-channel block of dy (WR * nb * s floats) is re-read for every (channel, kernel
@@ -349,11 +353,7 @@ pub(super) fn bwd_weight(
                             unsafe {
                                 let xr = xp.as_ptr().add(c * len + i * pl.wp);
                                 let dr = dyp.as_ptr().add(b * WR * len);
-                                if k == 3 {
-                                    wtile::<3>(dr, xr, sp, &mut acc)
-                                } else {
-                                    wtile::<1>(dr, xr, sp, &mut acc)
-                                }
+                                wtile3(dr, xr, sp, &mut acc)
                             }
                             for (nn, a) in acc.iter().enumerate().take(co - b * WR) {
                                 let row = ((b * WR + nn) * ci + c) * taps + i * k;
@@ -450,26 +450,12 @@ struct Span {
 }
 
 /// Weight-gradient microkernel: acc[n][j] = sum_q dy[n * sp.row + q] * x[q + j] over the
-/// positions q of `sp`, for the WR gradient rows at `dy` and KW taps of one kernel row.
+/// positions q of `sp`, for the WR gradient rows at `dy` and the 3 taps of one kernel row.
 ///
 /// # Safety
 /// AVX-512F must be available; `dy` must hold WR rows of `sp.row` floats and `x` every
-/// position of `sp` plus KW - 1 floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn wtile<const KW: usize>(
-    dy: *const f32,
-    x: *const f32,
-    sp: Span,
-    acc: &mut [[f32; 3]; WR],
-) {
-    if KW == 3 {
-        wtile3(dy, x, sp, acc)
-    } else {
-        wtile1(dy, x, sp, acc)
-    }
-}
-
+/// position of `sp` plus 2 floats.
+//
 // The accumulators are named variables (generated), 4 rows x 3 taps: written as an array of
 // __m512, or with 8 rows (24 accumulators + 11 loads live), LLVM spilled and rotated them and
 // the kernel ran at half the forward's FMA rate.
@@ -513,36 +499,6 @@ unsafe fn wtile3(dy: *const f32, x: *const f32, sp: Span, acc: &mut [[f32; 3]; W
     acc[3] = [_mm512_reduce_add_ps(a30), _mm512_reduce_add_ps(a31), _mm512_reduce_add_ps(a32)];
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[rustfmt::skip]
-unsafe fn wtile1(dy: *const f32, x: *const f32, sp: Span, acc: &mut [[f32; 3]; WR]) {
-    let len = sp.row;
-    use std::arch::x86_64::*;
-    let z = _mm512_setzero_ps();
-    let (mut a00, mut a10, mut a20, mut a30) = (z, z, z, z);
-    for seg in 0..sp.segs {
-    let (mut xq, mut dq) = (x.add(seg * sp.stride), dy.add(seg * sp.stride));
-    for _ in 0..sp.seg / 16 {
-        let x0 = _mm512_loadu_ps(xq);
-        let d = _mm512_loadu_ps(dq);
-        a00 = _mm512_fmadd_ps(d, x0, a00);
-        let d = _mm512_loadu_ps(dq.add(len));
-        a10 = _mm512_fmadd_ps(d, x0, a10);
-        let d = _mm512_loadu_ps(dq.add(2 * len));
-        a20 = _mm512_fmadd_ps(d, x0, a20);
-        let d = _mm512_loadu_ps(dq.add(3 * len));
-        a30 = _mm512_fmadd_ps(d, x0, a30);
-        xq = xq.add(16);
-        dq = dq.add(16);
-    }
-    }
-    acc[0] = [_mm512_reduce_add_ps(a00), 0.0, 0.0];
-    acc[1] = [_mm512_reduce_add_ps(a10), 0.0, 0.0];
-    acc[2] = [_mm512_reduce_add_ps(a20), 0.0, 0.0];
-    acc[3] = [_mm512_reduce_add_ps(a30), 0.0, 0.0];
-}
-
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
@@ -561,6 +517,6 @@ unsafe fn tile(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn wtile<const KW: usize>(_: *const f32, _: *const f32, _: Span, _: &mut [[f32; 3]; WR]) {
+unsafe fn wtile3(_: *const f32, _: *const f32, _: Span, _: &mut [[f32; 3]; WR]) {
     unreachable!("direct convolution needs AVX-512")
 }
