@@ -18,6 +18,8 @@
 //! Outputs are re-interleaved in registers, so every row of y is one contiguous copy.
 use super::conv::Bias;
 use super::par::{for_each_range, for_each_slot, n_threads, with_workspace, SharedMut};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Output channels per register tile.
 const NR: usize = 8;
@@ -170,8 +172,8 @@ pub(super) fn bwd_weight(
     // Longer bands than the forward's: longer dot products per reduction.
     let cap = (4 * BAND_BYTES / (16 * 4 * (ci + co)) / TT * TT).max(TT);
     let tb = cap;
-    let bands = bands(&geo, n, cap);
-    let (groups, spans, ps) = superbands(&geo, &bands, ci + co, n_threads());
+    let plan = Plan::get(&geo, n, cap, ci + co, n_threads());
+    let (bands, groups, spans, ps) = (&plan.bands, &plan.groups, &plan.spans, plan.ps);
     let (vs, ms) = (ci * tb + SKEW, co * tb + SKEW);
     let (nt, ul) = (n_threads(), 16 * co * ci);
     let mut partials = vec![0f32; nt * ul];
@@ -271,19 +273,9 @@ fn images(
     // Band capacity in real tiles: V and M within BAND_BYTES, whole register tiles.
     let cap = (BAND_BYTES / (16 * 4 * (cin + co8)) / TT * TT).max(TT);
     let tb = cap;
-    let bands = bands(&geo, n, cap);
-    let (groups, spans, ps) = superbands(&geo, &bands, cin, 4 * n_threads());
-    let starts: Vec<usize> = bands
-        .iter()
-        .scan(0, |k, b| {
-            let k0 = *k;
-            *k += b
-                .iter()
-                .map(|&(_, m)| m.count_ones() as usize)
-                .sum::<usize>();
-            Some(k0)
-        })
-        .collect();
+    let plan = Plan::get(&geo, n, cap, cin, 4 * n_threads());
+    let (bands, groups, spans, ps) = (&plan.bands, &plan.groups, &plan.spans, plan.ps);
+    let starts = &plan.starts;
     // Every element of y is written below (the bands cover every real tile, whose outputs
     // cover every pixel), so y starts uninitialised and is written through a raw pointer:
     // zeroing it first was a memset of up to 13 MB per call.
@@ -397,6 +389,55 @@ impl RowWriter {
         for (k, &v) in src.iter().enumerate() {
             self.0.add(at + k).write(v + b);
         }
+    }
+}
+
+/// How a call's tiles are split: bands, their groups sharing polyphase planes, and where
+/// each band's tiles start. The same for every call with the same shapes, so cached: built
+/// serially, it had left the other core idle ~50 us per call at 28x28.
+struct Plan {
+    bands: Vec<Vec<(usize, u16)>>,
+    groups: Vec<std::ops::Range<usize>>,
+    spans: Vec<(usize, usize)>,
+    ps: usize,
+    starts: Vec<usize>,
+}
+
+impl Plan {
+    fn get(geo: &Geo, n: usize, cap: usize, chans: usize, min_groups: usize) -> Arc<Plan> {
+        type Key = (usize, usize, usize, usize, usize, usize);
+        static CACHE: Mutex<Option<HashMap<Key, Arc<Plan>>>> = Mutex::new(None);
+        let key = (geo.h, geo.w, n, cap, chans, min_groups);
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        let map = cache.get_or_insert_with(HashMap::new);
+        if let Some(p) = map.get(&key) {
+            return p.clone();
+        }
+        let bands = bands(geo, n, cap);
+        let (groups, spans, ps) = superbands(geo, &bands, chans, min_groups);
+        let starts = bands
+            .iter()
+            .scan(0, |k, b| {
+                let k0 = *k;
+                *k += b
+                    .iter()
+                    .map(|&(_, m)| m.count_ones() as usize)
+                    .sum::<usize>();
+                Some(k0)
+            })
+            .collect();
+        let plan = Arc::new(Plan {
+            bands,
+            groups,
+            spans,
+            ps,
+            starts,
+        });
+        if map.len() >= 256 {
+            map.clear(); // shapes are few in practice; bound the memory anyway
+        }
+        map.insert(key, plan.clone());
+        plan
     }
 }
 
