@@ -20,7 +20,7 @@ pub struct TrainCmd {
     /// Output directory (diffusers layout).
     #[arg(long, default_value = "models/mnist")]
     out: PathBuf,
-    /// Optimisation steps (default 2500, ~14 min on 2 CPU cores, when neither --steps nor
+    /// Optimisation steps (default 3500, ~15 min on 2 CPU cores, when neither --steps nor
     /// --epochs is given).
     #[arg(long, conflicts_with = "epochs")]
     steps: Option<usize>,

@@ -94,9 +94,9 @@ impl Default for TrainConfig {
 }
 
 /// Default number of steps when neither --steps nor --epochs is given.
-/// About 14 minutes on a 2-core CPU for the mnist preset at batch 64 (~200 images/s; README
+/// About 15 minutes on a 2-core CPU for the mnist preset at batch 64 (~260 images/s; README
 /// has the figures).
-pub const DEFAULT_STEPS: usize = 2500;
+pub const DEFAULT_STEPS: usize = 3500;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
