@@ -1,10 +1,10 @@
 //! conv2d (groups 1, dilation 1) as im2col + gemm, forward and both gradients.
 //!
 //! Candle 0.11.1's CPU conv2d was measured 4x slower than PyTorch forward and 7-16x slower for
-//! the input gradient (a plain loop, no gemm). On AVX-512 CPUs, stride-1 3x3 convolutions with
-//! >= 8 channels each side go to Winograd (winograd.rs), other stride-1 3x3 passes and 1x1
-//! forwards / input gradients to the direct kernels (direct.rs); every other pass here is one
-//! gemm per image group on a per-thread im2col workspace, parallel over the batch; 1x1
+//! the input gradient (a plain loop, no gemm). On AVX-512 CPUs, stride-1 3x3 convolutions
+//! with at least 8 channels each side go to Winograd (winograd.rs), other stride-1 3x3 passes
+//! and 1x1 forwards / input gradients to the direct kernels (direct.rs); every other pass here
+//! is one gemm per image group on a per-thread im2col workspace, parallel over the batch; 1x1
 //! stride-1 unpadded convs skip im2col. The bias (per channel or per image) is fused into the
 //! forward pass.
 use super::gemm::{sgemm, Mat};
