@@ -158,8 +158,9 @@ pub(super) fn bwd_input(
 /// Weight gradient: x (n, ci, h, w), dy (n, co, h, w) -> dw (co, ci, 3, 3) = G^T dU G with
 /// dU[xi] (co x ci) = sum over tiles of (A dY A^T)[xi] (co x tiles) . V[xi]^T (tiles x ci):
 /// per band and xi, 4x4 blocks of dot products over the band's tiles (both operands are
-/// tile-contiguous; the `gemm` crate spent a third of its time repacking them). Each slot takes a fixed equal share of the bands and the slots'
-/// sums are added in slot order, so the result does not depend on scheduling.
+/// tile-contiguous; the `gemm` crate spent a third of its time repacking them). Each slot
+/// takes a fixed equal share of the band groups and the slots' sums are added in slot order,
+/// so the result does not depend on scheduling.
 pub(super) fn bwd_weight(
     n: usize,
     ci: usize,
