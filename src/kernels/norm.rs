@@ -4,10 +4,13 @@
 //! slower than PyTorch. Here a group of one sample is a contiguous block (cg channels x hw),
 //! small enough for L1, so each block is processed by one rayon task: statistics, then output.
 use super::act::sigmoid;
-use super::par::{avx2_dispatch, for_each_chunk_mut, lane_sum, lane_sum2, SharedMut};
+use super::par::{
+    avx2_dispatch, collect_chunks, for_each_chunk_mut, lane_sum, lane_sum2, SharedMut,
+};
 use super::{cpu_f32, f32_data};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use std::mem::MaybeUninit;
 
 #[derive(Clone, Copy, Debug)]
 struct Dims {
@@ -52,7 +55,7 @@ fn stats(x: &[f32], eps: f64) -> (f32, f32) {
 #[inline(always)]
 fn fwd_block_body(
     xb: &[f32],
-    yb: &mut [f32],
+    yb: &mut [MaybeUninit<f32>],
     gamma: &[f32],
     beta: &[f32],
     eps: f64,
@@ -60,6 +63,7 @@ fn fwd_block_body(
 ) -> (f32, f32) {
     let (mean, rstd) = stats(xb, eps);
     let hw = xb.len() / gamma.len();
+    assert_eq!(yb.len(), hw * gamma.len());
     for (ci, (&gm, &bt)) in gamma.iter().zip(beta).enumerate() {
         // y = x * a + b with a, b folded per channel.
         let a = rstd * gm;
@@ -69,15 +73,17 @@ fn fwd_block_body(
         if silu {
             it.for_each(|(o, &v)| {
                 let z = v * a + b;
-                *o = z * sigmoid(z);
+                o.write(z * sigmoid(z));
             });
         } else {
-            it.for_each(|(o, &v)| *o = v * a + b);
+            it.for_each(|(o, &v)| {
+                o.write(v * a + b);
+            });
         }
     }
     (mean, rstd)
 }
-avx2_dispatch!(fn fwd_block(xb: &[f32], yb: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64, silu: bool) -> (f32, f32) => fwd_block_body);
+avx2_dispatch!(fn fwd_block(xb: &[f32], yb: &mut [MaybeUninit<f32>], gamma: &[f32], beta: &[f32], eps: f64, silu: bool) -> (f32, f32) => fwd_block_body);
 
 /// dx for one block, and per channel (sum dz*xhat, sum dz) into `pb`, where dz is the
 /// gradient at the norm's output: dy, or dy * silu'(z) with z recomputed when `beta` is given.
@@ -178,10 +184,9 @@ impl CustomOp3 for GnFwd {
             candle_core::bail!("group_norm: gamma/beta need {} entries", d.c)
         }
         let (cg, bl) = (d.cg(), d.block());
-        let mut y = vec![0f32; x.len()];
         let mut stats = vec![(0f32, 0f32); d.n * d.groups];
         let sp = SharedStats(stats.as_mut_ptr(), stats.len());
-        for_each_chunk_mut(&mut y, bl, |blk, yb| {
+        let fill = |blk: usize, yb: &mut [MaybeUninit<f32>]| {
             let c0 = (blk % d.groups) * cg;
             let xb = &x[blk * bl..(blk + 1) * bl];
             let st = fwd_block(
@@ -194,7 +199,9 @@ impl CustomOp3 for GnFwd {
             );
             // SAFETY: block blk writes only entry blk.
             unsafe { sp.set(blk, st) };
-        });
+        };
+        // SAFETY: fwd_block writes every element of its block (lengths asserted).
+        let y = unsafe { collect_chunks(x.len(), bl, fill) };
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }

@@ -6,6 +6,7 @@
 //! measured 3.9 ms for 0.5 ms of work. Sharing Candle's pool removes that contention.
 use candle_core::utils::barrier_pool;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 thread_local! {
@@ -60,6 +61,48 @@ impl SharedMut {
     pub unsafe fn slice(&self, r: Range<usize>) -> &mut [f32] {
         assert!(r.start <= r.end && r.end <= self.1);
         std::slice::from_raw_parts_mut(self.0.add(r.start), r.len())
+    }
+}
+
+/// A new vector of `len` floats, `f(i, piece_i)` filling each `chunk`-sized piece (the last
+/// may be shorter) in parallel, without zeroing it first: the memset of a zeroed output had
+/// been ~1/4 of group norm's and silu's forward.
+///
+/// # Safety
+/// `f` must write every element of the piece it is given.
+pub unsafe fn collect_chunks(
+    len: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let chunk = chunk.max(1);
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    let spare = &mut v.spare_capacity_mut()[..len];
+    let p = SharedUninit(spare.as_mut_ptr());
+    for_each_range(len.div_ceil(chunk), |r| {
+        for i in r {
+            let n = chunk.min(len - i * chunk);
+            // SAFETY: piece i covers [i*chunk, i*chunk + n), inside the capacity and disjoint
+            // across i.
+            let piece = unsafe { std::slice::from_raw_parts_mut(p.at(i * chunk), n) };
+            f(i, piece)
+        }
+    });
+    // SAFETY: every element was written by `f` (the caller's contract).
+    unsafe { v.set_len(len) };
+    v
+}
+
+#[derive(Clone, Copy)]
+struct SharedUninit(*mut MaybeUninit<f32>);
+unsafe impl Send for SharedUninit {}
+unsafe impl Sync for SharedUninit {}
+
+impl SharedUninit {
+    /// # Safety
+    /// `i` must be within the allocation.
+    unsafe fn at(&self, i: usize) -> *mut MaybeUninit<f32> {
+        self.0.add(i)
     }
 }
 
