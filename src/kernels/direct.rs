@@ -16,7 +16,8 @@
 //! im2col/col2im/packing 22% of a train step); PyTorch's oneDNN direct convolution was ~2x
 //! faster at 64 channels. Measured figures are in docs/kernels.md.
 use super::conv::Bias;
-use super::par::{for_each_chunk_mut, for_each_slot, n_threads, with_workspace, SharedMut};
+use super::par::{collect_chunks, for_each_slot, n_threads, with_workspace, SharedMut};
+use std::mem::MaybeUninit;
 
 /// Output channels per tile (weights broadcast from one 32-byte row).
 const NR: usize = 8;
@@ -159,7 +160,7 @@ fn image(
     x: &[f32],
     cin: usize,
     wpk: &[f32],
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     cout: usize,
     bias: Option<&[f32]>,
 ) {
@@ -186,7 +187,7 @@ fn image_planes(
     s: usize,
     cin: usize,
     wpk: &[f32],
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     cout: usize,
     bias: Option<&[f32]>,
 ) {
@@ -209,7 +210,7 @@ fn image_planes(
                     cin,
                     &pl.offs,
                     wb.as_ptr(),
-                    y.as_mut_ptr().add(b * NR * hw),
+                    y.as_mut_ptr().cast::<f32>().add(b * NR * hw),
                     hw,
                     stores,
                     rows,
@@ -248,12 +249,13 @@ fn images(
 ) -> Vec<f32> {
     let pl = Planes::new(h, w, k);
     let (xl, yl) = (cin * h * w, cout * h * w);
-    let mut y = vec![0f32; n * yl];
-    for_each_chunk_mut(&mut y, yl, |i, yn| {
+    let fill = |i: usize, yn: &mut [MaybeUninit<f32>]| {
         let b = bias.map(|b| b.of_image(i, cout));
         image(&pl, &x[i * xl..], cin, wpk, yn, cout, b);
-    });
-    y
+    };
+    // SAFETY: `image` writes every real pixel of every output plane (the tiles' stores cover
+    // all positions p < h * w of each row block).
+    unsafe { collect_chunks(n * yl, yl, fill) }
 }
 
 /// Input gradient: dy (n, co, h, w), w (co, ci, k, k) -> dx (n, ci, h, w), the forward pass
