@@ -8,7 +8,7 @@
 //! stride-1 unpadded convs skip im2col. The bias (per channel or per image) is fused into the
 //! forward pass.
 use super::gemm::{sgemm, Mat};
-use super::par::{for_each_chunk_mut, for_each_slot, n_threads, with_workspace, SharedMut};
+use super::par::{for_each_chunk_mut, n_threads, slot_sums, with_workspace};
 use super::{cpu_f32, f32_data};
 use super::{direct, winograd};
 use crate::error::{Error, Result};
@@ -291,11 +291,7 @@ fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     }
     let (k, ohw, wl, bs) = (g.k(), g.out_len(), g.co * g.k(), group_size(g));
     let nt = n_threads();
-    let mut partials = vec![0f32; nt * wl];
-    let pp = SharedMut::new(&mut partials);
-    for_each_slot(|tid| {
-        // SAFETY: slot tid owns partial tid.
-        let dw = unsafe { pp.slice(tid * wl..(tid + 1) * wl) };
+    slot_sums(wl, |tid, dw| {
         for n0 in (tid * bs..g.n).step_by(nt * bs) {
             let bn = bs.min(g.n - n0);
             let xg = &x[n0 * g.in_len()..(n0 + bn) * g.in_len()];
@@ -319,13 +315,7 @@ fn bwd_weight(g: &Geom, x: &[f32], dy: &[f32]) -> Vec<f32> {
                 sgemm(dw, g.co, k, ld, a, Mat::t(col, ld), true);
             });
         }
-    });
-    let mut it = partials.chunks(wl);
-    let mut dw = it.next().map_or_else(|| vec![0f32; wl], <[f32]>::to_vec);
-    for p in it {
-        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-    }
-    dw
+    })
 }
 
 /// Which of the three passes a `ConvOp` runs; each is a CustomOp2 on two tensors.

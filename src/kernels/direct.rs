@@ -16,7 +16,7 @@
 //! im2col/col2im/packing 22% of a train step); PyTorch's oneDNN direct convolution was ~2x
 //! faster at 64 channels. Measured figures are in docs/kernels.md.
 use super::conv::Bias;
-use super::par::{collect_chunks, for_each_slot, n_threads, with_workspace, SharedMut};
+use super::par::{collect_chunks, n_threads, slot_sums, with_workspace};
 use std::mem::MaybeUninit;
 
 /// Output channels per tile (weights broadcast from one 32-byte row).
@@ -299,12 +299,8 @@ pub(super) fn bwd_weight(
     // row): keep it within ~32 KB of L1 (at ~256 KB, in L2, the kernel was bandwidth-bound
     // and 1.4x slower), while the pixel loop stays long enough to amortise the final sums.
     let nb_max = (2048 / pl.s).max(1);
-    let (nt, wl) = (n_threads(), co * ci * taps);
-    let mut partials = vec![0f32; nt * wl];
-    let pp = SharedMut::new(&mut partials);
-    for_each_slot(|tid| {
-        // SAFETY: slot tid owns partial tid.
-        let dw = unsafe { pp.slice(tid * wl..(tid + 1) * wl) };
+    let nt = n_threads();
+    slot_sums(co * ci * taps, |tid, dw| {
         // Slot tid takes an equal share of the images (a fixed assignment: deterministic sums),
         // in chunks of at most nb_max. Round-robin chunks of nb_max had left one thread with
         // 42 of the 64 images at 7x7.
@@ -368,13 +364,7 @@ pub(super) fn bwd_weight(
                 }
             });
         }
-    });
-    let mut it = partials.chunks(wl);
-    let mut dw = it.next().map_or_else(|| vec![0f32; wl], <[f32]>::to_vec);
-    for p in it {
-        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-    }
-    dw
+    })
 }
 
 /// Forward microkernel: NR output rows of TILE pixels at `y` (row stride `ldy`) =

@@ -77,15 +77,12 @@ pub unsafe fn collect_chunks(
 ) -> Vec<f32> {
     let chunk = chunk.max(1);
     let mut v: Vec<f32> = Vec::with_capacity(len);
-    let spare = &mut v.spare_capacity_mut()[..len];
-    let p = SharedUninit(spare.as_mut_ptr());
+    let p = SharedUninit::new(&mut v, len);
     for_each_range(len.div_ceil(chunk), |r| {
         for i in r {
             let n = chunk.min(len - i * chunk);
-            // SAFETY: piece i covers [i*chunk, i*chunk + n), inside the capacity and disjoint
-            // across i.
-            let piece = unsafe { std::slice::from_raw_parts_mut(p.at(i * chunk), n) };
-            f(i, piece)
+            // SAFETY: piece i covers [i*chunk, i*chunk + n), disjoint across i.
+            f(i, unsafe { p.piece(i * chunk, n) })
         }
     });
     // SAFETY: every element was written by `f` (the caller's contract).
@@ -93,17 +90,48 @@ pub unsafe fn collect_chunks(
     v
 }
 
+/// The first `len` floats of a vector's spare capacity, written from parallel tasks before
+/// the owner sets the vector's length.
 #[derive(Clone, Copy)]
-struct SharedUninit(*mut MaybeUninit<f32>);
+pub struct SharedUninit(*mut MaybeUninit<f32>, usize);
 unsafe impl Send for SharedUninit {}
 unsafe impl Sync for SharedUninit {}
 
 impl SharedUninit {
-    /// # Safety
-    /// `i` must be within the allocation.
-    unsafe fn at(&self, i: usize) -> *mut MaybeUninit<f32> {
-        self.0.add(i)
+    /// `v` must have no other live access while this is used.
+    pub fn new(v: &mut Vec<f32>, len: usize) -> Self {
+        Self(v.spare_capacity_mut()[..len].as_mut_ptr(), len)
     }
+
+    /// Elements `at..at + n`.
+    ///
+    /// # Safety
+    /// No other task may access the same elements.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn piece(&self, at: usize, n: usize) -> &mut [MaybeUninit<f32>] {
+        assert!(at + n <= self.1);
+        std::slice::from_raw_parts_mut(self.0.add(at), n)
+    }
+}
+
+/// The sum of one `len`-float accumulator per slot (`n_threads()` of them, zeroed), each
+/// filled by `f(slot, acc)`, added in slot order: with a fixed assignment of work to slots
+/// the result does not depend on scheduling (a shared work cursor had made resumed training
+/// runs drift).
+pub fn slot_sums(len: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let nt = n_threads();
+    let mut partials = vec![0f32; nt * len];
+    let pp = SharedMut::new(&mut partials);
+    for_each_slot(|tid| {
+        // SAFETY: slot tid owns partial tid.
+        f(tid, unsafe { pp.slice(tid * len..(tid + 1) * len) })
+    });
+    let mut it = partials.chunks(len.max(1));
+    let mut sum = it.next().map_or_else(|| vec![0f32; len], <[f32]>::to_vec);
+    for p in it {
+        sum.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    sum
 }
 
 /// `f(i, out_chunk_i)` for each `chunk`-sized piece of `out` (the last may be shorter), in

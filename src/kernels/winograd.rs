@@ -1,5 +1,5 @@
-//! Winograd F(2x2, 3x3) for stride-1, pad-1 3x3 convolutions (forward, and the input
-//! gradient as the forward pass of the flipped, channel-transposed kernel).
+//! Winograd F(2x2, 3x3) for stride-1, pad-1 3x3 convolutions: forward, the input gradient
+//! (the forward pass of the flipped, channel-transposed kernel) and the weight gradient.
 //!
 //! Why: the direct kernels (`direct.rs`) already run at the FMA peak, and 3x3 convolutions
 //! were ~40% of a train step. Winograd computes each 2x2 output tile from a 4x4 input tile
@@ -13,11 +13,12 @@
 //! even/odd padded columns), each `(th + 1) x (tw + 1)` for `th x tw` tiles. Tile (ty, tx)
 //! then reads `P[i % 2][j % 2][ty + i / 2][tx + j / 2]`: with tiles numbered over the
 //! `(tw + 1)`-wide rows, input value (i, j) of 16 consecutive tiles is one vector load at
-//! a fixed offset, like the direct kernel's taps. The extra column and row of tiles are
-//! computed and dropped (7-20% extra work at 28x28..7x7, against the 2.25x fewer FMAs).
-//! Outputs are re-interleaved in registers, so every row of y is one contiguous copy.
+//! a fixed offset, like the direct kernel's taps. Tiles of the extra column and row are
+//! squeezed out by a register compress, so the products run on real tiles only, in bands
+//! that span image boundaries. Outputs are re-interleaved in registers, so every row of y is
+//! one contiguous copy.
 use super::conv::Bias;
-use super::par::{for_each_range, for_each_slot, n_threads, with_workspace, SharedMut};
+use super::par::{for_each_range, n_threads, slot_sums, with_workspace, SharedMut, SharedUninit};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -29,7 +30,7 @@ const TT: usize = 32;
 const BAND_BYTES: usize = 512 * 1024;
 /// Polyphase planes built at once (see `superbands`).
 const POLY_BYTES: usize = 256 * 1024;
-/// Floats added to the V and M plane strides (see `group`).
+/// Floats added to the V and M plane strides (see `images`).
 const SKEW: usize = 32;
 
 /// Whether a pass from `cin` to `cout` channels of this convolution goes through Winograd on
@@ -93,7 +94,6 @@ fn pack(cout: usize, cin: usize, get: impl Fn(usize, usize, usize) -> f32 + Sync
     let up = SharedMut::new(&mut u);
     // In parallel over blocks of NR output channels (whole cache lines each): done serially
     // it left the other core idle for ~5% of a 7x7 convolution.
-    #[allow(clippy::needless_range_loop)] // r indexes the transformed columns
     for_each_range(nob, |obs| {
         for ob in obs {
             // SAFETY: block ob's 16 regions are written by this task only.
@@ -170,25 +170,21 @@ pub(super) fn bwd_weight(
     dy: &[f32],
 ) -> Vec<f32> {
     let geo = Geo::new(h, w);
-    // Longer bands than the forward's: longer dot products per reduction.
-    let cap = (4 * BAND_BYTES / (16 * 4 * (ci + co)) / TT * TT).max(TT);
-    let tb = cap;
-    let plan = Plan::get(&geo, n, cap, ci + co, n_threads());
+    // Band capacity in tiles (also V's and dM's row stride), longer than the forward's:
+    // longer dot products per reduction.
+    let tb = (4 * BAND_BYTES / (16 * 4 * (ci + co)) / TT * TT).max(TT);
+    let plan = Plan::get(&geo, n, tb, ci + co, n_threads());
     let (bands, groups, spans, ps) = (&plan.bands, &plan.groups, &plan.spans, plan.ps);
     let (vs, ms) = (ci * tb + SKEW, co * tb + SKEW);
-    let (nt, ul) = (n_threads(), 16 * co * ci);
-    let mut partials = vec![0f32; nt * ul];
-    let pp = SharedMut::new(&mut partials);
-    for_each_slot(|tid| {
-        // SAFETY: slot tid owns partial tid.
-        let du = unsafe { pp.slice(tid * ul..(tid + 1) * ul) };
+    let nt = n_threads();
+    let du = slot_sums(16 * co * ci, |tid, du| {
         let mine = tid * groups.len() / nt..(tid + 1) * groups.len() / nt;
         with_workspace(16 * vs + 4 * ci * ps, 16 * ms + 4 * co * ps, |v, m| {
             let (v, xp) = v.split_at_mut(16 * vs);
             let (m, yp) = m.split_at_mut(16 * ms);
             for (gi, bi) in mine.flat_map(|gi| groups[gi].clone().map(move |bi| (gi, bi))) {
                 let band = &bands[bi];
-                let cnt: usize = band.iter().map(|&(_, m)| m.count_ones() as usize).sum();
+                let cnt = plan.starts[bi + 1] - plan.starts[bi];
                 if bi == groups[gi].start {
                     band_phases(&geo, x, n, ci, 1, spans[gi], xp, ps);
                     band_phases(&geo, dy, n, co, 0, spans[gi], yp, ps);
@@ -227,11 +223,6 @@ pub(super) fn bwd_weight(
             }
         })
     });
-    let mut it = partials.chunks(ul);
-    let mut du = it.next().map_or_else(|| vec![0f32; ul], <[f32]>::to_vec);
-    for p in it {
-        du.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-    }
     let mut dw = vec![0f32; co * ci * 9];
     for (oc, out) in dw.chunks_exact_mut(9).enumerate() {
         let (o, c) = (oc / ci, oc % ci);
@@ -257,9 +248,9 @@ fn gt(a: [f32; 4]) -> [f32; 3] {
     ]
 }
 
-/// y (n, cout, h, w) from x (n, cin, h, w) with transformed weights `u`: the polyphase
-/// planes of all images first, then bands of real tiles (possibly spanning images) in
-/// parallel, so every band but the last fills its register tiles.
+/// y (n, cout, h, w) from x (n, cin, h, w) with transformed weights `u`: bands of real
+/// tiles (possibly spanning images) in parallel, each group of bands building its polyphase
+/// planes once, so every band but the last fills its register tiles.
 fn images(
     n: usize,
     (cin, cout): (usize, usize),
@@ -271,18 +262,17 @@ fn images(
     let geo = Geo::new(h, w);
     let tw = geo.er - 1;
     let co8 = cout.div_ceil(NR) * NR;
-    // Band capacity in real tiles: V and M within BAND_BYTES, whole register tiles.
-    let cap = (BAND_BYTES / (16 * 4 * (cin + co8)) / TT * TT).max(TT);
-    let tb = cap;
-    let plan = Plan::get(&geo, n, cap, cin, 4 * n_threads());
+    // Band capacity in real tiles (also V's and M's row stride): V and M within
+    // BAND_BYTES, whole register tiles.
+    let tb = (BAND_BYTES / (16 * 4 * (cin + co8)) / TT * TT).max(TT);
+    let plan = Plan::get(&geo, n, tb, cin, 4 * n_threads());
     let (bands, groups, spans, ps) = (&plan.bands, &plan.groups, &plan.spans, plan.ps);
-    let starts = &plan.starts;
     // Every element of y is written below (the bands cover every real tile, whose outputs
     // cover every pixel), so y starts uninitialised and is written through a raw pointer:
     // zeroing it first was a memset of up to 13 MB per call.
     let len = n * cout * h * w;
     let mut y: Vec<f32> = Vec::with_capacity(len);
-    let yp = RowWriter(y.as_mut_ptr(), len);
+    let yp = SharedUninit::new(&mut y, len);
     // Plane strides of V and M skewed off multiples of 4 KiB: the 16 planes written (and read)
     // together at 32 KiB apart had all mapped to one L1 set (transform_in ran 4x slower).
     // The skew also takes the last channel's compressed stores spilling past its row.
@@ -294,8 +284,8 @@ fn images(
             let (m, z) = rest.split_at_mut(ml);
             for (gi, bi) in r.flat_map(|gi| groups[gi].clone().map(move |bi| (gi, bi))) {
                 let band = &bands[bi];
-                let k0 = starts[bi];
-                let cnt: usize = band.iter().map(|&(_, m)| m.count_ones() as usize).sum();
+                let (k0, k1) = (plan.starts[bi], plan.starts[bi + 1]);
+                let cnt = k1 - k0;
                 let tn = cnt.div_ceil(TT) * TT;
                 if bi == groups[gi].start {
                     band_phases(&geo, x, n, cin, 1, spans[gi], poly, ps);
@@ -335,7 +325,6 @@ fn images(
                     }
                 }
                 let (z0, z1) = z.split_at_mut(2 * tb);
-                let k1 = k0 + cnt;
                 for o in 0..cout {
                     // SAFETY: reads m[xi][o][0..tn]; writes z0, z1[0..2 tn] (2 * tb each).
                     unsafe {
@@ -361,7 +350,10 @@ fn images(
                                 let base = ((img * cout + o) * h + r) * w;
                                 // SAFETY: bands own disjoint tiles, so disjoint (row, column)
                                 // ranges of y.
-                                unsafe { yp.write(base + c0, &zi[at..at + c1 - c0], b) };
+                                let dst = unsafe { yp.piece(base + c0, c1 - c0) };
+                                for (d, &v) in dst.iter_mut().zip(&zi[at..]) {
+                                    d.write(v + b);
+                                }
                             }
                         }
                     }
@@ -374,27 +366,8 @@ fn images(
     y
 }
 
-/// Write-only access to a vector's spare capacity from parallel tasks.
-#[derive(Clone, Copy)]
-struct RowWriter(*mut f32, usize);
-unsafe impl Send for RowWriter {}
-unsafe impl Sync for RowWriter {}
-
-impl RowWriter {
-    /// dst[at + k] = src[k] + b.
-    ///
-    /// # Safety
-    /// No other task may write the same elements.
-    unsafe fn write(&self, at: usize, src: &[f32], b: f32) {
-        assert!(at + src.len() <= self.1);
-        for (k, &v) in src.iter().enumerate() {
-            self.0.add(at + k).write(v + b);
-        }
-    }
-}
-
 /// How a call's tiles are split: bands, their groups sharing polyphase planes, and where
-/// each band's tiles start. The same for every call with the same shapes, so cached: built
+/// each band's tiles start (band b holds real tiles starts[b]..starts[b + 1]). The same for every call with the same shapes, so cached: built
 /// serially, it had left the other core idle ~50 us per call at 28x28.
 struct Plan {
     bands: Vec<Vec<(usize, u16)>>,
@@ -416,16 +389,14 @@ impl Plan {
         }
         let bands = bands(geo, n, cap);
         let (groups, spans, ps) = superbands(geo, &bands, chans, min_groups);
-        let starts = bands
-            .iter()
-            .scan(0, |k, b| {
-                let k0 = *k;
+        let starts = std::iter::once(0)
+            .chain(bands.iter().scan(0, |k, b| {
                 *k += b
                     .iter()
                     .map(|&(_, m)| m.count_ones() as usize)
                     .sum::<usize>();
-                Some(k0)
-            })
+                Some(*k)
+            }))
             .collect();
         let plan = Arc::new(Plan {
             bands,
@@ -565,6 +536,7 @@ fn band_phases(
 }
 
 /// Ask for `s` in cache (a hint; no effect off x86-64).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn prefetch(s: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     for line in s.chunks(16) {
@@ -622,7 +594,7 @@ unsafe fn deinterleave(src: &[f32], n: usize, even: &mut [f32], odd: &mut [f32])
 /// planes of stride ps starting at extended tile `base`.
 ///
 /// # Safety
-/// AVX-512F must be available; reads `poly` as described in `group`, writes
+/// AVX-512F must be available; reads `poly` as laid out by `band_phases`, writes
 /// `v[xi * ld + c * tb + 0..cnt + 15]` (cnt: the lanes taken); stores are whole vectors of
 /// compressed lanes, each overwriting the previous one's tail.
 #[cfg(target_arch = "x86_64")]
