@@ -137,29 +137,14 @@ fn bwd_block_body(
 }
 avx2_dispatch!(fn bwd_block(xb: &[f32], dyb: &[f32], dxb: &mut [f32], pb: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, stats: (f32, f32)) => bwd_block_body);
 
-/// Per-block statistics written from the parallel blocks (each its own entry).
-#[derive(Clone, Copy)]
-struct SharedStats(*mut (f32, f32), usize);
-unsafe impl Send for SharedStats {}
-unsafe impl Sync for SharedStats {}
-
-impl SharedStats {
-    /// # Safety
-    /// No two threads may set the same entry.
-    unsafe fn set(&self, i: usize, v: (f32, f32)) {
-        assert!(i < self.1);
-        *self.0.add(i) = v;
-    }
-}
-
 struct GnFwd {
     groups: usize,
     eps: f64,
     /// Apply silu to the output (fused group_norm + silu).
     silu: bool,
-    /// (mean, rstd) per (sample, group) block, kept for the backward pass (recomputing them
-    /// there was two of its six passes over x).
-    stats: std::sync::Mutex<Vec<(f32, f32)>>,
+    /// mean, rstd per (sample, group) block (two floats each), kept for the backward pass
+    /// (recomputing them there was two of its six passes over x).
+    stats: std::sync::Mutex<Vec<f32>>,
 }
 
 impl CustomOp3 for GnFwd {
@@ -184,8 +169,8 @@ impl CustomOp3 for GnFwd {
             candle_core::bail!("group_norm: gamma/beta need {} entries", d.c)
         }
         let (cg, bl) = (d.cg(), d.block());
-        let mut stats = vec![(0f32, 0f32); d.n * d.groups];
-        let sp = SharedStats(stats.as_mut_ptr(), stats.len());
+        let mut stats = vec![0f32; 2 * d.n * d.groups];
+        let sp = SharedMut::new(&mut stats);
         let fill = |blk: usize, yb: &mut [MaybeUninit<f32>]| {
             let c0 = (blk % d.groups) * cg;
             let xb = &x[blk * bl..(blk + 1) * bl];
@@ -197,8 +182,8 @@ impl CustomOp3 for GnFwd {
                 self.eps,
                 self.silu,
             );
-            // SAFETY: block blk writes only entry blk.
-            unsafe { sp.set(blk, st) };
+            // SAFETY: block blk writes only its own two entries.
+            unsafe { sp.slice(2 * blk..2 * blk + 2) }.copy_from_slice(&[st.0, st.1]);
         };
         // SAFETY: fwd_block writes every element of its block (lengths asserted).
         let y = unsafe { collect_chunks(x.len(), bl, fill) };
@@ -238,7 +223,7 @@ impl CustomOp3 for GnFwd {
 struct GnBwd {
     groups: usize,
     /// The forward pass's (mean, rstd) per block.
-    stats: Vec<(f32, f32)>,
+    stats: Vec<f32>,
     /// Set for the fused silu variant, whose backward recomputes the norm's output z.
     beta: Option<Vec<f32>>,
 }
@@ -263,7 +248,7 @@ impl CustomOp3 for GnBwd {
         let d = Dims::new(l1.dims(), self.groups)?;
         if gamma.len() != d.c
             || dy.len() != x.len()
-            || self.stats.len() != d.n * d.groups
+            || self.stats.len() != 2 * d.n * d.groups
             || self.beta.as_ref().is_some_and(|b| b.len() != d.c)
         {
             candle_core::bail!("group_norm backward: shape mismatch")
@@ -285,7 +270,7 @@ impl CustomOp3 for GnBwd {
                 pb,
                 &gamma[c0..c0 + cg],
                 self.beta.as_deref().map(|b| &b[c0..c0 + cg]),
-                self.stats[blk],
+                (self.stats[2 * blk], self.stats[2 * blk + 1]),
             );
         });
         let (dg, db) = out[nel..].split_at_mut(d.c);
