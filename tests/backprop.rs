@@ -1,6 +1,7 @@
 //! The vendored candle-core's backward (vendor/README.md: first gradients stored as is instead
-//! of zeros + add) against closed-form gradients: tensors used several times, broadcasts,
-//! reductions, views and matmuls, where accumulation and aliasing could go wrong.
+//! of zeros + add; no gradients for constants; vectorised scalar-on-the-left broadcasts)
+//! against closed-form gradients: tensors used several times, broadcasts, reductions, views,
+//! matmuls and constants on either side, where accumulation and aliasing could go wrong.
 use candle_core::{Device, Tensor, Var, D};
 
 fn close(a: &Tensor, b: &Tensor) {
@@ -53,4 +54,38 @@ fn matmul_and_mean_gradients_match_closed_forms() {
     let want_w = at.sum_keepdim(0).unwrap().broadcast_as((4, 3)).unwrap();
     close(g.get(at).unwrap(), &want_a);
     close(g.get(wt).unwrap(), &want_w);
+}
+
+#[test]
+fn constants_get_no_gradient_and_variables_the_right_one() {
+    let dev = Device::Cpu;
+    // Above Candle's parallel threshold too, so both binary-map paths run.
+    for n in [7usize, 300_001] {
+        let xs: Vec<f32> = (0..n).map(|i| ((i % 97) as f32 - 48.0) * 0.05).collect();
+        let cs: Vec<f32> = (0..n).map(|i| 1.0 + (i % 13) as f32 * 0.25).collect();
+        let x = Var::from_vec(xs, n, &dev).unwrap();
+        let c = Tensor::from_vec(cs, n, &dev).unwrap();
+        let xt = x.as_tensor();
+        // f = sum(x * c) + sum(c - x) + sum(x / c) + sum(c * x)
+        let f = ((xt * &c).unwrap().sum_all().unwrap()
+            + (&c - xt).unwrap().sum_all().unwrap()
+            + (xt / &c).unwrap().sum_all().unwrap()
+            + (&c * xt).unwrap().sum_all().unwrap())
+        .unwrap();
+        let g = f.backward().unwrap();
+        // df/dx = c - 1 + 1/c + c.
+        let want = (((&c * 2.0).unwrap() - 1.0).unwrap() + c.recip().unwrap()).unwrap();
+        close(g.get(xt).unwrap(), &want);
+        assert!(g.get(&c).is_none(), "a constant got a gradient");
+        // A broadcast scalar on the left of a contiguous tensor (the sum's backward above
+        // produces these): s - c and s / c elementwise.
+        let s = Tensor::new(3f32, &dev).unwrap().broadcast_as(n).unwrap();
+        let d: Vec<f32> = (&s - &c).unwrap().to_vec1().unwrap();
+        let q: Vec<f32> = (&s / &c).unwrap().to_vec1().unwrap();
+        let cv: Vec<f32> = c.to_vec1().unwrap();
+        for ((d, q), c) in d.iter().zip(&q).zip(&cv) {
+            assert_eq!(*d, 3.0 - c);
+            assert_eq!(*q, 3.0 / c);
+        }
+    }
 }

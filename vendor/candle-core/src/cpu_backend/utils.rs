@@ -198,9 +198,11 @@ pub fn binary_map_vec<
                 );
             }
             (0, 1) => {
+                // diffuse patch: iterators instead of indexing, so the loop vectorises.
                 let l = lhs[lhs_off];
-                for i in 0..inner_size {
-                    ys_to_set[dst_off + i] = f(l, rhs[rhs_off + i]);
+                let dst = &mut ys_to_set[dst_off..dst_off + inner_size];
+                for (d, &r) in dst.iter_mut().zip(&rhs[rhs_off..rhs_off + inner_size]) {
+                    *d = f(l, r);
                 }
             }
             _ => {
@@ -455,6 +457,15 @@ pub fn binary_map_vec_par<
                     ),
                     (1, 0) => {
                         f_scalar_vec(rhs[rhs_offset], &lhs[lhs_offset..lhs_offset + len], dst)
+                    }
+                    // diffuse patch: a broadcast scalar on the left (every `grad * x` after a
+                    // sum's backward) went through the indexed loop below, whose bounds checks
+                    // keep it scalar.
+                    (0, 1) => {
+                        let l = lhs[lhs_offset];
+                        for (d, &r) in dst.iter_mut().zip(&rhs[rhs_offset..rhs_offset + len]) {
+                            *d = f(l, r);
+                        }
                     }
                     _ => {
                         for (i, dst) in dst.iter_mut().enumerate() {
