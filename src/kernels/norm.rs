@@ -5,7 +5,7 @@
 //! small enough for L1, so each block is processed by one rayon task: statistics, then output.
 use super::act::sigmoid;
 use super::par::{
-    avx2_dispatch, collect_chunks, for_each_chunk_mut, lane_sum, lane_sum2, SharedMut,
+    avx2_dispatch, collect_chunks, for_each_range, lane_sum, lane_sum2, SharedMut, SharedUninit,
 };
 use super::{cpu_f32, f32_data};
 use crate::error::{Error, Result};
@@ -87,55 +87,70 @@ avx2_dispatch!(fn fwd_block(xb: &[f32], yb: &mut [MaybeUninit<f32>], gamma: &[f3
 
 /// dx for one block, and per channel (sum dz*xhat, sum dz) into `pb`, where dz is the
 /// gradient at the norm's output: dy, or dy * silu'(z) with z recomputed when `beta` is given.
+/// `dxb` need not be initialised (skipping the zeroing and the copy of dy into it took the
+/// backward from 0.25 to ~0.13 ms at 64x64x14x14).
 #[inline(always)]
 fn bwd_block_body(
     xb: &[f32],
     dyb: &[f32],
-    dxb: &mut [f32],
+    dxb: &mut [MaybeUninit<f32>],
     pb: &mut [f32],
     gamma: &[f32],
     beta: Option<&[f32]>,
     (mean, rstd): (f32, f32),
 ) {
     let hw = xb.len() / gamma.len();
-    // Pass 1: dz into dxb; per-channel sums; a = sum(gamma dz), b = sum(gamma dz xhat).
+    assert!(dyb.len() == xb.len() && dxb.len() == xb.len());
+    // With silu, dz is computed into dxb first; then dx is formed in place.
+    let dz: &[f32] = match beta {
+        Some(beta) => {
+            for (ci, &gm) in gamma.iter().enumerate() {
+                let r = ci * hw..(ci + 1) * hw;
+                let ac = rstd * gm;
+                let bc = beta[ci] - mean * ac;
+                let it = dxb[r.clone()].iter_mut().zip(&dyb[r.clone()]).zip(&xb[r]);
+                for ((o, &g), &v) in it {
+                    let z = v * ac + bc;
+                    let s = sigmoid(z);
+                    o.write(g * s * (1.0 + z * (1.0 - s)));
+                }
+            }
+            // SAFETY: every element was written just above.
+            unsafe { &*(dxb as *const [MaybeUninit<f32>] as *const [f32]) }
+        }
+        None => dyb,
+    };
+    // Pass 1: per-channel sums; a = sum(gamma dz), b = sum(gamma dz xhat).
     let (mut a, mut b) = (0f64, 0f64);
     for (ci, &gm) in gamma.iter().enumerate() {
         let r = ci * hw..(ci + 1) * hw;
-        let dz = &mut dxb[r.clone()];
-        match beta {
-            Some(beta) => {
-                let ac = rstd * gm;
-                let bc = beta[ci] - mean * ac;
-                for ((o, &g), &v) in dz.iter_mut().zip(&dyb[r.clone()]).zip(&xb[r.clone()]) {
-                    let z = v * ac + bc;
-                    let s = sigmoid(z);
-                    *o = g * s * (1.0 + z * (1.0 - s));
-                }
-            }
-            None => dz.copy_from_slice(&dyb[r.clone()]),
-        }
-        let (s_dz, s_dzx) = lane_sum2(dz, &xb[r]);
+        let (s_dz, s_dzx) = lane_sum2(&dz[r.clone()], &xb[r]);
         let s_dzxhat = (s_dzx - mean as f64 * s_dz) * rstd as f64;
         pb[2 * ci] = s_dzxhat as f32;
         pb[2 * ci + 1] = s_dz as f32;
         a += gm as f64 * s_dz;
         b += gm as f64 * s_dzxhat;
     }
-    // Pass 2, in place: dx = rstd * (gamma dz - a/M - xhat b/M) = gr dz + k1 x + k0.
+    // Pass 2: dx = rstd * (gamma dz - a/M - xhat b/M) = gr dz + k1 x + k0.
     let m = xb.len() as f64;
     let (am, bm) = ((a / m) as f32, (b / m) as f32);
+    let dz = dz.as_ptr();
     for (ci, &gm) in gamma.iter().enumerate() {
         let gr = gm * rstd;
         let k1 = -rstd * rstd * bm;
         let k0 = -rstd * am - k1 * mean;
-        let r = ci * hw..(ci + 1) * hw;
-        for (o, &v) in dxb[r.clone()].iter_mut().zip(&xb[r]) {
-            *o = gr * *o + k1 * v + k0;
+        for i in ci * hw..(ci + 1) * hw {
+            // SAFETY: i < xb.len() == dz's length; dz may alias dxb (the silu case), but each
+            // element is read before the same element is written.
+            unsafe {
+                let g = *dz.add(i);
+                dxb.get_unchecked_mut(i)
+                    .write(gr * g + k1 * *xb.get_unchecked(i) + k0);
+            }
         }
     }
 }
-avx2_dispatch!(fn bwd_block(xb: &[f32], dyb: &[f32], dxb: &mut [f32], pb: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, stats: (f32, f32)) => bwd_block_body);
+avx2_dispatch!(fn bwd_block(xb: &[f32], dyb: &[f32], dxb: &mut [MaybeUninit<f32>], pb: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, stats: (f32, f32)) => bwd_block_body);
 
 struct GnFwd {
     groups: usize,
@@ -254,25 +269,36 @@ impl CustomOp3 for GnBwd {
             candle_core::bail!("group_norm backward: shape mismatch")
         }
         let (cg, bl, nel) = (d.cg(), d.block(), x.len());
-        let mut out = vec![0f32; nel + 2 * d.c];
+        let mut out: Vec<f32> = Vec::with_capacity(nel + 2 * d.c);
+        let dxp = SharedUninit::new(&mut out, nel);
         // Per (sample, channel): sum(dy * xhat) and sum(dy), reduced over samples below.
         let mut part = vec![0f32; d.n * d.c * 2];
         let pp = SharedMut::new(&mut part);
-        for_each_chunk_mut(&mut out[..nel], bl, |blk, dxb| {
-            let c0 = (blk % d.groups) * cg;
-            let r = blk * bl..(blk + 1) * bl;
-            // SAFETY: block blk owns entries [2*cg*blk, 2*cg*(blk+1)) of `part`.
-            let pb = unsafe { pp.slice(2 * cg * blk..2 * cg * (blk + 1)) };
-            bwd_block(
-                &x[r.clone()],
-                &dy[r],
-                dxb,
-                pb,
-                &gamma[c0..c0 + cg],
-                self.beta.as_deref().map(|b| &b[c0..c0 + cg]),
-                (self.stats[2 * blk], self.stats[2 * blk + 1]),
-            );
+        for_each_range(d.n * d.groups, |blocks| {
+            for blk in blocks {
+                let c0 = (blk % d.groups) * cg;
+                let r = blk * bl..(blk + 1) * bl;
+                // SAFETY: block blk owns dx[r] and entries [2*cg*blk, 2*cg*(blk+1)) of `part`.
+                let (dxb, pb) = unsafe {
+                    (
+                        dxp.piece(r.start, bl),
+                        pp.slice(2 * cg * blk..2 * cg * (blk + 1)),
+                    )
+                };
+                bwd_block(
+                    &x[r.clone()],
+                    &dy[r],
+                    dxb,
+                    pb,
+                    &gamma[c0..c0 + cg],
+                    self.beta.as_deref().map(|b| &b[c0..c0 + cg]),
+                    (self.stats[2 * blk], self.stats[2 * blk + 1]),
+                );
+            }
         });
+        // SAFETY: the blocks cover dx and bwd_block writes all of its block.
+        unsafe { out.set_len(nel) };
+        out.resize(nel + 2 * d.c, 0.0);
         let (dg, db) = out[nel..].split_at_mut(d.c);
         for (i, p) in part.chunks(2).enumerate() {
             dg[i % d.c] += p[0];
