@@ -48,8 +48,8 @@ fn time_ms(fs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
     samples.into_iter().map(median).collect()
 }
 
-/// torch_ops_bench.py's medians keyed by "op shape".
-fn torch_peer() -> HashMap<String, f64> {
+/// torch_ops_bench.py's medians for one section ("conv", "norm", "attn"), keyed by "op shape".
+fn torch_peer(section: &str) -> HashMap<String, f64> {
     let Ok(py) = std::env::var("PEER_PYTHON") else {
         return HashMap::new();
     };
@@ -57,10 +57,22 @@ fn torch_peer() -> HashMap<String, f64> {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/torch_ops_bench.py");
     // Same thread count as ours: RAYON_NUM_THREADS (which Candle also reads), else 2.
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "2".into());
-    let out = std::process::Command::new(&py)
+    let mut cmd = std::process::Command::new(&py);
+    // glibc keeps freed blocks (up to 32 MiB each) instead of handing back and re-faulting
+    // pages, as mimalloc does for us: without it PyTorch's group norm fwd+bwd read 2-10 ms
+    // instead of 0.35 when its section ran alone. The reading most favourable to PyTorch.
+    for (k, v) in [
+        ("MALLOC_MMAP_THRESHOLD_", "33554432"),
+        ("MALLOC_TRIM_THRESHOLD_", "4294967295"),
+    ] {
+        if std::env::var_os(k).is_none() {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd
         .env("TORCH_THREADS", threads)
         .arg(&script)
-        .args(["conv", "norm", "attn"])
+        .arg(section)
         .stderr(std::process::Stdio::null())
         .output();
     let Some(out) = out.ok().filter(|o| o.status.success()) else {
@@ -90,23 +102,47 @@ fn fwd_bwd(vars: &[Var], g: &Tensor, f: &dyn Fn(&[Tensor]) -> Tensor) {
     (&y * g).unwrap().sum_all().unwrap().backward().unwrap();
 }
 
+/// Our rows of one section, printed once PyTorch has run before and after them.
+#[derive(Default)]
 struct Table {
-    torch: HashMap<String, f64>,
+    rows: std::cell::RefCell<Vec<Row>>,
 }
+
+/// op, shape, our median, Candle's median.
+type Row = (String, String, f64, Option<f64>);
+
+/// One section of the benchmark.
+type Section = (&'static str, fn(&Table));
 
 impl Table {
     fn row(&self, op: &str, shape: &str, ours: f64, candle: Option<f64>) {
-        let torch = self.torch.get(&format!("{op} {shape}")).copied();
+        self.rows
+            .borrow_mut()
+            .push((op.into(), shape.into(), ours, candle));
+    }
+
+    /// Print the rows against PyTorch's medians from the runs just before and just after
+    /// ours (the shared machine drifts by 10-30% over minutes); the ratio is taken against
+    /// the faster of the two, the reading least favourable to us.
+    fn flush(&self, before: &HashMap<String, f64>, after: &HashMap<String, f64>) {
         let cell = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
-        let ratio = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}x", v / ours));
-        println!(
-            "| {op} | {shape} | {:.3} | {} | {} | {} | {} |",
-            ours,
-            cell(candle),
-            cell(torch),
-            ratio(candle),
-            ratio(torch)
-        );
+        for (op, shape, ours, candle) in self.rows.borrow_mut().drain(..) {
+            let key = format!("{op} {shape}");
+            let (b, a) = (before.get(&key).copied(), after.get(&key).copied());
+            let torch = match (b, a) {
+                (Some(b), Some(a)) => Some(b.min(a)),
+                (b, a) => b.or(a),
+            };
+            let ratio = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}x", v / ours));
+            println!(
+                "| {op} | {shape} | {ours:.3} | {} | {} / {} | {} | {} |",
+                cell(candle),
+                cell(b),
+                cell(a),
+                ratio(candle),
+                ratio(torch)
+            );
+        }
     }
 }
 
@@ -262,25 +298,37 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let torch = torch_peer();
-    let t = Table { torch };
+    let t = Table::default();
     println!(
         "f32 CPU, {} rayon threads; medians in ms; speedup = other / ours",
         rayon::current_num_threads()
     );
-    println!("| op | shape | ours | Candle 0.11.1 | PyTorch | vs Candle | vs PyTorch |");
+    println!(
+        "| op | shape | ours | Candle 0.11.1 | PyTorch before / after ours | vs Candle | vs PyTorch (faster run) |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let on = |g: &str| only.is_empty() || only.iter().any(|o| o == g);
-    if on("conv") {
-        bench_conv(&t);
-    }
-    if on("norm") {
-        bench_norm(&t);
-    }
-    if on("attn") {
-        bench_attn(&t);
-    }
-    if on("upsample") {
-        bench_upsample(&t);
+    let sections: [Section; 4] = [
+        ("conv", bench_conv),
+        ("norm", bench_norm),
+        ("attn", bench_attn),
+        ("upsample", bench_upsample),
+    ];
+    for (name, run) in sections {
+        if !on(name) {
+            continue;
+        }
+        // torch_ops_bench.py has no upsample section.
+        let peer = |n: &str| {
+            if n == "upsample" {
+                HashMap::new()
+            } else {
+                torch_peer(n)
+            }
+        };
+        let before = peer(name);
+        run(&t);
+        let after = peer(name);
+        t.flush(&before, &after);
     }
 }

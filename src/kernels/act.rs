@@ -38,41 +38,212 @@ pub(super) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp_approx(-x))
 }
 
+/// y = silu(a x + b), elementwise (a = 1, b = 0: plain silu; per channel: group norm + silu).
 #[inline(always)]
-fn silu_fwd_body(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+fn silu_affine_body(x: &[f32], y: &mut [MaybeUninit<f32>], a: f32, b: f32) {
     assert_eq!(x.len(), y.len());
     for (o, &v) in y.iter_mut().zip(x) {
-        o.write(v * sigmoid(v));
+        let z = v * a + b;
+        o.write(z * sigmoid(z));
     }
 }
-avx2_dispatch!(fn silu_fwd_chunk(x: &[f32], y: &mut [MaybeUninit<f32>]) => silu_fwd_body);
+avx2_dispatch!(fn silu_affine_generic(x: &[f32], y: &mut [MaybeUninit<f32>], a: f32, b: f32) => silu_affine_body);
 
-/// d silu / dx = s (1 + x (1 - s)), s = sigmoid(x).
+/// dz = dy * silu'(a x + b), silu'(z) = s (1 + z (1 - s)), s = sigmoid(z).
 #[inline(always)]
-fn silu_bwd_body(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
-    assert!(x.len() == dx.len() && dy.len() == dx.len());
-    for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
-        let s = sigmoid(v);
-        o.write(g * s * (1.0 + v * (1.0 - s)));
+fn silu_affine_grad_body(x: &[f32], dy: &[f32], dz: &mut [MaybeUninit<f32>], a: f32, b: f32) {
+    assert!(x.len() == dz.len() && dy.len() == dz.len());
+    for ((o, &v), &g) in dz.iter_mut().zip(x).zip(dy) {
+        let z = v * a + b;
+        let s = sigmoid(z);
+        o.write(g * s * (1.0 + z * (1.0 - s)));
     }
 }
-avx2_dispatch!(fn silu_bwd_chunk(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) => silu_bwd_body);
+avx2_dispatch!(fn silu_affine_grad_generic(x: &[f32], dy: &[f32], dz: &mut [MaybeUninit<f32>], a: f32, b: f32) => silu_affine_grad_body);
+
+/// y = silu(a x + b) elementwise.
+pub(super) fn silu_affine(x: &[f32], y: &mut [MaybeUninit<f32>], a: f32, b: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { x512::silu_affine(x, y, a, b) };
+    }
+    silu_affine_generic(x, y, a, b)
+}
+
+/// dz = dy * silu'(a x + b) elementwise.
+pub(super) fn silu_affine_grad(x: &[f32], dy: &[f32], dz: &mut [MaybeUninit<f32>], a: f32, b: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { x512::silu_affine_grad(x, dy, dz, a, b) };
+    }
+    silu_affine_grad_generic(x, dy, dz, a, b)
+}
+
+/// AVX-512 versions: the portable loops compile to a separate multiply and add per step (Rust
+/// does not contract to FMA) and a full-precision divide, which was half of silu's time;
+/// here FMAs and a reciprocal estimate refined by one Newton step (relative error ~1e-7).
+/// silu forward at 64x64x14x14: 0.117 -> 0.072 ms (PyTorch: 0.089 ms).
+#[cfg(target_arch = "x86_64")]
+mod x512 {
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// exp(-z) as `exp_approx` (same range reduction and polynomial, in Horner form), with
+    /// FMAs, the negation folded into the reduction, and 2^n applied by `vscalefps` instead
+    /// of building exponent bits.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp_neg16(z: __m512) -> __m512 {
+        let c = _mm512_set1_ps;
+        let z = _mm512_min_ps(_mm512_max_ps(z, c(-88.0)), c(87.0));
+        // n = round(-z log2 e) (to nearest even); r = -z - n ln2 in two parts.
+        let n = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(z, c(-std::f32::consts::LOG2_E)));
+        let r = _mm512_fnmsub_ps(n, c(0.693_145_75), z);
+        let r = _mm512_fnmadd_ps(n, c(1.428_606_8e-6), r);
+        let mut p = c(1.987_569_1e-4);
+        for k in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_66,
+            0.5,
+            1.0,
+            1.0,
+        ] {
+            p = _mm512_fmadd_ps(p, r, c(k));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// 1 / (1 + exp(-z)): a reciprocal estimate and one Newton step instead of a divide.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn sigmoid16(z: __m512) -> __m512 {
+        let d = _mm512_add_ps(_mm512_set1_ps(1.0), exp_neg16(z));
+        let r = _mm512_rcp14_ps(d);
+        _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)))
+    }
+
+    /// a v + b, skipped for plain silu (a = 1, b = 0).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn affine<const AFFINE: bool>(v: __m512, a: __m512, b: __m512) -> __m512 {
+        if AFFINE {
+            _mm512_fmadd_ps(v, a, b)
+        } else {
+            v
+        }
+    }
+
+    /// Mask of the first `n` (< 16) lanes.
+    #[inline]
+    fn tail_mask(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn silu_affine(x: &[f32], y: &mut [MaybeUninit<f32>], a: f32, b: f32) {
+        if a == 1.0 && b == 0.0 {
+            silu_affine_impl::<false>(x, y, a, b)
+        } else {
+            silu_affine_impl::<true>(x, y, a, b)
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn silu_affine_impl<const AFFINE: bool>(
+        x: &[f32],
+        y: &mut [MaybeUninit<f32>],
+        a: f32,
+        b: f32,
+    ) {
+        assert_eq!(x.len(), y.len());
+        let (va, vb) = (_mm512_set1_ps(a), _mm512_set1_ps(b));
+        let f = |v: __m512| {
+            let z = affine::<AFFINE>(v, va, vb);
+            _mm512_mul_ps(z, sigmoid16(z))
+        };
+        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr() as *mut f32);
+        let n = x.len();
+        let mut i = 0;
+        while i + 16 <= n {
+            _mm512_storeu_ps(yp.add(i), f(_mm512_loadu_ps(xp.add(i))));
+            i += 16;
+        }
+        if i < n {
+            let m = tail_mask(n - i);
+            _mm512_mask_storeu_ps(yp.add(i), m, f(_mm512_maskz_loadu_ps(m, xp.add(i))));
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn silu_affine_grad(
+        x: &[f32],
+        dy: &[f32],
+        dz: &mut [MaybeUninit<f32>],
+        a: f32,
+        b: f32,
+    ) {
+        if a == 1.0 && b == 0.0 {
+            silu_affine_grad_impl::<false>(x, dy, dz, a, b)
+        } else {
+            silu_affine_grad_impl::<true>(x, dy, dz, a, b)
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn silu_affine_grad_impl<const AFFINE: bool>(
+        x: &[f32],
+        dy: &[f32],
+        dz: &mut [MaybeUninit<f32>],
+        a: f32,
+        b: f32,
+    ) {
+        assert!(x.len() == dz.len() && dy.len() == dz.len());
+        let (va, vb, one) = (_mm512_set1_ps(a), _mm512_set1_ps(b), _mm512_set1_ps(1.0));
+        let f = |v: __m512, g: __m512| {
+            let z = affine::<AFFINE>(v, va, vb);
+            let s = sigmoid16(z);
+            // g s (1 + z (1 - s))
+            let t = _mm512_fmadd_ps(z, _mm512_sub_ps(one, s), one);
+            _mm512_mul_ps(_mm512_mul_ps(g, s), t)
+        };
+        let (xp, gp, op) = (x.as_ptr(), dy.as_ptr(), dz.as_mut_ptr() as *mut f32);
+        let n = x.len();
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = f(_mm512_loadu_ps(xp.add(i)), _mm512_loadu_ps(gp.add(i)));
+            _mm512_storeu_ps(op.add(i), v);
+            i += 16;
+        }
+        if i < n {
+            let m = tail_mask(n - i);
+            let v = f(
+                _mm512_maskz_loadu_ps(m, xp.add(i)),
+                _mm512_maskz_loadu_ps(m, gp.add(i)),
+            );
+            _mm512_mask_storeu_ps(op.add(i), m, v);
+        }
+    }
+}
 
 fn silu_fwd(x: &[f32]) -> Vec<f32> {
-    // SAFETY: silu_fwd_chunk writes every element of its piece (equal lengths asserted).
+    // SAFETY: silu_affine writes every element of its piece (equal lengths asserted).
     unsafe {
         collect_chunks(x.len(), CHUNK, |i, y| {
-            silu_fwd_chunk(&x[i * CHUNK..i * CHUNK + y.len()], y)
+            silu_affine(&x[i * CHUNK..i * CHUNK + y.len()], y, 1.0, 0.0)
         })
     }
 }
 
 fn silu_bwd(x: &[f32], dy: &[f32]) -> Vec<f32> {
-    // SAFETY: silu_bwd_chunk writes every element of its piece (equal lengths asserted).
+    // SAFETY: silu_affine_grad writes every element of its piece (equal lengths asserted).
     unsafe {
         collect_chunks(x.len(), CHUNK, |i, o| {
             let r = i * CHUNK..i * CHUNK + o.len();
-            silu_bwd_chunk(&x[r.clone()], &dy[r], o)
+            silu_affine_grad(&x[r.clone()], &dy[r], o, 1.0, 0.0)
         })
     }
 }
@@ -130,7 +301,42 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::exp_approx;
+    use super::{exp_approx, silu_affine, silu_affine_grad};
+    use std::mem::MaybeUninit;
+
+    /// The dispatched silu and its gradient (AVX-512 here) against f64 formulas, over the
+    /// whole range including the clamped tails, odd lengths (masked tails), with and without
+    /// the affine part.
+    #[test]
+    fn silu_affine_and_grad_match_f64() {
+        let n = 20_011;
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 - 10_000.0) * 0.011).collect();
+        let dy: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32 * 0.3).collect();
+        for (a, b) in [(1.0f32, 0.0f32), (0.7, -0.4)] {
+            for len in [n, 37, 5] {
+                let mut y = vec![MaybeUninit::new(f32::NAN); len];
+                let mut g = vec![MaybeUninit::new(f32::NAN); len];
+                silu_affine(&x[..len], &mut y, a, b);
+                silu_affine_grad(&x[..len], &dy[..len], &mut g, a, b);
+                for i in 0..len {
+                    let z = x[i] as f64 * a as f64 + b as f64;
+                    let s = 1.0 / (1.0 + (-z).exp());
+                    let (want_y, want_g) = (z * s, dy[i] as f64 * s * (1.0 + z * (1.0 - s)));
+                    // SAFETY: both were initialised above.
+                    let (got_y, got_g) = unsafe { (y[i].assume_init(), g[i].assume_init()) };
+                    let tol = |w: f64| 1e-6 * (1.0 + w.abs());
+                    assert!(
+                        (got_y as f64 - want_y).abs() <= tol(want_y),
+                        "silu({z}) = {got_y}, want {want_y}"
+                    );
+                    assert!(
+                        (got_g as f64 - want_g).abs() <= tol(want_g),
+                        "silu'({z}) = {got_g}, want {want_g}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn exp_approx_matches_libm() {
