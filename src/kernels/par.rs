@@ -126,11 +126,15 @@ pub fn slot_sums(len: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
         // SAFETY: slot tid owns partial tid.
         f(tid, unsafe { pp.slice(tid * len..(tid + 1) * len) })
     });
-    let mut it = partials.chunks(len.max(1));
-    let mut sum = it.next().map_or_else(|| vec![0f32; len], <[f32]>::to_vec);
-    for p in it {
-        sum.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-    }
+    // Added in slot order per element, in parallel over element ranges (serial, it left the
+    // other core idle at the end of every weight gradient).
+    let mut sum = partials[..len].to_vec();
+    for_each_chunk_mut(&mut sum, 4096, |i, s| {
+        let at = i * 4096;
+        for p in partials[len..].chunks(len.max(1)) {
+            s.iter_mut().zip(&p[at..]).for_each(|(a, b)| *a += b);
+        }
+    });
     sum
 }
 
