@@ -19,7 +19,7 @@
 //! one contiguous copy.
 use super::conv::Bias;
 use super::par::{
-    for_each_chunk_mut, for_each_range, n_threads, slot_sums, with_workspace, SharedMut,
+    copy_add, for_each_chunk_mut, for_each_range, n_threads, slot_sums, with_workspace, SharedMut,
     SharedUninit,
 };
 use std::collections::HashMap;
@@ -366,9 +366,7 @@ fn images(
                                 // SAFETY: bands own disjoint tiles, so disjoint (row, column)
                                 // ranges of y.
                                 let dst = unsafe { yp.piece(base + c0, c1 - c0) };
-                                for (d, &v) in dst.iter_mut().zip(&zi[at..]) {
-                                    d.write(v + b);
-                                }
+                                copy_add(dst, &zi[at..], b);
                             }
                         }
                     }
