@@ -9,10 +9,10 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use diffuse::forward::ForwardProcess;
 use diffuse::rng::NoiseRng;
 use diffuse::schedule::{BetaSchedule, Schedule};
+use diffuse::train::optim::{AdamW, AdamWParams};
 use diffuse::unet::{self, ops, UNetConfig};
 use std::time::{Duration, Instant};
 
@@ -132,14 +132,17 @@ fn main() {
     ops::set_profiling(false);
 
     // Training step: q_sample, forward (train), MSE to eps, backward, AdamW.
-    let mut opt = AdamW::new(
-        vm.all_vars(),
-        ParamsAdamW {
-            lr: 1e-4,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    // Our AdamW, as `diffuse train` runs it (fused on CPU), at the peer's lr and without
+    // clipping (the peer does not clip either).
+    let mut vars: Vec<(String, candle_core::Var)> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut opt = AdamW::new(vars, AdamWParams::default()).unwrap();
     let mut step = |profile: bool| -> (f64, f64, f64, f64) {
         let t: Vec<u32> = rng
             .uniform_below(BATCH, 1000)
@@ -164,7 +167,7 @@ fn main() {
         let grads = loss.backward().unwrap();
         let t_b = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
-        opt.step(&grads).unwrap();
+        opt.step(&grads, 1e-4, None).unwrap();
         let t_o = t2.elapsed().as_secs_f64();
         (t_f + t_b + t_o, t_f, t_b, t_o)
     };

@@ -5,6 +5,7 @@
 //! on any other device or dtype it calls Candle's own ops, so CUDA/Metal builds are unchanged.
 //! Measured figures (vs Candle and PyTorch, same run) are in docs/kernels.md.
 pub mod act;
+pub mod adamw;
 pub mod attn;
 pub mod bias;
 pub mod conv;
