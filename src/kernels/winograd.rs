@@ -519,31 +519,38 @@ fn band_phases(
 ) {
     let (h, w, er) = (geo.h, geo.w, geo.er);
     dst[..4 * cin * ps].fill(0.0);
-    let rows = r0..r1.min(n * geo.rows);
-    for c in 0..cin {
-        for row in rows.clone() {
+    // Per band row and phase a: (x row offset within a channel of its image, img, plane
+    // offset), the divisions done once per call instead of per channel (at 7x7 a row is
+    // 7 floats, and this bookkeeping was a visible part of the weight gradient).
+    let todo: Vec<(usize, usize, usize, usize)> = (r0..r1.min(n * geo.rows))
+        .flat_map(|row| {
             let (img, ty) = (row / geo.rows, row % geo.rows);
-            for a in 0..2 {
-                // Padded row 2 ty + a is x row 2 ty + a - pad.
-                let Some(r) = (2 * ty + a).checked_sub(pad).filter(|&r| r < h) else {
-                    continue;
-                };
-                // A channel's rows are a few KB, too short for the hardware prefetcher to
-                // ramp up: fetch the same rows two channels ahead.
-                if c + 2 < cin {
-                    prefetch(&x[((img * cin + c + 2) * h + r) * w..][..w]);
-                }
-                let base = (4 * c + 2 * a) * ps + (row - r0) * er;
-                let (p0, p1) = dst[base..base + ps + er].split_at_mut(ps);
-                // Columns 2v and 2v + 1 go to padded columns 2v + pad and 2v + 1 + pad.
-                let (even, odd) = if pad == 1 {
-                    (&mut p1[..er], &mut p0[1..er])
-                } else {
-                    (&mut p0[..er], &mut p1[..er])
-                };
-                // SAFETY: this function only runs where `applies` found AVX-512.
-                unsafe { deinterleave(&x[((img * cin + c) * h + r) * w..], w, even, odd) };
+            // Padded row 2 ty + a is x row 2 ty + a - pad.
+            (0..2).filter_map(move |a| {
+                let r = (2 * ty + a).checked_sub(pad).filter(|&r| r < h)?;
+                Some((r * w, img, a, (row - r0) * er))
+            })
+        })
+        .collect();
+    // A channel's rows are a few KB, too short for the hardware prefetcher to ramp up:
+    // fetch the same rows two channels ahead (not for tiny planes, where a whole image's
+    // channels are a few KB and the hint costs more than it saves).
+    let hint = w >= 16;
+    for c in 0..cin {
+        for &(roff, img, a, poff) in &todo {
+            if hint && c + 2 < cin {
+                prefetch(&x[(img * cin + c + 2) * h * w + roff..][..w]);
             }
+            let base = (4 * c + 2 * a) * ps + poff;
+            let (p0, p1) = dst[base..base + ps + er].split_at_mut(ps);
+            // Columns 2v and 2v + 1 go to padded columns 2v + pad and 2v + 1 + pad.
+            let (even, odd) = if pad == 1 {
+                (&mut p1[..er], &mut p0[1..er])
+            } else {
+                (&mut p0[..er], &mut p1[..er])
+            };
+            // SAFETY: this function only runs where `applies` found AVX-512.
+            unsafe { deinterleave(&x[(img * cin + c) * h * w + roff..], w, even, odd) };
         }
     }
 }
