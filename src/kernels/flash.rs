@@ -28,7 +28,19 @@ fn softmax_rows_body(s: &mut [f32], n: usize, scale: f32) {
         r.iter_mut().for_each(|v| *v *= inv);
     }
 }
-avx2_dispatch!(fn softmax_rows(s: &mut [f32], n: usize, scale: f32) => softmax_rows_body);
+avx2_dispatch!(fn softmax_rows_generic(s: &mut [f32], n: usize, scale: f32) => softmax_rows_body);
+
+/// Row softmax of `scale * s` in place (AVX-512 where available; the portable loop, with its
+/// scalar max and no FMAs, was 15% of an attention fwd+bwd: at 64x64x196 the forward went
+/// 2.33 -> 2.14 ms and fwd+bwd 7.9 -> 7.4 ms).
+fn softmax_rows(s: &mut [f32], n: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { super::act::x512::softmax_rows(s, n, scale) };
+    }
+    softmax_rows_generic(s, n, scale)
+}
 
 /// p := scale * p * (dp - sum(dp * p)) per row: the gradient of the raw scores.
 #[inline(always)]
