@@ -532,27 +532,93 @@ fn band_phases(
             })
         })
         .collect();
+    // Rows of at most 16 floats go two at a time (phases a = 0 and 1 of one band row are
+    // consecutive x rows): one pair of loads and one call for both (7x7 and 14x14 layers).
+    let paired = |i: usize| {
+        let (roff, _, a, poff) = todo[i];
+        w <= 16
+            && a == 0
+            && todo
+                .get(i + 1)
+                .is_some_and(|&(r1, _, a1, p1)| a1 == 1 && p1 == poff && r1 == roff + w)
+    };
     // A channel's rows are a few KB, too short for the hardware prefetcher to ramp up:
     // fetch the same rows two channels ahead (not for tiny planes, where a whole image's
     // channels are a few KB and the hint costs more than it saves).
     let hint = w >= 16;
+    let pairs: Vec<bool> = (0..todo.len()).map(paired).collect();
+    // Even and odd destination rows of phase a at plane offset poff for channel c.
+    let split = |dst: &mut [f32], c: usize, a: usize, poff: usize| {
+        let base = (4 * c + 2 * a) * ps + poff;
+        let (p0, p1) = dst[base..base + ps + er].split_at_mut(ps);
+        // Columns 2v and 2v + 1 go to padded columns 2v + pad and 2v + 1 + pad.
+        let (e, o) = if pad == 1 {
+            (p1.as_mut_ptr(), p0[1..].as_mut_ptr())
+        } else {
+            (p0.as_mut_ptr(), p1.as_mut_ptr())
+        };
+        (e, o)
+    };
     for c in 0..cin {
-        for &(roff, img, a, poff) in &todo {
+        let mut i = 0;
+        while i < todo.len() {
+            let (roff, img, a, poff) = todo[i];
             if hint && c + 2 < cin {
                 prefetch(&x[(img * cin + c + 2) * h * w + roff..][..w]);
             }
-            let base = (4 * c + 2 * a) * ps + poff;
-            let (p0, p1) = dst[base..base + ps + er].split_at_mut(ps);
-            // Columns 2v and 2v + 1 go to padded columns 2v + pad and 2v + 1 + pad.
-            let (even, odd) = if pad == 1 {
-                (&mut p1[..er], &mut p0[1..er])
-            } else {
-                (&mut p0[..er], &mut p1[..er])
+            let src = &x[(img * cin + c) * h * w + roff..];
+            let (e0, o0) = split(dst, c, a, poff);
+            if pairs[i] && src.len() >= 32 {
+                let (e1, o1) = split(dst, c, 1, poff);
+                // SAFETY: AVX-512 (see `applies`); each destination row holds er >= w/2 + 1
+                // floats past its start (odd rows with pad 1 start one in, and hold w/2).
+                unsafe { deinterleave2(src, w, [e0, o0, e1, o1]) };
+                i += 2;
+                continue;
+            }
+            // SAFETY: as above; the destinations are rows of the planes (see `split`).
+            unsafe {
+                let (ne, no) = (er, if pad == 1 { er - 1 } else { er });
+                let even = std::slice::from_raw_parts_mut(e0, ne);
+                let odd = std::slice::from_raw_parts_mut(o0, no);
+                deinterleave(src, w, even, odd)
             };
-            // SAFETY: this function only runs where `applies` found AVX-512.
-            unsafe { deinterleave(&x[(img * cin + c) * h * w + roff..], w, even, odd) };
+            i += 1;
         }
     }
+}
+
+/// Two consecutive rows of `w` <= 16 floats (src[0..2w], with src.len() >= 32) split into
+/// [even, odd] of the first row and [even, odd] of the second, at `dst`'s four pointers.
+///
+/// # Safety
+/// AVX-512F must be available; each destination must hold ceil(w / 2) (even) or w / 2 (odd)
+/// floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn deinterleave2(src: &[f32], w: usize, dst: [*mut f32; 4]) {
+    use std::arch::x86_64::*;
+    assert!(w <= 16 && src.len() >= 32);
+    let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let sh = _mm512_set1_epi32(w as i32);
+    let (lo, hi) = (
+        _mm512_loadu_ps(src.as_ptr()),
+        _mm512_loadu_ps(src.as_ptr().add(16)),
+    );
+    let (me, mo) = (
+        ((1u32 << w.div_ceil(2)) - 1) as u16,
+        ((1u32 << (w / 2)) - 1) as u16,
+    );
+    let idx = [ie, io, _mm512_add_epi32(ie, sh), _mm512_add_epi32(io, sh)];
+    for (k, (&d, ix)) in dst.iter().zip(idx).enumerate() {
+        let m = if k % 2 == 0 { me } else { mo };
+        _mm512_mask_storeu_ps(d, m, _mm512_permutex2var_ps(lo, ix, hi));
+    }
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn deinterleave2(_: &[f32], _: usize, _: [*mut f32; 4]) {
+    unreachable!("winograd kernels need AVX-512")
 }
 
 /// Ask for `s` in cache (a hint; no effect off x86-64).
