@@ -116,6 +116,18 @@ impl InplaceOp3 for Step {
         let (b1, omb1, b2, omb2) = (f(h.beta1), f(1.0 - h.beta1), f(h.beta2), f(1.0 - h.beta2));
         let (ibc1, ibc2, eps) = (f(1.0 / h.bc1), f(1.0 / h.bc2), f(h.eps));
         let (decay, lr) = (f(1.0 - h.lr * h.weight_decay), f(h.lr));
+        let c = Consts {
+            b1,
+            omb1,
+            b2,
+            omb2,
+            ibc1,
+            ibc2,
+            eps,
+            decay,
+            lr,
+            scale: h.scale.unwrap_or(1.0),
+        };
         let (m0, v0) = mv.split_at(n);
         let pp = SharedMut::new(p);
         let mut out: Vec<f32> = Vec::with_capacity(2 * n);
@@ -130,18 +142,6 @@ impl InplaceOp3 for Step {
                         op.piece(rg.start, rg.len()),
                         op.piece(n + rg.start, rg.len()),
                     )
-                };
-                let c = Consts {
-                    b1,
-                    omb1,
-                    b2,
-                    omb2,
-                    ibc1,
-                    ibc2,
-                    eps,
-                    decay,
-                    lr,
-                    scale: h.scale.unwrap_or(1.0),
                 };
                 update(p, &g[rg.clone()], &m0[rg.clone()], &v0[rg], m, v, c);
             }
