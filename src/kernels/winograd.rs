@@ -380,8 +380,9 @@ fn images(
 }
 
 /// How a call's tiles are split: bands, their groups sharing polyphase planes, and where
-/// each band's tiles start (band b holds real tiles starts[b]..starts[b + 1]). The same for every call with the same shapes, so cached: built
-/// serially, it had left the other core idle ~50 us per call at 28x28.
+/// each band's tiles start (band b holds real tiles starts[b]..starts[b + 1]). The same for
+/// every call with the same shapes, so cached: built serially, it had left the other core
+/// idle ~50 us per call at 28x28.
 struct Plan {
     bands: Vec<Vec<(usize, u16)>>,
     groups: Vec<std::ops::Range<usize>>,
@@ -519,71 +520,63 @@ fn band_phases(
 ) {
     let (h, w, er) = (geo.h, geo.w, geo.er);
     dst[..4 * cin * ps].fill(0.0);
-    // Per band row and phase a: (x row offset within a channel of its image, img, plane
-    // offset), the divisions done once per call instead of per channel (at 7x7 a row is
-    // 7 floats, and this bookkeeping was a visible part of the weight gradient).
-    let todo: Vec<(usize, usize, usize, usize)> = (r0..r1.min(n * geo.rows))
-        .flat_map(|row| {
+    // Per band row: (offset within a channel of its first x row, image, phase a of that row,
+    // plane offset, rows: 1 or 2), the divisions done once per call instead of per channel (at
+    // 7x7 a row is 7 floats, and this bookkeeping was a visible part of the weight gradient).
+    // Padded row 2 ty + a is x row 2 ty + a - pad, so a row's two phases, when both exist,
+    // are consecutive x rows.
+    let todo: Vec<(usize, usize, usize, usize, usize)> = (r0..r1.min(n * geo.rows))
+        .filter_map(|row| {
             let (img, ty) = (row / geo.rows, row % geo.rows);
-            // Padded row 2 ty + a is x row 2 ty + a - pad.
-            (0..2).filter_map(move |a| {
-                let r = (2 * ty + a).checked_sub(pad).filter(|&r| r < h)?;
-                Some((r * w, img, a, (row - r0) * er))
-            })
+            let x_row = |a: usize| (2 * ty + a).checked_sub(pad).filter(|&r| r < h);
+            let poff = (row - r0) * er;
+            match (x_row(0), x_row(1)) {
+                (Some(r), next) => Some((r * w, img, 0, poff, 1 + next.is_some() as usize)),
+                (None, Some(r)) => Some((r * w, img, 1, poff, 1)),
+                (None, None) => None,
+            }
         })
         .collect();
-    // Rows of at most 16 floats go two at a time (phases a = 0 and 1 of one band row are
-    // consecutive x rows): one pair of loads and one call for both (7x7 and 14x14 layers).
-    let paired = |i: usize| {
-        let (roff, _, a, poff) = todo[i];
-        w <= 16
-            && a == 0
-            && todo
-                .get(i + 1)
-                .is_some_and(|&(r1, _, a1, p1)| a1 == 1 && p1 == poff && r1 == roff + w)
-    };
     // A channel's rows are a few KB, too short for the hardware prefetcher to ramp up:
     // fetch the same rows two channels ahead (not for tiny planes, where a whole image's
     // channels are a few KB and the hint costs more than it saves).
     let hint = w >= 16;
-    let pairs: Vec<bool> = (0..todo.len()).map(paired).collect();
-    // Even and odd destination rows of phase a at plane offset poff for channel c.
+    // Even and odd destination rows of phase a at plane offset poff for channel c, and
+    // their lengths.
     let split = |dst: &mut [f32], c: usize, a: usize, poff: usize| {
         let base = (4 * c + 2 * a) * ps + poff;
         let (p0, p1) = dst[base..base + ps + er].split_at_mut(ps);
         // Columns 2v and 2v + 1 go to padded columns 2v + pad and 2v + 1 + pad.
-        let (e, o) = if pad == 1 {
-            (p1.as_mut_ptr(), p0[1..].as_mut_ptr())
+        if pad == 1 {
+            (p1.as_mut_ptr(), p0[1..].as_mut_ptr(), er - 1)
         } else {
-            (p0.as_mut_ptr(), p1.as_mut_ptr())
-        };
-        (e, o)
+            (p0.as_mut_ptr(), p1.as_mut_ptr(), er)
+        }
     };
     for c in 0..cin {
-        let mut i = 0;
-        while i < todo.len() {
-            let (roff, img, a, poff) = todo[i];
-            if hint && c + 2 < cin {
-                prefetch(&x[(img * cin + c + 2) * h * w + roff..][..w]);
-            }
+        for &(roff, img, a, poff, rows) in &todo {
             let src = &x[(img * cin + c) * h * w + roff..];
-            let (e0, o0) = split(dst, c, a, poff);
-            if pairs[i] && src.len() >= 32 {
-                let (e1, o1) = split(dst, c, 1, poff);
+            // Rows of at most 16 floats go two at a time: one pair of loads and one call.
+            if rows == 2 && w <= 16 && src.len() >= 32 {
+                let ((e0, o0, _), (e1, o1, _)) = (split(dst, c, 0, poff), split(dst, c, 1, poff));
                 // SAFETY: AVX-512 (see `applies`); each destination row holds er >= w/2 + 1
                 // floats past its start (odd rows with pad 1 start one in, and hold w/2).
                 unsafe { deinterleave2(src, w, [e0, o0, e1, o1]) };
-                i += 2;
                 continue;
             }
-            // SAFETY: as above; the destinations are rows of the planes (see `split`).
-            unsafe {
-                let (ne, no) = (er, if pad == 1 { er - 1 } else { er });
-                let even = std::slice::from_raw_parts_mut(e0, ne);
-                let odd = std::slice::from_raw_parts_mut(o0, no);
-                deinterleave(src, w, even, odd)
-            };
-            i += 1;
+            for k in 0..rows {
+                if hint && c + 2 < cin {
+                    prefetch(&x[(img * cin + c + 2) * h * w + roff + k * w..][..w]);
+                }
+                let (e, o, no) = split(dst, c, a + k, poff);
+                // SAFETY: AVX-512 (see `applies`); e and o start rows of er and no floats in
+                // distinct planes of `dst` (see `split`).
+                unsafe {
+                    let even = std::slice::from_raw_parts_mut(e, er);
+                    let odd = std::slice::from_raw_parts_mut(o, no);
+                    deinterleave(&src[k * w..], w, even, odd)
+                };
+            }
         }
     }
 }
