@@ -16,7 +16,7 @@
 //! im2col/col2im/packing 22% of a train step); PyTorch's oneDNN direct convolution was ~2x
 //! faster at 64 channels. Measured figures are in docs/kernels.md.
 use super::conv::Bias;
-use super::par::{collect_chunks, n_threads, slot_sums, with_workspace};
+use super::par::{collect_chunks, n_threads, slot_sums, tail_mask, with_workspace};
 use std::mem::MaybeUninit;
 
 /// Output channels per tile (weights broadcast from one 32-byte row).
@@ -424,7 +424,7 @@ unsafe fn tile(
                 _mm512_storeu_ps(dst, v);
             } else if mask != 0 {
                 let packed = _mm512_maskz_compress_ps(mask, v);
-                let head = ((1u32 << mask.count_ones()) - 1) as u16;
+                let head = tail_mask(mask.count_ones() as usize);
                 _mm512_mask_storeu_ps(dst, head, packed);
             }
         }

@@ -201,6 +201,13 @@ pub fn copy_add(dst: &mut [MaybeUninit<f32>], src: &[f32], b: f32) {
     }
 }
 
+/// The AVX-512 lane mask of the first `n` (<= 16) lanes, for masked tails.
+#[inline]
+pub fn tail_mask(n: usize) -> u16 {
+    debug_assert!(n <= 16);
+    ((1u32 << n) - 1) as u16
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn copy_add_x512(dst: &mut [MaybeUninit<f32>], src: &[f32], b: f32) {
@@ -213,7 +220,7 @@ unsafe fn copy_add_x512(dst: &mut [MaybeUninit<f32>], src: &[f32], b: f32) {
         i += 16;
     }
     if i < n {
-        let m = ((1u32 << (n - i)) - 1) as __mmask16;
+        let m = tail_mask(n - i);
         let v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, sp.add(i)), vb);
         _mm512_mask_storeu_ps(dp.add(i), m, v);
     }

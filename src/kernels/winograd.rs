@@ -19,8 +19,8 @@
 //! one contiguous copy.
 use super::conv::Bias;
 use super::par::{
-    copy_add, for_each_chunk_mut, for_each_range, n_threads, slot_sums, with_workspace, SharedMut,
-    SharedUninit,
+    copy_add, for_each_chunk_mut, for_each_range, n_threads, slot_sums, tail_mask, with_workspace,
+    SharedMut, SharedUninit,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -599,10 +599,7 @@ unsafe fn deinterleave2(src: &[f32], w: usize, dst: [*mut f32; 4]) {
         _mm512_loadu_ps(src.as_ptr()),
         _mm512_loadu_ps(src.as_ptr().add(16)),
     );
-    let (me, mo) = (
-        ((1u32 << w.div_ceil(2)) - 1) as u16,
-        ((1u32 << (w / 2)) - 1) as u16,
-    );
+    let (me, mo) = (tail_mask(w.div_ceil(2)), tail_mask(w / 2));
     let idx = [ie, io, _mm512_add_epi32(ie, sh), _mm512_add_epi32(io, sh)];
     for (k, (&d, ix)) in dst.iter().zip(idx).enumerate() {
         let m = if k % 2 == 0 { me } else { mo };
@@ -640,7 +637,7 @@ unsafe fn deinterleave(src: &[f32], n: usize, even: &mut [f32], odd: &mut [f32])
     // loads were slower still (whole-vector loads when the source has them).
     let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    let mask = |k: usize| ((1u32 << k.min(16)) - 1) as u16;
+    let mask = |k: usize| tail_mask(k.min(16));
     assert!(src.len() >= n && even.len() >= n.div_ceil(2) && odd.len() >= n / 2);
     for i in (0..n).step_by(32) {
         let k = (n - i).min(32);

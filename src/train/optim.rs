@@ -151,13 +151,20 @@ impl AdamW {
         let p = self.params;
         let bc1 = 1.0 - p.beta1.powi(self.t as i32);
         let bc2 = 1.0 - p.beta2.powi(self.t as i32);
-        let mut host_scale = None;
+        // The clipping factor as a host float for the fused CPU update: on CPU, reading it is
+        // no device round trip.
+        let host_scale = match scale {
+            Some(f) if f.device().is_cpu() => {
+                Some(f.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?[0])
+            }
+            _ => None,
+        };
         for s in self.slots.iter_mut() {
             let Some(g) = grads.get(s.var.as_tensor()) else {
                 continue;
             };
             let theta = s.var.as_tensor();
-            if !adamw::applies(theta, g, &s.m) {
+            if !adamw::applies(theta, g, &s.m) || (scale.is_some() && host_scale.is_none()) {
                 s.composite_update(g, p, (bc1, bc2), lr, scale)?;
                 continue;
             }
@@ -166,13 +173,6 @@ impl AdamW {
                 Some(mv) => mv.clone(),
                 None => Tensor::cat(&[s.m.flatten_all()?, s.v.flatten_all()?], 0)?,
             };
-            if host_scale.is_none() {
-                // A CPU scalar: reading it is no device round trip.
-                host_scale = Some(match scale {
-                    Some(f) => Some(f.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?[0]),
-                    None => None,
-                });
-            }
             let h = AdamWScalars {
                 beta1: p.beta1,
                 beta2: p.beta2,
@@ -181,7 +181,7 @@ impl AdamW {
                 eps: p.eps,
                 lr,
                 weight_decay: p.weight_decay,
-                scale: host_scale.flatten(),
+                scale: host_scale,
             };
             let mv = adamw::step(theta, g, &mv, h)?;
             let n = theta.elem_count();
