@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use diffuse::forward::ForwardProcess;
 use diffuse::rng::NoiseRng;
 use diffuse::schedule::{BetaSchedule, Schedule};
+use diffuse::train;
 use diffuse::train::optim::{AdamW, AdamWParams};
 use diffuse::unet::{self, ops, UNetConfig};
 use std::time::{Duration, Instant};
@@ -58,6 +59,16 @@ fn torch_peer(mode: &str, n: usize, tuned: bool) -> Option<(f64, f64)> {
     };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     Some((v["median_s"].as_f64()?, v["peak_rss_mib"].as_f64()?))
+}
+
+/// Run a profiled pass three times and keep the op profile of the one whose result (its total
+/// time first) is the median: a single pass had let one preempted op read 10x its time.
+fn median_profile<T: PartialOrd>(
+    mut run: impl FnMut() -> T,
+) -> (T, Vec<(&'static str, Duration, usize)>) {
+    let mut runs: Vec<_> = (0..3).map(|_| (run(), ops::take_profile())).collect();
+    runs.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    runs.swap_remove(1)
 }
 
 fn print_shares(
@@ -124,33 +135,19 @@ fn main() {
         .collect();
     let fwd_s = median(fwd);
     let rss_fwd = vm_hwm_mib();
-    // The op profile of the profiled pass with the median total of three (a single pass
-    // had let one preempted op read 10x its time).
-    let mut profs: Vec<_> = (0..3)
-        .map(|_| {
-            ops::set_profiling(true);
-            let t0 = Instant::now();
-            frozen.forward(&x0, &t500, false).unwrap();
-            let total = t0.elapsed().as_secs_f64();
-            ops::set_profiling(false);
-            (total, ops::take_profile())
-        })
-        .collect();
-    profs.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
-    let (fwd_prof_total, fwd_prof) = profs.swap_remove(1);
+    let (fwd_prof_total, fwd_prof) = median_profile(|| {
+        ops::set_profiling(true);
+        let t0 = Instant::now();
+        frozen.forward(&x0, &t500, false).unwrap();
+        let total = t0.elapsed().as_secs_f64();
+        ops::set_profiling(false);
+        total
+    });
 
     // Training step: q_sample, forward (train), MSE to eps, backward, AdamW.
     // Our AdamW, as `diffuse train` runs it (fused on CPU), at the peer's lr and without
     // clipping (the peer does not clip either).
-    let mut vars: Vec<(String, candle_core::Var)> = vm
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut opt = AdamW::new(vars, AdamWParams::default()).unwrap();
+    let mut opt = AdamW::new(train::sorted_vars(&vm), AdamWParams::default()).unwrap();
     let mut step = |profile: bool| -> (f64, f64, f64, f64) {
         let t: Vec<u32> = rng
             .uniform_below(BATCH, 1000)
@@ -187,15 +184,8 @@ fn main() {
     let opt_s = median(runs.iter().map(|r| r.3).collect());
     let bwd_s = median(runs.iter().map(|r| r.2).collect());
     let rss_train = vm_hwm_mib();
-    // As for the forward: the profiled step with the median total of three.
-    let mut profs: Vec<_> = (0..3)
-        .map(|_| {
-            let r = step(true);
-            (r, ops::take_profile())
-        })
-        .collect();
-    profs.sort_by(|a, b| a.0 .0.partial_cmp(&b.0 .0).unwrap());
-    let ((p_total, _, p_bwd, p_opt), train_prof) = profs.swap_remove(1);
+    let (parts, train_prof) = median_profile(|| step(true));
+    let (p_total, _, p_bwd, p_opt) = parts;
 
     let (nt, nf) = if quick { (3, 3) } else { (8, 7) };
     let peer_train = torch_peer("train", nt, false);

@@ -120,7 +120,7 @@ pub struct LogRow {
 }
 
 /// Everything trainable, in name order (the order optimizer and EMA state are kept in).
-fn sorted_vars(vm: &VarMap) -> Vec<(String, Var)> {
+pub fn sorted_vars(vm: &VarMap) -> Vec<(String, Var)> {
     let mut vars: Vec<(String, Var)> = vm
         .data()
         .lock()
