@@ -2,9 +2,9 @@
 //! (a plain copy of the same bytes) and, when PEER_PYTHON points at a venv with torch and
 //! diffusers, against PyTorch on this machine (../shared/bench/peer_bench.py).
 use candle_core::{Device, Tensor};
-use diffuse::forward::ForwardProcess;
-use diffuse::rng::NoiseRng;
-use diffuse::schedule::{BetaSchedule, Schedule};
+use diffuse::core::forward::ForwardProcess;
+use diffuse::core::rng::NoiseRng;
+use diffuse::core::schedule::{BetaSchedule, Schedule};
 use std::collections::HashMap;
 use std::time::Instant;
 

@@ -3,8 +3,8 @@
 //! and PyTorch's when PEER_PYTHON points at a python with torch (../shared/bench/
 //! torch_ops_bench.py, 2 threads). Shapes are the small MNIST UNet's, batch 64.
 use candle_core::{Device, Tensor, Var};
+use diffuse::core::rng::NoiseRng;
 use diffuse::kernels::{self, conv, reference};
-use diffuse::rng::NoiseRng;
 use std::collections::HashMap;
 use std::time::Instant;
 

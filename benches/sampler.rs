@@ -1,7 +1,7 @@
 //! Cost of one scheduler step on a [64,1,28,28] batch (CPU, median of repeats), to compare
 //! with a UNet step: `cargo bench --bench sampler`.
 use candle_core::{Device, Tensor};
-use diffuse::rng::NoiseRng;
+use diffuse::core::rng::NoiseRng;
 use diffuse::sampler::{build, SamplerConfig, SamplerKind};
 use std::time::Instant;
 

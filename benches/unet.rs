@@ -9,9 +9,9 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use candle_core::{DType, Device, Tensor};
-use diffuse::forward::ForwardProcess;
-use diffuse::rng::NoiseRng;
-use diffuse::schedule::{BetaSchedule, Schedule};
+use diffuse::core::forward::ForwardProcess;
+use diffuse::core::rng::NoiseRng;
+use diffuse::core::schedule::{BetaSchedule, Schedule};
 use diffuse::train;
 use diffuse::train::optim::{AdamW, AdamWParams};
 use diffuse::unet::{self, ops, UNetConfig};

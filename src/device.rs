@@ -24,7 +24,10 @@ pub fn parse_device(spec: &str) -> Result<Device> {
                 Ok(Device::Cpu)
             }
         }
-        "cpu" => Ok(Device::Cpu),
+        "cpu" if ordinal == 0 => Ok(Device::Cpu),
+        "cpu" => Err(Error::invalid(format!(
+            "device '{spec}': there is one CPU device, cpu (or cpu:0)"
+        ))),
         "cuda" => {
             if !candle_core::utils::cuda_is_available() {
                 return Err(Error::invalid(
@@ -58,6 +61,7 @@ mod tests {
         assert!(parse_device("auto").is_ok());
         assert!(parse_device("tpu").unwrap_err().is_usage());
         assert!(parse_device("cuda:x").unwrap_err().is_usage());
+        assert!(parse_device("cpu:5").unwrap_err().is_usage());
         #[cfg(not(feature = "cuda"))]
         assert!(parse_device("cuda:0")
             .unwrap_err()

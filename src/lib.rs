@@ -1,24 +1,27 @@
 //! diffuse: denoising diffusion models on Candle.
 //!
-//! The library holds all logic; the `diffuse` binary only parses arguments and calls it.
+//! Three layers (docs/architecture.md):
+//! - the core, [`core`]: schedules, alpha-bar tables, the closed-form forward process, the
+//!   noise generator;
+//! - libraries over it: the model and its CPU kernels ([`unet`], [`kernels`]), the samplers
+//!   ([`sampler`]), data ([`data`]), training ([`train`]), diffusers pipeline directories
+//!   ([`pipeline`]) and file output ([`io`]);
+//! - [`commands`], one module per subcommand, which only composes the libraries.
+//!
+//! The `diffuse` binary parses arguments into the commands' requests and reports errors.
+pub mod commands;
+pub mod core;
+pub mod data;
 pub mod device;
 pub mod error;
-pub mod forward;
-pub mod fsutil;
-pub mod hub;
+pub mod io;
 pub mod kernels;
-pub mod rng;
-pub mod schedule;
+pub mod limits;
+pub mod pipeline;
+pub mod progress;
+pub mod runtime;
+pub mod sampler;
+pub mod train;
 pub mod unet;
 
 pub use error::{Error, Result};
-pub mod data;
-pub mod imageio;
-pub mod modelhub;
-pub mod noising;
-pub mod plot;
-pub mod report;
-pub mod runtime;
-pub mod sample;
-pub mod sampler;
-pub mod train;

@@ -8,6 +8,34 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod cli;
 
+/// clap's message as one line: the problem plus its hints ("[possible values: ...]", "tip:
+/// a similar argument exists: ..."), without the usage block and the --help pointer.
+fn clap_line(text: &str) -> String {
+    text.lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// An error chain as one line: each cause once (an I/O error's text is already part of the
+/// message that wraps it).
+fn error_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if msg.contains(&s) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&s);
+    }
+    msg
+}
+
 fn main() {
     // Thread count and allocator settings (see runtime.rs), before any thread exists.
     diffuse::runtime::init();
@@ -15,21 +43,21 @@ fn main() {
         Ok(a) => a,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
-            // clap's message, first line only: one line naming the problem.
-            let text = e.to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            let line = clap_line(&e.to_string());
+            eprintln!(
+                "{}",
+                if line.is_empty() {
+                    "error: bad arguments".into()
+                } else {
+                    line
+                }
+            );
             std::process::exit(2);
         }
     };
     cli::init_logging();
     if let Err(e) = cli::run(args) {
-        // One line: the context chain joined, no backtrace.
-        let msg = e
-            .chain()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(": ");
-        eprintln!("error: {msg}");
+        eprintln!("error: {}", error_line(&e));
         let usage = e.chain().any(|c| {
             c.downcast_ref::<diffuse::Error>()
                 .is_some_and(|d| d.is_usage())

@@ -142,8 +142,11 @@ fn noise_single_strip_gif_and_tensors() {
         vec![0, 250, 500, 750, 999]
     );
     // x_t = sqrt(abar) x0 + sqrt(1-abar) eps for t = 500.
-    let sched =
-        diffuse::schedule::Schedule::named(diffuse::schedule::BetaSchedule::Linear, 1000).unwrap();
+    let sched = diffuse::core::schedule::Schedule::named(
+        diffuse::core::schedule::BetaSchedule::Linear,
+        1000,
+    )
+    .unwrap();
     let r = sched.row(500);
     let expect = ((t["x0"].get(0).unwrap() * r.sqrt_alpha_bar).unwrap()
         + (t["eps"].get(0).unwrap() * r.sqrt_one_minus_alpha_bar).unwrap())

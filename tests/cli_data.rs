@@ -26,6 +26,7 @@ fn show_writes_a_grid_of_bundled_digits() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("grid.png");
     let empty = tmp.path().join("nodata");
+    std::fs::create_dir(&empty).unwrap();
     let o = diffuse(home.path())
         .args([
             "data",
@@ -37,8 +38,8 @@ fn show_writes_a_grid_of_bundled_digits() {
             "--seed",
             "3",
         ])
-        .arg("--data-dir")
-        .arg(&empty)
+        // No data/ in the working directory: the bundled digits.
+        .current_dir(&empty)
         .arg("-o")
         .arg(&out)
         .output()
@@ -61,8 +62,8 @@ fn show_writes_a_grid_of_bundled_digits() {
     let other = tmp.path().join("other.png");
     for (seed, path) in [("3", &again), ("4", &other)] {
         diffuse(home.path())
-            .args(["data", "show", "-n", "16", "--seed", seed, "--data-dir"])
-            .arg(&empty)
+            .args(["data", "show", "--num", "16", "--seed", seed])
+            .current_dir(&empty)
             .arg("-o")
             .arg(path)
             .assert()

@@ -3,9 +3,9 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{load_golden, max_abs_diff};
-use diffuse::forward::ForwardProcess;
-use diffuse::rng::NoiseRng;
-use diffuse::schedule::{BetaSchedule, Schedule};
+use diffuse::core::forward::ForwardProcess;
+use diffuse::core::rng::NoiseRng;
+use diffuse::core::schedule::{BetaSchedule, Schedule};
 
 fn fp(kind: BetaSchedule) -> ForwardProcess {
     ForwardProcess::new(Schedule::named(kind, 1000).unwrap(), &Device::Cpu).unwrap()

@@ -2,8 +2,8 @@
 //! forward and every gradient, on seeded random inputs of the UNet's shapes and odd ones.
 //! Error is max|ours - candle| / max|candle| per tensor (elementwise ratios blow up at zeros).
 use candle_core::{Device, Tensor, Var};
+use diffuse::core::rng::NoiseRng;
 use diffuse::kernels::{self, reference};
-use diffuse::rng::NoiseRng;
 
 const TOL: f32 = 1e-4;
 

@@ -4,7 +4,7 @@
 mod common;
 use candle_core::Device;
 use diffuse::train::optim::LrSchedule;
-use diffuse::train::{train, TrainConfig};
+use diffuse::train::{train, Start, TrainConfig};
 use diffuse::unet::ops::set_fast_kernels;
 use std::sync::atomic::AtomicBool;
 
@@ -67,7 +67,7 @@ fn training_losses_fast_equal_reference() {
             ..TrainConfig::default()
         };
         set_fast_kernels(fast);
-        train(&cfg, &Device::Cpu, false, &AtomicBool::new(false)).unwrap();
+        train(&cfg, &Device::Cpu, Start::Fresh, &AtomicBool::new(false)).unwrap();
         set_fast_kernels(true);
         losses(dir.path())
     };

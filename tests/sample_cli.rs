@@ -224,7 +224,11 @@ fn bad_inputs_one_line_no_output() {
         (vec!["--model", m, "--eta", "1.5"], 2, "eta"),
         (vec!["--model", m, "--sampler", "euler"], 2, "euler"),
         (vec!["--model", "nobody/not-cached"], 1, "HF_HUB_OFFLINE"),
-        (vec!["--model", "/no/such/dir"], 2, "no such directory"),
+        (
+            vec!["--model", "/no/such/dir"],
+            1,
+            "no such model directory",
+        ),
     ];
     for (args, code, needle) in cases {
         let mut a = vec!["sample", "-o", o, "--num", "2", "--device", "cpu"];

@@ -3,7 +3,8 @@
 mod common;
 use candle_core::{DType, Device, Tensor};
 use common::{load_golden, max_abs_diff, read_schedule_csv};
-use diffuse::rng::NoiseRng;
+use diffuse::core::rng::NoiseRng;
+use diffuse::core::schedule::{BetaSchedule, Schedule};
 use diffuse::sampler::ddim::{ddim_step, DdimParams};
 use diffuse::sampler::ddpm::{ddpm_step, ddpm_variance, DdpmParams};
 use diffuse::sampler::timesteps::ddim_timesteps;
@@ -11,7 +12,6 @@ use diffuse::sampler::{
     build, build_with_arithmetic, run, sample, PredictionType, SamplerConfig, SamplerKind,
     SchedulerConfig, SigmaArithmetic, StepInfo, TimestepSpacing, VarianceType,
 };
-use diffuse::schedule::{BetaSchedule, Schedule};
 use diffuse::Result;
 
 /// Tolerances: prev_sample and the DDPM mean at 1e-6 absolute; pred_original_sample at

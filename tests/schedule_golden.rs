@@ -2,7 +2,7 @@
 //! diffusers' own float32 tables within the differences that file's header states.
 mod common;
 use common::read_schedule_csv;
-use diffuse::schedule::{BetaSchedule, Schedule, ScheduleConfig};
+use diffuse::core::schedule::{BetaSchedule, Schedule, ScheduleConfig};
 
 fn ours(name: &str) -> Schedule {
     let cfg = match name {

@@ -4,13 +4,13 @@
 //! equal the core's formulas.
 mod common;
 use candle_core::{Device, Tensor};
-use diffuse::forward::ForwardProcess;
-use diffuse::rng::NoiseRng;
+use diffuse::core::forward::ForwardProcess;
+use diffuse::core::rng::NoiseRng;
+use diffuse::core::schedule::{BetaSchedule, Schedule};
 use diffuse::sampler::PredictionType;
-use diffuse::schedule::{BetaSchedule, Schedule};
 use diffuse::train::loss::{self, LossWeighting};
 use diffuse::train::optim::LrSchedule;
-use diffuse::train::{train, Outcome, TrainConfig};
+use diffuse::train::{train, Outcome, Start, TrainConfig};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
@@ -49,6 +49,10 @@ fn losses(out: &Path) -> Vec<(usize, f64)> {
         .collect()
 }
 
+fn last_loss(out: &Path) -> f64 {
+    losses(out).last().unwrap().1
+}
+
 fn no_interrupt() -> AtomicBool {
     AtomicBool::new(false)
 }
@@ -75,8 +79,11 @@ fn loss_decreases_on_a_fixed_batch() {
         ..tiny(dir.path())
     };
     assert_eq!(
-        train(&cfg, &Device::Cpu, false, &no_interrupt()).unwrap(),
-        Outcome::Finished { step: 60 }
+        train(&cfg, &Device::Cpu, Start::Fresh, &no_interrupt()).unwrap(),
+        Outcome::Finished {
+            step: 60,
+            loss: last_loss(dir.path())
+        }
     );
     let l = losses(dir.path());
     assert_eq!(l.len(), 60);
@@ -95,7 +102,7 @@ fn output_directory_is_complete_and_reloads() {
         sample_every: 3,
         ..tiny(dir.path())
     };
-    train(&cfg, &Device::Cpu, false, &no_interrupt()).unwrap();
+    train(&cfg, &Device::Cpu, Start::Fresh, &no_interrupt()).unwrap();
     let out = dir.path();
     for f in [
         "unet/config.json",
@@ -146,10 +153,28 @@ fn resumed_run_equals_uninterrupted_run() {
         lr_schedule: LrSchedule::Constant,
         ..tiny(out)
     };
-    train(&base(a.path(), 6), &Device::Cpu, false, &no_interrupt()).unwrap();
+    train(
+        &base(a.path(), 6),
+        &Device::Cpu,
+        Start::Fresh,
+        &no_interrupt(),
+    )
+    .unwrap();
     // Stop after 3 steps (a checkpoint is written at the end), then resume to 6.
-    train(&base(b.path(), 3), &Device::Cpu, false, &no_interrupt()).unwrap();
-    train(&base(b.path(), 6), &Device::Cpu, true, &no_interrupt()).unwrap();
+    train(
+        &base(b.path(), 3),
+        &Device::Cpu,
+        Start::Fresh,
+        &no_interrupt(),
+    )
+    .unwrap();
+    train(
+        &base(b.path(), 6),
+        &Device::Cpu,
+        Start::Resume,
+        &no_interrupt(),
+    )
+    .unwrap();
     let (la, lb) = (losses(a.path()), losses(b.path()));
     assert_eq!(la.len(), 6);
     assert_eq!(la, lb, "losses of the resumed run differ");
@@ -170,7 +195,7 @@ fn diverging_run_stops_with_a_clear_message() {
         checkpoint_every: 1,
         ..tiny(dir.path())
     };
-    let err = train(&cfg, &Device::Cpu, false, &no_interrupt())
+    let err = train(&cfg, &Device::Cpu, Start::Fresh, &no_interrupt())
         .unwrap_err()
         .to_string();
     assert!(
@@ -266,7 +291,7 @@ fn bad_training_parameters_are_usage_errors() {
             ..tiny(dir.path())
         },
     ] {
-        let e = train(&cfg, &Device::Cpu, false, &no_interrupt()).unwrap_err();
+        let e = train(&cfg, &Device::Cpu, Start::Fresh, &no_interrupt()).unwrap_err();
         assert!(e.is_usage(), "{e}");
     }
 }

@@ -26,16 +26,9 @@ fn cmd(out: &std::path::Path, steps: usize, resume: bool) -> Command {
             "--sample-every",
             "0",
         ])
-        .args([
-            "--num-samples",
-            "4",
-            "--warmup",
-            "5",
-            "--device",
-            "cpu",
-            "--data-dir",
-        ])
-        .arg(out.join("none"))
+        .args(["--num-samples", "4", "--warmup", "5", "--device", "cpu"])
+        // No data/ in the working directory: the bundled digits, offline.
+        .current_dir(out)
         .env("HF_HUB_OFFLINE", "1")
         .env("HF_HOME", out.join("hf"))
         .stdout(Stdio::null())

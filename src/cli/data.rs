@@ -1,6 +1,8 @@
-//! `diffuse data show`: load a dataset and write a grid of its images.
+//! `diffuse data show`.
+use super::FlipArgs;
 use clap::{Args, Subcommand};
-use diffuse::data::{self, DataConfig, Split};
+use diffuse::commands::data::{self as command, ShowRequest};
+use diffuse::data::{DataConfig, Split};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -21,24 +23,23 @@ pub struct DataArgs {
     /// mnist | fashion-mnist | cifar10 | PATH to a folder of PNG/JPEG images.
     #[arg(long, default_value = "mnist")]
     pub dataset: String,
-    /// Local copies of named datasets: DIR/mnist, DIR/fashion-mnist, DIR/cifar10.
-    #[arg(long, default_value = "data")]
-    pub data_dir: PathBuf,
+    /// Local copies of named datasets: DIR/mnist, DIR/fashion-mnist, DIR/cifar10 [default:
+    /// data, relative to the current directory, falling back to the hub cache and the
+    /// bundled MNIST digits]. A directory given here must exist, and is never replaced by the
+    /// bundled digits.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// train or test.
     #[arg(long, default_value = "train", value_parser = parse_split)]
     pub split: Split,
-    /// Folder datasets: resize (shorter side) and centre crop to N x N.
+    /// Folder datasets: resize (shorter side) and centre crop to N x N (at most 4096).
     #[arg(long, default_value_t = 32)]
     pub size: u32,
     /// Folder datasets: 1 (gray) or 3 (RGB).
     #[arg(long, default_value_t = 3)]
     pub channels: usize,
-    /// Random horizontal flips (default: on for cifar10 and folders, off for digits).
-    #[arg(long, overrides_with = "no_hflip")]
-    pub hflip: bool,
-    /// No random horizontal flips.
-    #[arg(long)]
-    pub no_hflip: bool,
+    #[command(flatten)]
+    pub flip: FlipArgs,
     /// Keep only the first N images.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -52,15 +53,15 @@ impl DataArgs {
     pub fn config(&self) -> DataConfig {
         DataConfig {
             dataset: self.dataset.clone(),
-            data_dir: self.data_dir.clone(),
+            data_dir_given: self.data_dir.is_some(),
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(super::DEFAULT_DATA_DIR)),
             split: self.split,
             sample_size: self.size,
             in_channels: self.channels,
-            hflip: match (self.hflip, self.no_hflip) {
-                (true, _) => Some(true),
-                (_, true) => Some(false),
-                _ => None,
-            },
+            hflip: self.flip.value(),
             limit: self.limit,
         }
     }
@@ -70,11 +71,11 @@ impl DataArgs {
 struct ShowCmd {
     #[command(flatten)]
     data: DataArgs,
-    /// Number of images in the grid.
-    #[arg(short = 'n', default_value_t = 64)]
-    n: usize,
+    /// Number of images in the grid (at most 10,000).
+    #[arg(short = 'n', long, default_value_t = 64)]
+    num: usize,
     /// Output PNG.
-    #[arg(short, long, default_value = "grid.png")]
+    #[arg(short, long, value_name = "FILE", default_value = "grid.png")]
     output: PathBuf,
     /// Shuffle (and flip) seed.
     #[arg(long, default_value_t = 0)]
@@ -83,27 +84,14 @@ struct ShowCmd {
 
 pub fn run(cmd: DataCmd) -> anyhow::Result<()> {
     match cmd.command {
-        DataCommand::Show(c) => show(c),
+        DataCommand::Show(c) => {
+            let req = ShowRequest {
+                data: c.data.config(),
+                num: c.num,
+                output: c.output,
+                seed: c.seed,
+            };
+            super::emit(&format!("{}\n", command::show(&req)?))
+        }
     }
-}
-
-fn show(c: ShowCmd) -> anyhow::Result<()> {
-    let ds = data::load(&c.data.config())?;
-    let img = data::preview::grid(&ds, c.n, c.seed)?;
-    diffuse::imageio::save_png(&img, &c.output)?;
-    let (ch, h, w) = ds.image_dims();
-    println!(
-        "{}: {} images {ch}x{h}x{w} from {}{}; wrote {} ({} images)",
-        ds.name,
-        ds.len(),
-        ds.source,
-        if ds.skipped > 0 {
-            format!(" ({} unreadable skipped)", ds.skipped)
-        } else {
-            String::new()
-        },
-        c.output.display(),
-        c.n.min(ds.len())
-    );
-    Ok(())
 }

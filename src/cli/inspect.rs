@@ -8,6 +8,5 @@ pub struct InspectCmd {
 }
 
 pub fn run(c: InspectCmd) -> anyhow::Result<()> {
-    print!("{}", diffuse::unet::inspect::report(&c.model)?);
-    Ok(())
+    super::emit(&diffuse::commands::inspect::report(&c.model)?)
 }

@@ -1,6 +1,13 @@
-//! Command-line front end: clap definitions and dispatch. No logic lives here.
+//! Command-line front end: clap definitions, translation into the commands' requests, and
+//! printing. No logic lives here.
+//!
+//! One flag name per meaning across subcommands: `-o/--output` (a file, or train's output
+//! directory), `-n/--num` (images), `--steps` (sampler steps), `--train-steps`
+//! (optimisation steps), `--panels` (noise strip panels), `--seed`, `--hflip/--no-hflip`,
+//! `--data-dir`, `--device`. Older spellings stay as hidden aliases.
 use clap::{Args, Parser, Subcommand};
-use diffuse::schedule::{BetaSchedule, ScheduleConfig};
+use diffuse::core::schedule::{BetaSchedule, ScheduleConfig};
+use std::io::Write;
 use std::path::PathBuf;
 
 mod data;
@@ -14,7 +21,8 @@ mod train;
 #[command(
     name = "diffuse",
     version,
-    about = "Denoising diffusion models on Candle: schedules, forward noising, training and sampling"
+    about = "Denoising diffusion models on Candle: schedules, forward noising, training and sampling",
+    after_help = "Relative paths (defaults such as data/ and models/mnist included) are relative to the current directory."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -40,10 +48,11 @@ enum Command {
 /// Schedule flags shared by every subcommand that needs a schedule.
 #[derive(Args, Debug, Clone)]
 pub struct ScheduleArgs {
-    /// Beta schedule (diffusers names are accepted too, e.g. squaredcos_cap_v2).
+    /// Beta schedule: linear, scaled-linear, cosine, sigmoid, quadratic (diffusers names such
+    /// as squaredcos_cap_v2 are accepted too).
     #[arg(long, default_value = "linear", value_parser = parse_schedule)]
     pub schedule: BetaSchedule,
-    /// Number of diffusion timesteps T (t runs 0..T-1).
+    /// Number of diffusion timesteps T (t runs 0..T-1; at most 100000).
     #[arg(long, default_value_t = 1000)]
     pub timesteps: usize,
     /// First beta (default: the schedule's diffusers default).
@@ -55,8 +64,13 @@ pub struct ScheduleArgs {
     /// Rescale to zero terminal SNR (Lin et al. 2023), as diffusers' rescale_betas_zero_snr.
     #[arg(long)]
     pub zero_snr: bool,
-    /// A custom beta table: one beta per line, or CSV with beta in the last column.
-    #[arg(long, value_name = "FILE")]
+    /// A custom beta table: one beta per line, or CSV with beta in the last column (it
+    /// replaces --schedule, --timesteps, --beta-start and --beta-end, so those conflict).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["schedule", "timesteps", "beta_start", "beta_end"]
+    )]
     pub betas: Option<PathBuf>,
 }
 
@@ -66,13 +80,9 @@ fn parse_schedule(s: &str) -> Result<BetaSchedule, String> {
 
 impl ScheduleArgs {
     pub fn config(&self) -> diffuse::Result<ScheduleConfig> {
-        self.config_for(self.schedule)
-    }
-
-    pub fn config_for(&self, schedule: BetaSchedule) -> diffuse::Result<ScheduleConfig> {
-        diffuse::schedule::config_with_betas_file(
+        diffuse::core::schedule::config_with_betas_file(
             ScheduleConfig {
-                schedule,
+                schedule: self.schedule,
                 timesteps: self.timesteps,
                 beta_start: self.beta_start,
                 beta_end: self.beta_end,
@@ -100,13 +110,62 @@ impl DeviceArgs {
     }
 }
 
+/// `--hflip` / `--no-hflip`, shared by the subcommands that read training data. `--hflip
+/// true|false` (the old spelling) still works.
+#[derive(Args, Debug, Clone)]
+pub struct FlipArgs {
+    /// Random horizontal flips (default: on for cifar10 and folders, off for digits).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", overrides_with = "no_hflip")]
+    pub hflip: Option<bool>,
+    /// No random horizontal flips.
+    #[arg(long, overrides_with = "hflip")]
+    pub no_hflip: bool,
+}
+
+impl FlipArgs {
+    pub fn value(&self) -> Option<bool> {
+        if self.no_hflip {
+            Some(false)
+        } else {
+            self.hflip
+        }
+    }
+}
+
+/// The default local data directory, relative to the current directory.
+pub const DEFAULT_DATA_DIR: &str = "data";
+
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hf_hub=off"));
+    // Warnings, and the progress lines long commands log when stderr is not a terminal.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "warn,{}=info,hf_hub=off",
+            diffuse::progress::TARGET
+        ))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Print to stdout; a reader that went away (`diffuse schedule --format csv | head`) ends the
+/// program quietly with exit 0, as coreutils do.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => Ok(r?),
+    }
+}
+
+/// Print the files a command wrote, one `wrote PATH` line each.
+pub fn emit_written(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let text: String = paths
+        .iter()
+        .map(|p| format!("wrote {}\n", p.display()))
+        .collect();
+    emit(&text)
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

@@ -1,36 +1,35 @@
 use super::{DeviceArgs, ScheduleArgs};
 use clap::Args;
-use diffuse::forward::ForwardProcess;
-use diffuse::noising::{self, NoiseRequest};
-use diffuse::schedule::Schedule;
+use diffuse::commands::noise::{self, NoiseRequest};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct NoiseCmd {
     /// Input image (PNG or JPEG, gray or RGB, any size).
     input: PathBuf,
-    /// Timestep(s), 0-based: one gives an image, a list (0,250,500) a labelled strip.
-    #[arg(long = "t", value_delimiter = ',', conflicts_with = "steps")]
+    /// Timestep(s), 0-based: one gives an image, a list (0,250,500) a labelled strip
+    /// [default: T/2, i.e. 500 for T = 1000].
+    #[arg(long = "t", value_delimiter = ',', conflicts_with = "panels")]
     t: Vec<usize>,
-    /// Show N timesteps evenly spaced over [0, T-1] as a strip.
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Resize (shorter side, then centre crop) to N x N.
-    #[arg(long)]
+    /// Show N timesteps evenly spaced over [0, T-1] as a labelled strip (at most 100).
+    #[arg(long, alias = "steps", value_name = "N")]
+    panels: Option<usize>,
+    /// Resize (shorter side, then centre crop) to N x N (at most 4096).
+    #[arg(long, value_name = "N")]
     size: Option<u32>,
-    /// Output PNG (default: beside the input, e.g. img_t500.png or img_strip.png).
-    #[arg(short, long)]
+    /// Output PNG [default: beside the input, e.g. img_t500.png or img_strip.png].
+    #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
-    /// Also write the forward process as an animated GIF.
+    /// Also write the forward process over [0, T-1] as an animated GIF.
     #[arg(long, value_name = "FILE")]
     gif: Option<PathBuf>,
-    /// Frames in the GIF.
-    #[arg(long, default_value_t = 40)]
+    /// Frames in the GIF (at most 1000).
+    #[arg(long, default_value_t = 40, requires = "gif")]
     gif_frames: usize,
-    /// Noise seed.
+    /// Noise seed (one draw shared by every panel and frame).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Write x0, eps, t and x_t as safetensors.
+    /// Also write x0, eps, t and x_t as safetensors.
     #[arg(long, value_name = "FILE")]
     save_tensors: Option<PathBuf>,
     #[command(flatten)]
@@ -40,18 +39,11 @@ pub struct NoiseCmd {
 }
 
 pub fn run(c: NoiseCmd) -> anyhow::Result<()> {
-    let schedule = Schedule::new(&c.sched.config()?)?;
-    let timesteps = match (c.steps, c.t.is_empty()) {
-        (Some(0), _) => return Err(diffuse::Error::invalid("--steps must be at least 1").into()),
-        (Some(n), _) => noising::spaced_timesteps(n, schedule.len() - 1),
-        (None, false) => c.t.clone(),
-        (None, true) => vec![schedule.len() / 2],
-    };
-    let device = c.dev.device()?;
-    let fp = ForwardProcess::new(schedule, &device)?;
     let req = NoiseRequest {
         input: c.input,
-        timesteps,
+        timesteps: c.t,
+        panels: c.panels,
+        schedule: c.sched.config()?,
         size: c.size,
         seed: c.seed,
         output: c.output,
@@ -59,8 +51,6 @@ pub fn run(c: NoiseCmd) -> anyhow::Result<()> {
         gif_frames: c.gif_frames,
         save_tensors: c.save_tensors,
     };
-    for p in noising::run(&req, &fp, &device)? {
-        println!("wrote {}", p.display());
-    }
-    Ok(())
+    let device = c.dev.device()?;
+    super::emit_written(&noise::run(&req, &device)?)
 }

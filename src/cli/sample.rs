@@ -1,6 +1,6 @@
 use super::DeviceArgs;
 use clap::Args;
-use diffuse::sample::{self, SampleRequest};
+use diffuse::commands::sample::{self, SampleRequest};
 use diffuse::sampler::{PredictionType, SamplerKind, TimestepSpacing};
 use std::path::PathBuf;
 
@@ -10,12 +10,14 @@ pub struct SampleCmd {
     /// (e.g. google/ddpm-cifar10-32) from the hub cache.
     #[arg(long)]
     model: String,
-    #[arg(long, value_enum, default_value = "ddim")]
+    /// ddpm (DDPMScheduler), ddim (DDIMScheduler) or dpm-solver++
+    /// (DPMSolverMultistepScheduler); diffusers' class names and any case are accepted.
+    #[arg(long, value_enum, ignore_case = true, default_value = "ddim")]
     sampler: SamplerKind,
-    /// Inference steps (default: T for ddpm, 50 for ddim, 20 for dpm-solver++).
+    /// Sampler (inference) steps [default: T for ddpm, 50 for ddim, 20 for dpm-solver++].
     #[arg(long)]
     steps: Option<usize>,
-    /// DDIM noise weight in [0, 1].
+    /// DDIM noise weight in [0, 1] (0: deterministic DDIM, 1: DDPM-like).
     #[arg(long, default_value_t = 0.0)]
     eta: f64,
     /// Override the scheduler config's timestep spacing.
@@ -27,21 +29,26 @@ pub struct SampleCmd {
     /// Clip predicted x0 to [-1, 1] (overrides the scheduler config).
     #[arg(long)]
     clip_sample: bool,
-    #[arg(long, default_value_t = 64)]
+    /// Number of images to draw (at most 10,000,000; the grid shows the first 10,000).
+    #[arg(short = 'n', long, default_value_t = 64)]
     num: usize,
-    /// Images per forward pass (default: all of --num).
+    /// Images per forward pass [default: --num, at most 256]; batches are drawn one after
+    /// another, so large --num streams.
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Seed of the initial noise (and of DDPM's / DDIM eta's step noise).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(short, long, default_value = "samples.png")]
+    /// Output grid PNG.
+    #[arg(short, long, value_name = "FILE", default_value = "samples.png")]
     output: PathBuf,
-    /// Animate the trajectory of the grid.
+    /// Also animate the trajectory of the first batch's grid as a GIF.
     #[arg(long, value_name = "FILE")]
     gif: Option<PathBuf>,
-    #[arg(long, default_value_t = 25)]
+    /// Frames in the GIF (at most 1000).
+    #[arg(long, default_value_t = 25, requires = "gif")]
     gif_frames: usize,
-    /// Write the final samples as safetensors.
+    /// Also write every sample as safetensors (key "samples", [N,C,H,W] f32 in [-1, 1]).
     #[arg(long, value_name = "FILE")]
     save_tensors: Option<PathBuf>,
     #[command(flatten)]
@@ -67,8 +74,5 @@ pub fn run(c: SampleCmd) -> anyhow::Result<()> {
         progress: true,
     };
     let device = c.dev.device()?;
-    for p in sample::run(&req, &device)? {
-        println!("wrote {}", p.display());
-    }
-    Ok(())
+    super::emit_written(&sample::run(&req, &device)?)
 }

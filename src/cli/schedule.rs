@@ -1,80 +1,54 @@
 use super::ScheduleArgs;
-use anyhow::Context;
-use clap::{Args, ValueEnum};
-use diffuse::schedule::{BetaSchedule, Schedule};
-use diffuse::{plot, report};
+use clap::Args;
+use diffuse::commands::schedule::{self, Format, ScheduleRequest};
+use diffuse::core::schedule::BetaSchedule;
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Format {
-    Table,
-    Csv,
-    Json,
-}
 
 #[derive(Args, Debug)]
 pub struct ScheduleCmd {
     #[command(flatten)]
     sched: ScheduleArgs,
-    /// table: a summary every 10% of T plus T-1; csv/json: every row, every column.
+    /// table: a summary every 10% of T plus T-1; csv/json: every row, every column (with
+    /// --at, that row only).
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
-    /// Print one timestep's values.
+    /// Print one timestep's values (0-based).
     #[arg(long)]
     at: Option<usize>,
-    /// Plot in the terminal, or write the figure to FILE (.png or .svg).
+    /// Plot in the terminal, below the table. (`--plot FILE` is the older spelling of -o.)
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
-    plot: Option<String>,
-    /// Overlay several schedules, e.g. linear,cosine,sigmoid.
-    #[arg(long, value_delimiter = ',', value_parser = super::parse_schedule)]
+    plot: Option<PathBuf>,
+    /// Write the figure (alpha_bar and log-SNR) to FILE: .png or .svg.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Overlay several schedules, e.g. linear,cosine,sigmoid (each with --timesteps T).
+    #[arg(long, value_delimiter = ',', value_parser = super::parse_schedule, conflicts_with = "betas")]
     compare: Vec<BetaSchedule>,
 }
 
 pub fn run(c: ScheduleCmd) -> anyhow::Result<()> {
-    let kinds = if c.compare.is_empty() {
-        vec![c.sched.schedule]
-    } else {
-        c.compare.clone()
+    let terminal = c.plot.as_deref() == Some(std::path::Path::new("-"));
+    let output = match (c.output, c.plot.filter(|_| !terminal)) {
+        (Some(_), Some(_)) => {
+            return Err(diffuse::Error::invalid(
+                "--plot FILE and --output FILE both name the figure; give one",
+            )
+            .into())
+        }
+        (o, p) => o.or(p),
     };
-    let schedules = kinds
-        .iter()
-        .map(|k| Schedule::new(&c.sched.config_for(*k)?))
-        .collect::<diffuse::Result<Vec<_>>>()?;
-    if let Some(t) = c.at {
-        for s in &schedules {
-            s.check_t(t)?;
-        }
-    }
-    let text = match (c.format, c.at) {
-        (Format::Csv, _) => report::csv(&schedules),
-        (Format::Json, _) => report::json(&schedules),
-        (Format::Table, Some(t)) if schedules.len() == 1 => report::table(&schedules[0], &[t]),
-        (Format::Table, at) => {
-            let ts = at
-                .map(|t| vec![t])
-                .unwrap_or_else(|| schedules[0].summary_timesteps());
-            if schedules.len() == 1 {
-                report::table(&schedules[0], &ts)
-            } else {
-                report::compare_table(&schedules, &ts)
-            }
-        }
+    let req = ScheduleRequest {
+        schedule: c.sched.config()?,
+        compare: c.compare,
+        format: c.format,
+        at: c.at,
+        terminal_plot: terminal,
+        output,
     };
-    match c.plot.as_deref() {
-        None => print!("{text}"),
-        Some("-") => {
-            print!(
-                "{text}\n{}",
-                plot::text_figure(&report::panels(&schedules), 72, 16)
-            );
-        }
-        Some(file) => {
-            let path = PathBuf::from(file);
-            plot::write_figure(&path, "t (0-based)", &report::panels(&schedules))
-                .with_context(|| "could not write the schedule plot".to_string())?;
-            print!("{text}");
-            eprintln!("wrote {}", path.display());
-        }
+    let report = schedule::run(&req)?;
+    super::emit(&report.text)?;
+    for p in &report.written {
+        eprintln!("wrote {}", p.display());
     }
     Ok(())
 }

@@ -4,8 +4,8 @@
 //! `BatchState { seed, epoch, position }`: save it with a checkpoint, resume, and the same
 //! batches follow.
 use super::Dataset;
+use crate::core::rng::fill_u64;
 use crate::error::{Error, Result};
-use crate::rng::fill_u64;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 

@@ -69,7 +69,7 @@ pub fn load(dir: &Path, size: u32, channels: usize) -> Result<(Loaded, usize)> {
         .map(|p| {
             let bytes = std::fs::read(p).map_err(|e| e.to_string())?;
             let img = image::load_from_memory(&bytes).map_err(|e| e.to_string())?;
-            let t = crate::imageio::image_to_tensor(img, gray, Some(size), &Device::Cpu)
+            let t = crate::io::imageio::image_to_tensor(img, gray, Some(size), &Device::Cpu)
                 .map_err(|e| e.to_string())?;
             t.flatten_all()
                 .and_then(|t| t.to_vec1::<f32>())

@@ -1,9 +1,9 @@
 //! Datasets from the Hugging Face hub: parquet conversions of the named datasets, read as
 //! candle-datasets' loaders read them (revision `refs/convert/parquet`, image column a struct
-//! of PNG bytes, label column int64). Lookups go through `crate::hub`.
+//! of PNG bytes, label column int64). Lookups go through `crate::io::hub`.
 use crate::error::{Error, Result};
-pub use crate::hub::{cache_dir, offline};
-use crate::hub::{Lookup, Repo};
+pub use crate::io::hub::{cache_dir, offline};
+use crate::io::hub::{Lookup, Repo};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use rayon::prelude::*;
@@ -25,7 +25,7 @@ pub fn find(repo_id: &str, filename: &str) -> Result<HubFile> {
     let kind = Repo::Dataset {
         revision: Some(PARQUET_REVISION),
     };
-    Ok(match crate::hub::lookup(kind, repo_id, filename)? {
+    Ok(match crate::io::hub::lookup(kind, repo_id, filename)? {
         Lookup::Found(p) => HubFile::Found(p),
         Lookup::NotInRepo => HubFile::Missing(format!("{repo_id} has no {filename}")),
         Lookup::Unavailable(why) => HubFile::Missing(why),

@@ -114,7 +114,9 @@ pub fn load_bundled() -> Result<Loaded> {
 }
 
 /// Resolve a member of the MNIST family: local IDX, hub cache/download, bundled digits.
-pub fn load(set: &IdxSet, data_dir: &Path, split: Split) -> Result<Loaded> {
+/// `bundled`: whether the bundled digits may stand in (not when the user named a data
+/// directory: a wrong `--data-dir` must not silently train on other data).
+pub fn load(set: &IdxSet, data_dir: &Path, split: Split, bundled: bool) -> Result<Loaded> {
     let dirs = local_dirs(set, data_dir);
     for dir in &dirs {
         if let Some(l) = load_idx_dir(dir, split)? {
@@ -150,7 +152,7 @@ pub fn load(set: &IdxSet, data_dir: &Path, split: Split) -> Result<Loaded> {
         set.hub_repo,
         set.install_hint
     );
-    if set.bundled {
+    if set.bundled && bundled {
         let l = load_bundled()?;
         tracing::info!(
             images = l.dims.0,

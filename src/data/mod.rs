@@ -105,6 +105,9 @@ pub struct DataConfig {
     pub hflip: Option<bool>,
     /// Keep only the first `limit` images (quick runs).
     pub limit: Option<usize>,
+    /// The user named `data_dir` (`--data-dir`): it must exist, and a named set found neither
+    /// there nor in the hub cache is an error rather than the bundled MNIST digits.
+    pub data_dir_given: bool,
 }
 
 impl Default for DataConfig {
@@ -117,6 +120,7 @@ impl Default for DataConfig {
             in_channels: 3,
             hflip: None,
             limit: None,
+            data_dir_given: false,
         }
     }
 }
@@ -219,15 +223,36 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
     if cfg.limit == Some(0) {
         return Err(Error::invalid("--limit must be at least 1"));
     }
+    if cfg.data_dir_given && !cfg.data_dir.is_dir() {
+        return Err(Error::io(
+            &cfg.data_dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "--data-dir: no such directory",
+            ),
+        ));
+    }
     let start = std::time::Instant::now();
+    let bundled = !cfg.data_dir_given;
     let (loaded, skipped) = match &kind {
-        DatasetKind::Mnist => (mnist::load(&mnist::MNIST, &cfg.data_dir, cfg.split)?, 0),
+        DatasetKind::Mnist => (
+            mnist::load(&mnist::MNIST, &cfg.data_dir, cfg.split, bundled)?,
+            0,
+        ),
         DatasetKind::FashionMnist => (
-            mnist::load(&mnist::FASHION_MNIST, &cfg.data_dir, cfg.split)?,
+            mnist::load(&mnist::FASHION_MNIST, &cfg.data_dir, cfg.split, bundled)?,
             0,
         ),
         DatasetKind::Cifar10 => (cifar::load(&cfg.data_dir, cfg.split)?, 0),
-        DatasetKind::Folder(dir) => folder::load(dir, cfg.sample_size, cfg.in_channels)?,
+        DatasetKind::Folder(dir) => {
+            crate::limits::check_count(
+                "--size",
+                cfg.sample_size as usize,
+                crate::limits::MAX_IMAGE_SIDE as usize,
+                "a 4096x4096 RGB image is already 200 MB in f32",
+            )?;
+            folder::load(dir, cfg.sample_size, cfg.in_channels)?
+        }
     };
     let hflip = cfg.hflip.unwrap_or_else(|| kind.default_hflip());
     let mut ds = Dataset::from_loaded(loaded, kind.name(), hflip, skipped)?;

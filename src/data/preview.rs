@@ -17,6 +17,6 @@ pub fn grid(ds: &Dataset, n: usize, seed: u64) -> Result<RgbImage> {
         drop_last: false,
     };
     let batch = Batches::new(ds, cfg, seed, &Device::Cpu)?.next_batch()?;
-    let g = crate::imageio::grid(&batch.images, 2)?;
-    Ok(crate::imageio::upscale(&g, 512))
+    let g = crate::io::imageio::grid(&batch.images, 2)?;
+    Ok(crate::io::imageio::upscale(&g, 512))
 }

@@ -936,7 +936,7 @@ unsafe fn mk(_: *const f32, _: usize, _: usize, _: *const f32, _: *mut f32, _: u
 #[cfg(test)]
 mod tests {
     use super::super::{conv::Bias, direct};
-    use crate::rng::NoiseRng;
+    use crate::core::rng::NoiseRng;
 
     fn rel_err(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());

@@ -2,8 +2,8 @@
 //! DPMSolverMultistepScheduler keys; unknown keys ignored), read and written.
 //! Missing keys take diffusers' defaults.
 use super::types::{PredictionType, SamplerKind, TimestepSpacing, VarianceType};
+use crate::core::schedule::{BetaSchedule, ScheduleConfig};
 use crate::error::{Error, Result};
-use crate::schedule::{BetaSchedule, ScheduleConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -146,7 +146,8 @@ impl SchedulerConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        // A config is a few KB; trained_betas of MAX_TIMESTEPS rows stay under 4 MB.
+        let text = crate::io::input::read_text(path, 4 << 20)?;
         Self::from_json(&text).map_err(|e| Error::format(path, e.to_string()))
     }
 
@@ -155,7 +156,7 @@ impl SchedulerConfig {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::fsutil::write_bytes_atomic(path, (self.to_json() + "\n").as_bytes())
+        crate::io::output::write_bytes_atomic(path, (self.to_json() + "\n").as_bytes())
     }
 
     /// The beta schedule this config describes.

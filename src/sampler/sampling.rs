@@ -1,7 +1,7 @@
 //! The generic reverse loop: x_T -> model -> scheduler step -> ... -> x_0.
 use super::scheduler::{build, SamplerConfig, Scheduler};
+use crate::core::rng::NoiseRng;
 use crate::error::{Error, Result};
-use crate::rng::NoiseRng;
 use candle_core::{DType, Tensor};
 
 /// What the per-step callback sees (for progress bars and GIF frames).

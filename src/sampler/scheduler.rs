@@ -8,9 +8,9 @@ use super::predict::check_pair;
 use super::predict::lincomb;
 use super::timesteps::{ddim_timesteps, dpm_timesteps};
 use super::types::{PredictionType, SamplerKind, StepOutput};
+use crate::core::rng::NoiseRng;
+use crate::core::schedule::Schedule;
 use crate::error::{Error, Result};
-use crate::rng::NoiseRng;
-use crate::schedule::Schedule;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 

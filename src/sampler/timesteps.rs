@@ -1,8 +1,8 @@
 //! Inference timesteps exactly as diffusers' `set_timesteps` picks them (numpy arithmetic
 //! emulated: round half to even, and `np.arange`'s float fill `start + i * delta`).
 use super::types::TimestepSpacing;
+use crate::core::schedule::linspace;
 use crate::error::{Error, Result};
-use crate::schedule::linspace;
 
 /// `np.arange(start, stop, step)` for floats (step < 0 here): numpy sizes it as
 /// ceil((stop - start) / step) and fills `start + i * ((start + step) - start)`.

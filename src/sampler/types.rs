@@ -69,14 +69,21 @@ impl VarianceType {
 pub enum SamplerKind {
     /// Ancestral DDPM (diffusers DDPMScheduler), full chain or respaced.
     #[serde(rename = "ddpm")]
+    #[value(alias = "DDPMScheduler")]
     Ddpm,
     /// DDIM (diffusers DDIMScheduler), eta in [0, 1].
     #[default]
     #[serde(rename = "ddim")]
+    #[value(alias = "DDIMScheduler")]
     Ddim,
     /// DPM-Solver++ 2M (diffusers DPMSolverMultistepScheduler, midpoint, order 2).
     #[serde(rename = "dpm-solver++")]
-    #[value(name = "dpm-solver++", alias = "dpmsolver++", alias = "dpm++")]
+    #[value(
+        name = "dpm-solver++",
+        alias = "dpmsolver++",
+        alias = "dpm++",
+        alias = "DPMSolverMultistepScheduler"
+    )]
     DpmSolverPP,
 }
 

@@ -5,9 +5,9 @@
 use super::ema::Ema;
 use super::optim::AdamW;
 use super::TrainConfig;
+use crate::core::rng::NoiseRng;
 use crate::data::BatchState;
 use crate::error::{Error, Result};
-use crate::rng::NoiseRng;
 use crate::unet::UNetConfig;
 use candle_core::{Device, Tensor, Var};
 use std::collections::HashMap;
@@ -66,7 +66,7 @@ pub fn save(
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let path = out.join(STATE_FILE);
-    crate::fsutil::write_safetensors(&path, &tensors, Some(meta))
+    crate::io::output::write_safetensors(&path, &tensors, Some(meta))
 }
 
 pub fn load(path: &Path, ucfg: &UNetConfig, device: &Device) -> Result<State> {

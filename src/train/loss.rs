@@ -1,6 +1,6 @@
 //! Training targets and loss weighting.
+use crate::core::forward::ForwardProcess;
 use crate::error::Result;
-use crate::forward::ForwardProcess;
 use crate::sampler::PredictionType;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

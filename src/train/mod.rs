@@ -10,12 +10,13 @@ pub mod ema;
 pub mod loss;
 pub mod optim;
 
+use crate::core::forward::ForwardProcess;
+use crate::core::rng::NoiseRng;
+use crate::core::schedule::{Schedule, ScheduleConfig};
 use crate::data::{self, BatchConfig, Batches, DataConfig};
 use crate::error::{Error, Result};
-use crate::forward::ForwardProcess;
-use crate::rng::NoiseRng;
+use crate::progress::Progress;
 use crate::sampler::{PredictionType, SamplerConfig, SamplerKind, SchedulerConfig};
-use crate::schedule::{Schedule, ScheduleConfig};
 use crate::unet::{self, UNetConfig};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -59,6 +60,8 @@ pub struct TrainConfig {
     pub hflip: Option<bool>,
     /// Use at most this many training images (quick experiments and tests).
     pub limit: Option<usize>,
+    /// The user named `data_dir` (see `DataConfig::data_dir_given`).
+    pub data_dir_given: bool,
     pub progress: bool,
 }
 
@@ -88,6 +91,7 @@ impl Default for TrainConfig {
             num_samples: 64,
             hflip: None,
             limit: None,
+            data_dir_given: false,
             progress: true,
         }
     }
@@ -98,16 +102,53 @@ impl Default for TrainConfig {
 /// has the figures).
 pub const DEFAULT_STEPS: usize = 3500;
 
+/// How a run starts with respect to what is already in its output directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A new run: the output directory must be missing or empty.
+    Fresh,
+    /// A new run that first removes what an earlier run wrote there (`--force`).
+    Force,
+    /// Continue from the checkpoint there (`--resume`): settings that change the
+    /// optimisation must match it.
+    Resume,
+}
+
+/// The entries a run writes in its output directory (what `--force` removes).
+pub const RUN_ENTRIES: [&str; 7] = [
+    "unet",
+    "scheduler",
+    "model_index.json",
+    checkpoint::STATE_FILE,
+    "loss.csv",
+    "loss.png",
+    "samples",
+];
+
+/// Settings that may differ between a checkpoint and the run resuming it: they change how
+/// long the run goes, how it is logged and where things are, not what it optimises.
+pub const RESUMABLE_CHANGES: [&str; 12] = [
+    "lr",
+    "steps",
+    "epochs",
+    "out",
+    "data_dir",
+    "data_dir_given",
+    "sample_every",
+    "checkpoint_every",
+    "log_every",
+    "sample_steps",
+    "num_samples",
+    "progress",
+];
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Finished {
-        step: usize,
-    },
+    /// Done; `loss` is the mean loss over the last logging interval.
+    Finished { step: usize, loss: f64 },
     /// Ctrl-C: the current step finished and a checkpoint was written.
-    Interrupted {
-        step: usize,
-    },
+    Interrupted { step: usize },
 }
 
 /// One logged point.
@@ -163,6 +204,12 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
     if cfg.batch_size == 0 {
         return Err(Error::invalid("--batch-size must be at least 1"));
     }
+    crate::limits::check_count(
+        "--num",
+        cfg.num_samples,
+        crate::limits::MAX_GRID,
+        "a larger grid is bigger than any screen",
+    )?;
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
         return Err(Error::invalid(format!("--lr {} must be positive", cfg.lr)));
     }
@@ -173,14 +220,99 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
         )));
     }
     if let Some(c) = cfg.grad_clip {
-        if c <= 0.0 {
-            return Err(Error::invalid(format!("--grad-clip {c} must be positive")));
+        if !(c > 0.0 && c.is_finite()) {
+            return Err(Error::invalid(format!(
+                "--grad-clip {c} must be positive (0 disables clipping)"
+            )));
         }
     }
     if cfg.log_every == 0 || cfg.checkpoint_every == 0 {
         return Err(Error::invalid(
             "--log-every and --checkpoint-every must be at least 1",
         ));
+    }
+    Ok(())
+}
+
+/// Settings of `now` that differ from the checkpoint's `saved` and may not: one line,
+/// "name saved (now value)" each, or None when the run may resume.
+pub fn resume_differences(saved: &TrainConfig, now: &TrainConfig) -> Option<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(saved), serde_json::to_value(now))
+    else {
+        return Some("the checkpoint's settings could not be compared".into());
+    };
+    let diffs: Vec<String> = b
+        .iter()
+        .filter(|(k, _)| !RESUMABLE_CHANGES.contains(&k.as_str()))
+        .filter(|(k, v)| a.get(*k) != Some(*v))
+        .map(|(k, v)| {
+            let old = a.get(k).map_or("unset".to_string(), |o| o.to_string());
+            format!("{k} {old} (now {v})")
+        })
+        .collect();
+    (!diffs.is_empty()).then(|| diffs.join(", "))
+}
+
+/// What an earlier run left in `out` (entries of [`RUN_ENTRIES`] present). Other files (a
+/// preset's config.json beside it, say) are neither an obstacle nor touched.
+fn existing_run(out: &Path) -> Vec<&'static str> {
+    RUN_ENTRIES
+        .into_iter()
+        .filter(|n| std::fs::symlink_metadata(out.join(n)).is_ok())
+        .collect()
+}
+
+/// Check the output directory for this start before any work; returns the checkpoint path to
+/// resume from (None: start fresh).
+fn check_out_dir(cfg: &TrainConfig, start: Start) -> Result<Option<PathBuf>> {
+    let out = &cfg.out;
+    if out.exists() && !out.is_dir() {
+        return Err(Error::format(out, "exists and is not a directory"));
+    }
+    let state = out.join(checkpoint::STATE_FILE);
+    if start == Start::Resume && state.exists() && !state.is_file() {
+        return Err(Error::format(
+            &state,
+            "is not a file; cannot resume from it",
+        ));
+    }
+    let entries = existing_run(out);
+    match start {
+        Start::Resume if state.is_file() => Ok(Some(state)),
+        Start::Resume if entries.is_empty() => {
+            tracing::info!(
+                "--resume: {} holds no run yet; starting fresh",
+                out.display()
+            );
+            Ok(None)
+        }
+        Start::Resume => Err(Error::invalid(format!(
+            "--resume: {} holds no {} to resume from",
+            out.display(),
+            checkpoint::STATE_FILE
+        ))),
+        Start::Fresh if !entries.is_empty() => Err(Error::invalid(format!(
+            "{} holds an earlier run ({}); continue it with --resume, or replace it with --force",
+            out.display(),
+            entries.join(", ")
+        ))),
+        Start::Fresh | Start::Force => Ok(None),
+    }
+}
+
+/// Remove what an earlier run wrote in `out` (`--force`), leaving anything else.
+fn clear_run(out: &Path) -> Result<()> {
+    for name in RUN_ENTRIES {
+        let p = out.join(name);
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else if p.exists() {
+            std::fs::remove_file(&p)
+        } else {
+            Ok(())
+        };
+        r.map_err(|e| Error::io(&p, e))?;
     }
     Ok(())
 }
@@ -194,10 +326,11 @@ pub fn scheduler_config(cfg: &TrainConfig) -> SchedulerConfig {
 pub fn train(
     cfg: &TrainConfig,
     device: &Device,
-    resume: bool,
+    start: Start,
     interrupt: &AtomicBool,
 ) -> Result<Outcome> {
     validate(cfg)?;
+    let resume_from = check_out_dir(cfg, start)?;
     let ucfg = unet::preset_or_file(&cfg.model_config)?;
     let schedule = Schedule::new(&cfg.schedule)?;
     let t_max = schedule.len();
@@ -212,6 +345,7 @@ pub fn train(
     let ds = data::load(&DataConfig {
         dataset: cfg.dataset.clone(),
         data_dir: cfg.data_dir.clone(),
+        data_dir_given: cfg.data_dir_given,
         sample_size: uh as u32,
         in_channels: uc,
         hflip: cfg.hflip,
@@ -236,9 +370,13 @@ pub fn train(
         hflip: ds.hflip,
         ..BatchConfig::default()
     };
-    std::fs::create_dir_all(cfg.out.join("samples")).map_err(|e| Error::io(&cfg.out, e))?;
+    crate::limits::check_batch_memory("--batch-size", cfg.batch_size, ucfg.bytes_per_image(true)?)?;
+    // The sample grids' sampler, built now so a setting it cannot run with (T below its step
+    // count) fails before the first step rather than after the last.
+    let grid_sampler = grid_sampler_config(cfg);
+    grid_sampler.validate()?;
+    drop(crate::sampler::build(&grid_sampler)?);
 
-    let state_path = cfg.out.join(checkpoint::STATE_FILE);
     let (vm, model) = unet::init(&ucfg, cfg.seed, device)?;
     let vars = sorted_vars(&vm);
     let mut opt = AdamW::new(vars.clone(), AdamWParams::default())?;
@@ -246,35 +384,58 @@ pub fn train(
     let mut rng = NoiseRng::new(cfg.seed ^ 0x7452_4149_4E00_0000);
     let mut batches;
     let mut step = 0usize;
-    if resume && state_path.is_file() {
-        let st = checkpoint::load(&state_path, &ucfg, device)?;
-        if st.config.model_config != cfg.model_config || st.config.prediction != cfg.prediction {
-            tracing::warn!("resuming with a different model config or prediction type than the checkpoint was written with");
+    // The step of the newest checkpoint on disk, if any.
+    let mut last_ckpt = None;
+    if let Some(state_path) = &resume_from {
+        let st = checkpoint::load(state_path, &ucfg, device)?;
+        if let Some(d) = resume_differences(&st.config, cfg) {
+            return Err(Error::invalid(format!(
+                "--resume: the checkpoint in {} was written with other settings: {d}; resume with its settings, or start anew with --force",
+                cfg.out.display()
+            )));
+        }
+        for k in ["lr", "steps", "epochs"] {
+            let v = |c: &TrainConfig| serde_json::to_value(c).ok().and_then(|j| j.get(k).cloned());
+            if v(&st.config) != v(cfg) {
+                tracing::info!(
+                    "--resume: {k} changes from {:?} to {:?}",
+                    v(&st.config),
+                    v(cfg)
+                );
+            }
         }
         checkpoint::restore(&st, &vars, &mut opt, &mut ema)?;
         rng = st.rng;
         batches = Batches::resume(&ds, bcfg.clone(), st.batches, device)?;
         step = st.step;
+        last_ckpt = Some(step);
         tracing::info!(step, "resumed from {}", state_path.display());
     } else {
-        if resume {
-            tracing::warn!("--resume: no {} yet, starting fresh", state_path.display());
-        }
         batches = Batches::new(&ds, bcfg.clone(), cfg.seed, device)?;
-        // A fresh run starts a fresh log.
-        let _ = std::fs::remove_file(cfg.out.join("loss.csv"));
     }
     let total = total_steps(cfg, batches.batches_per_epoch())?;
+    if step >= total {
+        return Err(Error::invalid(format!(
+            "--resume: the checkpoint is at step {step}, and this run has {total} steps; give more --train-steps"
+        )));
+    }
+    // Everything is checked: only now is the output directory touched.
+    if resume_from.is_none() {
+        if start == Start::Force {
+            clear_run(&cfg.out)?;
+        }
+        std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    }
     tracing::info!(
         dataset = %ds.name, source = %ds.source, images = ds.len(), params = unet::param_count(&ucfg)?,
         total, "training"
     );
 
-    let pb = progress_bar(cfg.progress, total as u64, step as u64);
+    let mut pb = Progress::new("train", "step", total as u64, step as u64, cfg.progress);
     let mut log = LossLog::open(&cfg.out.join("loss.csv"), step)?;
     let mut loss_acc: Option<Tensor> = None;
     let (mut acc_n, mut t_log, mut smooth) = (0usize, Instant::now(), f64::NAN);
-    let mut last_good = step;
+    let mut last_loss = f64::NAN;
 
     while step < total {
         let lr = optim::lr_at(step, cfg.lr, cfg.warmup, total, cfg.lr_schedule);
@@ -319,12 +480,19 @@ pub fn train(
                 / acc_n as f64;
             if !mean.is_finite() {
                 pb.abandon();
+                let kept = match last_ckpt {
+                    Some(s) => format!(
+                        "The last good checkpoint (step {s}) is in {}",
+                        cfg.out.display()
+                    ),
+                    None => "No checkpoint had been written yet".to_string(),
+                };
                 return Err(Error::Runtime(format!(
-                    "loss became {mean} between steps {} and {step}; stopped. The last good checkpoint (step {last_good}) is in {}. Try a lower --lr or --grad-clip.",
+                    "loss became {mean} between steps {} and {step}; stopped. {kept}. Try a lower --lr or --grad-clip.",
                     step - acc_n + 1,
-                    cfg.out.display()
                 )));
             }
+            last_loss = mean;
             let ips = (acc_n * b) as f64 / t_log.elapsed().as_secs_f64();
             smooth = if smooth.is_nan() {
                 mean
@@ -337,7 +505,7 @@ pub fn train(
                 lr,
                 images_per_s: ips,
             })?;
-            pb.set_message(format!("loss {smooth:.4}  {ips:.0} img/s"));
+            pb.set_message(format!("loss {smooth:.4}, {ips:.0} images/s"));
             acc_n = 0;
             t_log = Instant::now();
         }
@@ -354,43 +522,40 @@ pub fn train(
                 batches.state(),
             )?;
             export(&cfg.out, cfg, &ucfg, &ema)?;
-            last_good = step;
+            last_ckpt = Some(step);
             log.plot(&cfg.out.join("loss.png"))?;
         }
         let want_samples =
             (cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every)) || step == total;
         if want_samples && !stop {
-            let path = cfg.out.join("samples").join(format!("step_{step:06}.png"));
-            pb.suspend(|| {
-                tracing::info!("sampling {} images to {}", cfg.num_samples, path.display())
-            });
-            let grid = sample_grid(cfg, &ucfg, &ema, device)?;
-            crate::imageio::save_png(&crate::imageio::upscale(&grid, 256), &path)?;
+            let dir = cfg.out.join("samples");
+            let path = dir.join(format!("step_{step:06}.png"));
+            pb.say(&format!(
+                "sampling {} images (DDIM {}, EMA weights) to {}",
+                cfg.num_samples,
+                grid_sampler.steps,
+                path.display()
+            ));
+            let t0 = Instant::now();
+            let grid = sample_grid(&grid_sampler, cfg.num_samples, &ucfg, &ema, device)?;
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            crate::io::imageio::save_png(&crate::io::imageio::upscale(&grid, 256), &path)?;
+            pb.say(&format!(
+                "wrote {} in {}",
+                path.display(),
+                crate::progress::duration(t0.elapsed())
+            ));
         }
         if stop {
-            pb.abandon_with_message(format!("interrupted at step {step}; checkpoint written"));
+            pb.abandon();
             return Ok(Outcome::Interrupted { step });
         }
     }
-    pb.finish_with_message("done");
-    Ok(Outcome::Finished { step })
-}
-
-fn progress_bar(show: bool, total: u64, pos: u64) -> indicatif::ProgressBar {
-    let pb = if show {
-        indicatif::ProgressBar::new(total)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} ({per_sec}, ETA {eta})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    pb.set_position(pos);
-    pb
+    pb.finish();
+    Ok(Outcome::Finished {
+        step,
+        loss: last_loss,
+    })
 }
 
 /// EMA weights as a VarMap (for export).
@@ -403,48 +568,37 @@ fn ema_varmap(ema: &ema::Ema) -> Result<VarMap> {
     )
 }
 
-/// Write unet/ (EMA weights) and scheduler/scheduler_config.json.
+/// Write the pipeline (EMA weights, the run's scheduler config).
 fn export(out: &Path, cfg: &TrainConfig, ucfg: &UNetConfig, ema: &ema::Ema) -> Result<()> {
-    unet::save(&out.join("unet"), ucfg, &ema_varmap(ema)?)?;
-    let sdir = out.join("scheduler");
-    std::fs::create_dir_all(&sdir).map_err(|e| Error::io(&sdir, e))?;
-    scheduler_config(cfg).save(&sdir.join("scheduler_config.json"))?;
-    // model_index.json lets DDPMPipeline.from_pretrained(out) assemble the pipeline.
-    let index = serde_json::json!({
-        "_class_name": "DDPMPipeline",
-        "_diffusers_version": "0.42.1",
-        "scheduler": ["diffusers", "DDPMScheduler"],
-        "unet": ["diffusers", "UNet2DModel"],
-    });
-    crate::fsutil::write_bytes_atomic(
-        &out.join("model_index.json"),
-        serde_json::to_string_pretty(&index)
-            .unwrap_or_default()
-            .as_bytes(),
-    )
+    crate::pipeline::save(out, ucfg, &ema_varmap(ema)?, &scheduler_config(cfg))
 }
 
-/// DDIM-50 (fixed seed) grid from the EMA weights.
+/// The sample grids' sampler: DDIM with `sample_steps` (at most T) steps.
+fn grid_sampler_config(cfg: &TrainConfig) -> SamplerConfig {
+    let sc = scheduler_config(cfg);
+    SamplerConfig {
+        kind: SamplerKind::Ddim,
+        steps: cfg.sample_steps.min(sc.num_train_timesteps).max(1),
+        eta: 0.0,
+        scheduler: sc,
+    }
+}
+
+/// A grid of `n` samples (fixed seed) from the EMA weights.
 fn sample_grid(
-    cfg: &TrainConfig,
+    scfg: &SamplerConfig,
+    n: usize,
     ucfg: &UNetConfig,
     ema: &ema::Ema,
     device: &Device,
 ) -> Result<image::RgbImage> {
     let model = unet::frozen(ucfg, &ema_varmap(ema)?, device)?;
-    let scfg = SamplerConfig {
-        kind: SamplerKind::Ddim,
-        steps: cfg.sample_steps,
-        eta: 0.0,
-        scheduler: scheduler_config(cfg),
-    };
-    let n = cfg.num_samples.max(1);
     let mut rng = NoiseRng::new(1234);
     let (c, h, w) = ucfg.image_shape()?;
     let x_t = rng.randn((n, c, h, w), device)?;
     let mut f = |x: &Tensor, t: &Tensor| model.forward(x, t, false);
-    let x0 = crate::sampler::sample(&mut f, &x_t, &scfg, &mut rng, None)?;
-    crate::imageio::grid(&x0.to_device(&Device::Cpu)?, 2)
+    let x0 = crate::sampler::sample(&mut f, &x_t, scfg, &mut rng, None)?;
+    crate::io::imageio::grid(&x0.to_device(&Device::Cpu)?, 2)
 }
 
 /// loss.csv (appended, atomically rewritten on resume) and loss.png.
@@ -493,7 +647,7 @@ impl LossLog {
     }
 
     fn write(&self) -> Result<()> {
-        crate::fsutil::write_atomic(&self.path, |w| {
+        crate::io::output::write_atomic(&self.path, |w| {
             writeln!(w, "step,loss,lr,images_per_s")?;
             for r in &self.rows {
                 writeln!(
@@ -517,18 +671,18 @@ impl LossLog {
             m = beta * m + (1.0 - beta) * r.loss;
             smooth.push((r.step as f64, m / (1.0 - beta.powi(i as i32 + 1))));
         }
-        crate::plot::write_figure(
+        crate::io::plot::write_figure(
             path,
             "step",
-            &[crate::plot::Panel {
+            &[crate::io::plot::Panel {
                 title: "training loss".into(),
                 y_label: "MSE".into(),
                 series: vec![
-                    crate::plot::Series {
+                    crate::io::plot::Series {
                         name: "loss".into(),
                         points: self.rows.iter().map(|r| (r.step as f64, r.loss)).collect(),
                     },
-                    crate::plot::Series {
+                    crate::io::plot::Series {
                         name: "smoothed".into(),
                         points: smooth,
                     },

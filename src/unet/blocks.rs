@@ -2,7 +2,7 @@
 //! Downsample2D / Upsample2D, and the Down/Up/Mid blocks that chain them. Field names follow
 //! diffusers' module names so VarBuilder paths equal its state-dict keys.
 use super::ops::{self, GroupNorm};
-use crate::rng::NoiseRng;
+use crate::core::rng::NoiseRng;
 use candle_core::{Result, Tensor};
 use candle_nn::{Conv2d, Linear, VarBuilder};
 use std::sync::Mutex;

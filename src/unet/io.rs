@@ -3,8 +3,8 @@
 //! initialisation. Every tensor lives in a `VarMap` so training optimises the same variables.
 use super::config::UNetConfig;
 use super::model::UNet2DModel;
+use crate::core::rng::NoiseRng;
 use crate::error::{Error, Result};
-use crate::rng::NoiseRng;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{VarBuilder, VarMap};
@@ -180,9 +180,24 @@ pub fn read_weights(
     for (k, view) in st.tensors() {
         let t = candle_core::safetensors::Load::load(&view, device)
             .map_err(|e| Error::format(path, format!("tensor '{k}': {e}")))?;
-        out.insert(k, t.to_dtype(DType::F32)?);
+        let t = t.to_dtype(DType::F32)?;
+        // A NaN weight makes every sample NaN (an all-black grid): say which tensor instead.
+        let bad = count_non_finite(&t)?;
+        if bad > 0 {
+            return Err(Error::format(
+                path,
+                format!("tensor '{k}' holds {bad} non-finite values (NaN or inf); the weights are corrupt"),
+            ));
+        }
+        out.insert(k, t);
     }
     Ok(out)
+}
+
+/// How many entries of `t` are NaN or infinite.
+pub fn count_non_finite(t: &Tensor) -> Result<usize> {
+    let v: Vec<f32> = t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+    Ok(v.iter().filter(|x| !x.is_finite()).count())
 }
 
 /// What a weights file holds: bytes on disk and the dtypes of its tensors.
@@ -275,8 +290,8 @@ pub fn save(dir: &Path, cfg: &UNetConfig, vm: &VarMap) -> Result<()> {
     };
     let wpath = dir.join(WEIGHTS_FILE);
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    crate::fsutil::write_safetensors(&wpath, &tensors, Some(meta))?;
-    crate::fsutil::write_bytes_atomic(&dir.join(CONFIG_FILE), cfg.to_json().as_bytes())
+    crate::io::output::write_safetensors(&wpath, &tensors, Some(meta))?;
+    crate::io::output::write_bytes_atomic(&dir.join(CONFIG_FILE), cfg.to_json().as_bytes())
 }
 
 /// Fresh parameters, seeded: PyTorch's default init for Conv2d/Linear (weight and bias

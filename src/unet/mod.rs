@@ -3,7 +3,6 @@
 //! diffusers checkpoints with identical tensor names.
 pub mod blocks;
 pub mod config;
-pub mod inspect;
 pub mod io;
 pub mod model;
 pub mod ops;

@@ -3,8 +3,8 @@
 use super::blocks::{BlockOpts, Ctx, DownBlock, MidBlock, UpBlock};
 use super::config::{BlockKind, UNetConfig};
 use super::ops;
+use crate::core::rng::NoiseRng;
 use crate::error::{Error, Result};
-use crate::rng::NoiseRng;
 use candle_core::{DType, Tensor};
 use candle_nn::{Conv2d, Linear, VarBuilder};
 use std::collections::BTreeMap;

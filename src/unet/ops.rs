@@ -2,7 +2,7 @@
 //! (src/kernels: direct convolution, fused group-norm+SiLU, fused attention) replace the
 //! body without touching the blocks. Everything here is device-generic Candle code and keeps the
 //! autograd graph intact.
-use crate::rng::NoiseRng;
+use crate::core::rng::NoiseRng;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,13 +1,13 @@
 //! Figures: schedule curves (PNG/SVG via plotters, or text for the terminal), labelled image
 //! strips and loss curves. The font is bundled so figures render the same on any machine.
 use crate::error::{Error, Result};
-use crate::fsutil::write_bytes_atomic;
+use crate::io::output::write_bytes_atomic;
 use image::RgbImage;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
 
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 
 fn ensure_font() {
@@ -117,14 +117,28 @@ where
     Ok(())
 }
 
+fn extension(path: &Path) -> String {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// A figure path must end in .png or .svg (checked before any work).
+pub fn check_figure_path(path: &Path) -> Result<()> {
+    match extension(path).as_str() {
+        "png" | "svg" => Ok(()),
+        _ => Err(Error::invalid(format!(
+            "{}: figure files must end in .png or .svg",
+            path.display()
+        ))),
+    }
+}
+
 /// Write a figure of stacked panels to `path` (.png or .svg), atomically.
 pub fn write_figure(path: &Path, x_label: &str, panels: &[Panel]) -> Result<()> {
     ensure_font();
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ext = extension(path);
     let (w, h) = (900u32, 330 * panels.len() as u32);
     let fail = |e: String| Error::format(path, format!("could not draw figure: {e}"));
     match ext.as_str() {
@@ -147,12 +161,9 @@ pub fn write_figure(path: &Path, x_label: &str, panels: &[Panel]) -> Result<()> 
             )
             .map_err(fail)?;
             let img = RgbImage::from_raw(w, h, buf).expect("buffer has w*h*3 bytes");
-            crate::imageio::save_png(&img, path)
+            crate::io::imageio::save_png(&img, path)
         }
-        _ => Err(Error::invalid(format!(
-            "{}: figure files must end in .png or .svg",
-            path.display()
-        ))),
+        _ => check_figure_path(path),
     }
 }
 
@@ -210,7 +221,7 @@ pub fn labelled_strip(panels: &[RgbImage], labels: &[String], min_side: u32) -> 
     ensure_font();
     let tiles: Vec<RgbImage> = panels
         .iter()
-        .map(|p| crate::imageio::upscale(p, min_side))
+        .map(|p| crate::io::imageio::upscale(p, min_side))
         .collect();
     let (tw, th) = tiles
         .first()

@@ -145,9 +145,12 @@ impl ScheduleConfig {
             Some(b) => b.clone(),
             None => {
                 let t = self.timesteps;
-                if t == 0 {
-                    return Err(Error::invalid("timesteps T must be at least 1"));
-                }
+                crate::limits::check_count(
+                    "--timesteps",
+                    t,
+                    crate::limits::MAX_TIMESTEPS,
+                    "trained models use 1000; no sampler needs more",
+                )?;
                 let (start, end) = self.beta_range();
                 if self.schedule != BetaSchedule::Cosine {
                     if !(start > 0.0 && start < 1.0 && end > 0.0 && end < 1.0) {
@@ -171,11 +174,22 @@ impl ScheduleConfig {
             }
         };
         check_betas(&betas)?;
-        Ok(if self.zero_snr {
-            rescale_zero_terminal_snr(&betas)
-        } else {
-            betas
-        })
+        if !self.zero_snr {
+            return Ok(betas);
+        }
+        if betas.len() < 2 {
+            // The rescale maps sqrt(abar) to [0, 1] by (x - last) / (first - last): 0/0 at T = 1.
+            return Err(Error::invalid(
+                "--zero-snr needs at least 2 timesteps (with T = 1 the rescaled schedule is 0/0)",
+            ));
+        }
+        let rescaled = rescale_zero_terminal_snr(&betas);
+        if rescaled.iter().any(|b| !b.is_finite()) {
+            return Err(Error::invalid(
+                "the zero-SNR rescale of this schedule has non-finite betas (its first and last alpha_bar are equal)",
+            ));
+        }
+        Ok(rescaled)
     }
 }
 
@@ -272,7 +286,8 @@ pub fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
 /// Read a custom beta table: one beta per line, or CSV whose last column is beta
 /// (a header line and `#` comments are skipped).
 pub fn read_betas_file(path: &Path) -> Result<Vec<f64>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    // A beta table of MAX_TIMESTEPS rows is well under 4 MB of text.
+    let text = crate::io::input::read_text(path, 4 << 20)?;
     let mut betas = Vec::new();
     for (lineno, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -300,6 +315,16 @@ pub fn read_betas_file(path: &Path) -> Result<Vec<f64>> {
     }
     if betas.is_empty() {
         return Err(Error::format(path, "no betas found"));
+    }
+    if betas.len() > crate::limits::MAX_TIMESTEPS {
+        return Err(Error::format(
+            path,
+            format!(
+                "{} betas, above the limit of {} timesteps",
+                betas.len(),
+                crate::limits::MAX_TIMESTEPS
+            ),
+        ));
     }
     Ok(betas)
 }
@@ -385,6 +410,23 @@ impl Schedule {
             timesteps,
             ..ScheduleConfig::new(kind)
         })
+    }
+
+    /// Every column of every row is a number: NaN anywhere (a degenerate custom table, a
+    /// rescale gone wrong) is an error naming the first one. SNR may be infinite and log-SNR
+    /// -inf at a zero-SNR endpoint; those are the true values, not failures.
+    pub fn check_finite(&self) -> Result<()> {
+        for r in self.rows() {
+            if let Some((i, _)) = r.values().iter().enumerate().find(|(_, v)| v.is_nan()) {
+                return Err(Error::invalid(format!(
+                    "schedule {}: {} at t = {} is not a number",
+                    self.config.label(),
+                    Row::COLUMNS[i],
+                    r.t
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Number of training timesteps T.

@@ -1,7 +1,7 @@
 //! Images in and out: decode to [-1,1] tensors, encode tensors as PNG, grids, labelled strips
 //! and GIF animations. Every file is written atomically.
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
+use crate::io::output::write_atomic;
 use candle_core::{DType, Device, Tensor};
 use image::{imageops::FilterType, DynamicImage, ImageFormat, RgbImage};
 use std::path::Path;
@@ -9,7 +9,8 @@ use std::path::Path;
 /// Decode an image file to a [C,H,W] f32 tensor in [-1,1]; C is 1 for gray images, 3 otherwise.
 /// `size` resizes (shorter side to `size`, then centre crop to size x size).
 pub fn load_image(path: &Path, size: Option<u32>, device: &Device) -> Result<Tensor> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // 256 MB of compressed image is beyond any image this tool works on.
+    let bytes = crate::io::input::read_bounded(path, 256 << 20)?;
     let img = image::load_from_memory(&bytes)
         .map_err(|e| Error::format(path, format!("not a readable image: {e}")))?;
     let gray = matches!(
@@ -92,21 +93,42 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
 
 /// Encode in the given format atomically. Gray images stay 8-bit gray.
 pub fn save_image(img: &DynamicImage, path: &Path, format: ImageFormat) -> Result<()> {
+    let buf = encode(img, path, format)?;
+    write_atomic(path, |w| w.write_all(&buf))
+}
+
+/// Encode in memory (`path` only names the output in errors).
+pub fn encode(img: &DynamicImage, path: &Path, format: ImageFormat) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut buf), format)
         .map_err(|e| Error::format(path, format!("could not encode image: {e}")))?;
-    write_atomic(path, |w| w.write_all(&buf))
+    Ok(buf)
+}
+
+/// An RGB image as PNG bytes.
+pub fn png_bytes(img: &RgbImage, path: &Path) -> Result<Vec<u8>> {
+    encode(
+        &DynamicImage::ImageRgb8(img.clone()),
+        path,
+        ImageFormat::Png,
+    )
 }
 
 /// Save a [C,H,W] tensor in [-1,1] as PNG (gray stays gray).
 pub fn save_tensor_png(t: &Tensor, path: &Path) -> Result<()> {
+    let buf = tensor_png_bytes(t, path)?;
+    write_atomic(path, |w| w.write_all(&buf))
+}
+
+/// A [C,H,W] tensor in [-1,1] as PNG bytes (gray stays gray).
+pub fn tensor_png_bytes(t: &Tensor, path: &Path) -> Result<Vec<u8>> {
     let rgb = tensor_to_rgb(t)?;
     let img = if t.dim(0)? == 1 {
         DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(rgb).to_luma8())
     } else {
         DynamicImage::ImageRgb8(rgb)
     };
-    save_image(&img, path, ImageFormat::Png)
+    encode(&img, path, ImageFormat::Png)
 }
 
 /// Tile a batch [B,C,H,W] into a square-ish grid with `pad` pixels of padding.
@@ -145,6 +167,12 @@ pub fn upscale(img: &RgbImage, min_side: u32) -> RgbImage {
 
 /// Write frames as an infinitely looping GIF, atomically.
 pub fn save_gif(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<()> {
+    let buf = gif_bytes(frames, delay_ms, path)?;
+    write_atomic(path, |w| w.write_all(&buf))
+}
+
+/// Frames as an infinitely looping GIF in memory.
+pub fn gif_bytes(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<Vec<u8>> {
     use image::codecs::gif::{GifEncoder, Repeat};
     let mut buf = Vec::new();
     {
@@ -163,5 +191,5 @@ pub fn save_gif(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<()> {
                 .map_err(|e| Error::format(path, format!("could not encode GIF: {e}")))?;
         }
     }
-    write_atomic(path, |w| w.write_all(&buf))
+    Ok(buf)
 }

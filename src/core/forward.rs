@@ -6,9 +6,9 @@
 //! measured 8x slower than PyTorch and 30x off a plain copy, purely per-op overhead; the fused
 //! pass runs at copy speed (see README, `make bench`). Other devices use the plain tensor
 //! expression.
+use crate::core::rng::{self, NoiseRng, CHUNK};
+use crate::core::schedule::Schedule;
 use crate::error::{Error, Result};
-use crate::rng::{self, NoiseRng, CHUNK};
-use crate::schedule::Schedule;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 

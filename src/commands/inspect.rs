@@ -1,7 +1,7 @@
 //! `diffuse inspect`: a model's config, parameters per top-level block and storage size.
-use super::config::{preset_or_file, UNetConfig};
-use super::io::{self, CONFIG_FILE, WEIGHTS_FILE};
 use crate::error::Result;
+use crate::unet::config::{preset_or_file, UNetConfig};
+use crate::unet::io::{self, CONFIG_FILE, WEIGHTS_FILE};
 use std::fmt::Write;
 use std::path::Path;
 

@@ -1,0 +1,9 @@
+//! One module per `diffuse` subcommand. Each takes a plain serde request (filled by the CLI's
+//! flags or a file), composes the libraries, and returns what it wrote; none re-implements a
+//! library's job.
+pub mod data;
+pub mod inspect;
+pub mod noise;
+pub mod sample;
+pub mod schedule;
+pub mod train;

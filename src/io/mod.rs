@@ -1,0 +1,7 @@
+//! Files in and out: atomic, never-clobbering output (`output`), images, grids and GIFs
+//! (`imageio`), figures (`plot`), and the Hugging Face hub cache (`hub`).
+pub mod hub;
+pub mod imageio;
+pub mod input;
+pub mod output;
+pub mod plot;
