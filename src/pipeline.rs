@@ -23,7 +23,14 @@ impl ModelLocation {
     /// The scheduler config the model ships, or diffusers' DDPMScheduler defaults.
     pub fn scheduler(&self) -> Result<SchedulerConfig> {
         match &self.scheduler_config {
-            Some(p) => SchedulerConfig::load(p),
+            Some(p) => {
+                let sc = SchedulerConfig::load(p)?;
+                // Bad contents are a bad file (exit 1), named, not a bad flag.
+                sc.schedule_config()
+                    .and_then(|s| crate::core::schedule::Schedule::new(&s))
+                    .map_err(|e| Error::format(p, e.to_string()))?;
+                Ok(sc)
+            }
             None => {
                 tracing::info!("no scheduler_config.json found; using diffusers' DDPMScheduler defaults (linear 1e-4..0.02, T = 1000, epsilon)");
                 Ok(SchedulerConfig::default())

@@ -184,6 +184,29 @@ fn resumed_run_equals_uninterrupted_run() {
 }
 
 #[test]
+fn diverging_before_any_checkpoint_names_none() {
+    offline();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        steps: Some(20),
+        lr: 1e30,
+        warmup: 0,
+        grad_clip: None,
+        checkpoint_every: 1000,
+        ..tiny(dir.path())
+    };
+    let err = train(&cfg, &Device::Cpu, Start::Fresh, &no_interrupt())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("loss became") && err.contains("No checkpoint had been written yet"),
+        "{err}"
+    );
+    assert!(!err.contains("step 0)"), "{err}");
+    assert!(!dir.path().join("training_state.safetensors").exists());
+}
+
+#[test]
 fn diverging_run_stops_with_a_clear_message() {
     offline();
     let dir = tempfile::tempdir().unwrap();

@@ -56,10 +56,10 @@ pub struct ScheduleArgs {
     #[arg(long, default_value_t = 1000)]
     pub timesteps: usize,
     /// First beta (default: the schedule's diffusers default).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub beta_start: Option<f64>,
     /// Last beta (default: the schedule's diffusers default).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub beta_end: Option<f64>,
     /// Rescale to zero terminal SNR (Lin et al. 2023), as diffusers' rescale_betas_zero_snr.
     #[arg(long)]
@@ -146,6 +146,8 @@ pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: logs in files and CI stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

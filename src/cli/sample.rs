@@ -18,7 +18,7 @@ pub struct SampleCmd {
     #[arg(long)]
     steps: Option<usize>,
     /// DDIM noise weight in [0, 1] (0: deterministic DDIM, 1: DDPM-like).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     eta: f64,
     /// Override the scheduler config's timestep spacing.
     #[arg(long, value_enum)]

@@ -41,7 +41,7 @@ pub struct TrainCmd {
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Peak learning rate (1e-3 suits the short default run; 2e-4 for long runs).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     lr: f64,
     /// Linear warm-up steps.
     #[arg(long, default_value_t = 100)]
@@ -56,10 +56,10 @@ pub struct TrainCmd {
     #[arg(long, value_enum, default_value = "none")]
     loss_weighting: LossWeighting,
     /// Decay of the EMA of the weights (the exported model), in [0, 1).
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, default_value_t = 0.999, allow_negative_numbers = true)]
     ema_decay: f64,
     /// Clip the global gradient norm to this value (0 disables clipping).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     grad_clip: f64,
     /// Seed of everything random: initial weights, data order, flips, t and noise.
     #[arg(long, default_value_t = 0)]

@@ -92,7 +92,7 @@ fn safetensors_header(shape: &[usize]) -> Vec<u8> {
     })
     .to_string();
     let mut header = json.into_bytes();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let mut out = (header.len() as u64).to_le_bytes().to_vec();

@@ -82,14 +82,13 @@ fn parent_dir(p: &Path) -> &Path {
 /// The OS error without the temporary file's path that `tempfile` adds to it, so messages
 /// name the file the user asked for, once.
 fn plain(e: std::io::Error) -> std::io::Error {
-    let code = e.raw_os_error().or_else(|| {
-        e.get_ref()
-            .and_then(|r| r.source())
-            .and_then(|s| s.downcast_ref::<std::io::Error>())
-            .and_then(|s| s.raw_os_error())
-    });
-    match code {
-        Some(c) => std::io::Error::from_raw_os_error(c),
+    if e.raw_os_error().is_some() {
+        return e;
+    }
+    // tempfile wraps the OS error as "<os error text> at path <temp path>".
+    let text = e.to_string();
+    match text.split_once(" at path ") {
+        Some((msg, _)) => std::io::Error::new(e.kind(), msg.to_string()),
         None => e,
     }
 }

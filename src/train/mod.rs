@@ -467,7 +467,6 @@ pub fn train(
             None => l,
         });
         acc_n += 1;
-        pb.inc(1);
 
         let stop = interrupt.load(Ordering::SeqCst);
         let want_ckpt = step.is_multiple_of(cfg.checkpoint_every) || step == total || stop;
@@ -509,6 +508,8 @@ pub fn train(
             acc_n = 0;
             t_log = Instant::now();
         }
+        // After the log row, so a progress line carries this step's loss.
+        pb.inc(1);
         if want_ckpt {
             checkpoint::save(
                 &cfg.out,
