@@ -16,6 +16,11 @@ pub const MAX_IMAGE_SIDE: u32 = 4096;
 pub const MAX_PANELS: usize = 100;
 pub const MAX_GIF_FRAMES: usize = 1000;
 
+/// Pixels of all panels of a `noise` strip, or of all frames of a GIF, together (the tensors
+/// behind them are f32, so 2^27 pixels are 512 MB per channel): 8 panels at 4096x4096, or
+/// 100 at 1158x1158.
+pub const MAX_PIXELS: u64 = 1 << 27;
+
 /// Images `sample` draws in one command: 10 million 32x32 RGB images are 123 GB of samples; use
 /// several commands with different seeds beyond that.
 pub const MAX_NUM: usize = 10_000_000;
@@ -32,6 +37,17 @@ pub fn check_count(flag: &str, n: usize, max: usize, why: &str) -> Result<()> {
     if n > max {
         return Err(Error::invalid(format!(
             "{flag} {n} is above the limit of {max} ({why})"
+        )));
+    }
+    Ok(())
+}
+
+/// `n` images of `h` x `w` pixels (panels or frames, `what`) must fit [`MAX_PIXELS`].
+pub fn check_pixels(what: &str, n: usize, h: usize, w: usize) -> Result<()> {
+    let px = (n as u64).saturating_mul(h as u64).saturating_mul(w as u64);
+    if px > MAX_PIXELS {
+        return Err(Error::invalid(format!(
+            "{n} {what} of {h}x{w} pixels are {px} pixels, above the limit of {MAX_PIXELS}; use fewer {what} or a smaller --size"
         )));
     }
     Ok(())

@@ -120,6 +120,10 @@ pub fn run(req: &NoiseRequest, device: &Device) -> Result<Vec<PathBuf>> {
     output::check_outputs(&outs, &[&req.input], &[])?;
     let fp = ForwardProcess::new(schedule, device)?;
     let (c, h, w) = (x0.dim(1)?, x0.dim(2)?, x0.dim(3)?);
+    limits::check_pixels("panels", timesteps.len() + 1, h, w)?;
+    if req.gif.is_some() {
+        limits::check_pixels("frames", req.gif_frames.max(2), h, w)?;
+    }
     // One noise draw shared by every panel and frame, so they differ only in t.
     let mut rng = NoiseRng::new(req.seed);
     let eps = rng.randn((1, c, h, w), device)?;
