@@ -71,14 +71,7 @@ impl CustomOp2 for Axpby {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, y) = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(y)) => (x, y),
-            _ => candle_core::bail!("diffuse-axpby: f32 inputs expected"),
-        };
-        let (Some((o1, e1)), Some((o2, e2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("diffuse-axpby: contiguous inputs expected")
-        };
+        let [x, y] = crate::kernels::f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         if l1.shape() != l2.shape() {
             candle_core::bail!(
                 "diffuse-axpby: shape mismatch {:?} {:?}",
@@ -86,10 +79,10 @@ impl CustomOp2 for Axpby {
                 l2.shape()
             );
         }
-        let n = e1 - o1;
+        let n = x.len();
         let per = n / self.a.len();
         let mut out = vec![0f32; n];
-        axpby_into(&mut out, &x[o1..e1], &y[o2..e2], &self.a, &self.b, per);
+        axpby_into(&mut out, x, y, &self.a, &self.b, per);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

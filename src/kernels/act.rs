@@ -4,7 +4,7 @@
 //! fwd+bwd). Here forward is one pass and backward one pass over (x, dy), with a branch-free
 //! exp that the compiler vectorises (libm's `expf` does not).
 use super::par::{avx2_dispatch, collect_chunks};
-use super::{cpu_f32, f32_data};
+use super::{cpu_f32, f32_data, f32_inputs};
 use crate::error::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use std::mem::MaybeUninit;
@@ -317,10 +317,7 @@ impl CustomOp2 for SiluBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, dy) = (
-            f32_data(self.name(), s1, l1)?,
-            f32_data(self.name(), s2, l2)?,
-        );
+        let [x, dy] = f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         if x.len() != dy.len() {
             candle_core::bail!("silu backward: shape mismatch")
         }

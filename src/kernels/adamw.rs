@@ -5,7 +5,7 @@
 //! weights are updated in place and the two moments are written once, with the same f32
 //! operations in the same order as the composite, so both paths give bit-identical results.
 use super::par::{avx2_dispatch, for_each_range, SharedMut, SharedUninit};
-use super::{cpu_f32, f32_data};
+use super::{cpu_f32, f32_inputs};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, InplaceOp3, Layout, Tensor};
 use std::mem::MaybeUninit;
@@ -93,8 +93,7 @@ impl InplaceOp3 for Step {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let g = f32_data(self.name(), s2, l2)?;
-        let mv = f32_data(self.name(), s3, l3)?;
+        let [g, mv] = f32_inputs(self.name(), [(s2, l2), (s3, l3)])?;
         let CpuStorage::F32(p) = s1 else {
             candle_core::bail!("adamw: f32 weights expected")
         };

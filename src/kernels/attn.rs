@@ -6,7 +6,7 @@
 //! row and backward is dx = y * (dy - sum(dy * y)), one pass per row.
 use super::act::exp_approx;
 use super::par::{avx2_dispatch, for_each_chunk_mut};
-use super::{cpu_f32, f32_data};
+use super::{cpu_f32, f32_data, f32_inputs};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
@@ -86,10 +86,7 @@ impl CustomOp2 for SoftmaxBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (y, dy) = (
-            f32_data(self.name(), s1, l1)?,
-            f32_data(self.name(), s2, l2)?,
-        );
+        let [y, dy] = f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         if y.len() != dy.len() {
             candle_core::bail!("softmax backward: shape mismatch")
         }

@@ -7,7 +7,7 @@
 //! attention projections' biases). These sums are single vectorised passes, parallel, and
 //! deterministic (fixed blocks summed in a fixed order).
 use super::par::{for_each_chunk_mut, lane_sum};
-use super::{cpu_f32, f32_data};
+use super::{cpu_f32, f32_data, f32_inputs};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
@@ -94,10 +94,7 @@ impl CustomOp2 for AddRowBias {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, b) = (
-            f32_data(self.name(), s1, l1)?,
-            f32_data(self.name(), s2, l2)?,
-        );
+        let [x, b] = f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         let c = b.len();
         if c == 0 || l1.dims().last() != Some(&c) {
             candle_core::bail!("bias of {c} for input {:?}", l1.dims())

@@ -9,7 +9,7 @@
 //! forward pass.
 use super::gemm::{sgemm, Mat};
 use super::par::{for_each_chunk_mut, n_threads, slot_sums, with_workspace};
-use super::{cpu_f32, f32_data};
+use super::{cpu_f32, f32_inputs};
 use super::{direct, winograd};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -348,10 +348,7 @@ impl CustomOp2 for ConvOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (a, b) = (
-            f32_data(CustomOp2::name(self), s1, l1)?,
-            f32_data(CustomOp2::name(self), s2, l2)?,
-        );
+        let [a, b] = f32_inputs(CustomOp2::name(self), [(s1, l1), (s2, l2)])?;
         let (d1, d2) = (l1.dims(), l2.dims());
         let (s, p) = (self.stride, self.pad);
         match self.pass {
@@ -426,11 +423,7 @@ impl CustomOp3 for ConvOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = CustomOp3::name(self);
-        let (x, w, b) = (
-            f32_data(name, s1, l1)?,
-            f32_data(name, s2, l2)?,
-            f32_data(name, s3, l3)?,
-        );
+        let [x, w, b] = f32_inputs(name, [(s1, l1), (s2, l2), (s3, l3)])?;
         let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let per_image = bias_per_image(&g, l3.dims())?;
         let bias = Bias { data: b, per_image };

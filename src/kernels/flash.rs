@@ -13,7 +13,7 @@ use super::par::{
     avx2_dispatch, for_each_chunk_mut, for_each_range, lane_sum, lane_sum2, with_workspace,
     SharedMut,
 };
-use super::{cpu_f32, f32_data};
+use super::{cpu_f32, f32_inputs};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
@@ -88,11 +88,7 @@ impl CustomOp3 for Attn {
             candle_core::bail!("attention: q, k, v shapes differ")
         }
         let name = self.name();
-        let (q, k, v) = (
-            f32_data(name, s1, l1)?,
-            f32_data(name, s2, l2)?,
-            f32_data(name, s3, l3)?,
-        );
+        let [q, k, v] = f32_inputs(name, [(s1, l1), (s2, l2), (s3, l3)])?;
         let mut out = vec![0f32; b * d * n];
         for_each_chunk_mut(&mut out, d * n, |i, oi| {
             let r = i * d * n..(i + 1) * d * n;
@@ -127,12 +123,15 @@ impl CustomOp3 for Attn {
             }
         }
         let name = "diffuse-attention-bwd";
-        let (q, k, v, g) = (
-            f32_data(name, cpu(&sq)?, lq)?,
-            f32_data(name, cpu(&sk)?, lk)?,
-            f32_data(name, cpu(&sv)?, lv)?,
-            f32_data(name, cpu(&sg)?, lg)?,
-        );
+        let [q, k, v, g] = f32_inputs(
+            name,
+            [
+                (cpu(&sq)?, lq),
+                (cpu(&sk)?, lk),
+                (cpu(&sv)?, lv),
+                (cpu(&sg)?, lg),
+            ],
+        )?;
         let len = b * d * n;
         let (mut dq, mut dk, mut dv) = (vec![0f32; len], vec![0f32; len], vec![0f32; len]);
         let (pq, pk, pv) = (

@@ -48,3 +48,15 @@ pub(crate) fn f32_data<'a>(
     };
     Ok(&v[a..b])
 }
+
+/// Every custom op's prologue: the contiguous f32 data of each of its inputs.
+pub(crate) fn f32_inputs<'a, const N: usize>(
+    op: &str,
+    inputs: [(&'a CpuStorage, &Layout); N],
+) -> candle_core::Result<[&'a [f32]; N]> {
+    let mut out: [&[f32]; N] = [&[]; N];
+    for (o, (s, l)) in out.iter_mut().zip(inputs) {
+        *o = f32_data(op, s, l)?;
+    }
+    Ok(out)
+}

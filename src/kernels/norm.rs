@@ -7,7 +7,7 @@ use super::act::{silu_affine, silu_affine_grad};
 use super::par::{
     avx2_dispatch, collect_chunks, for_each_range, lane_sum, lane_sum2, SharedMut, SharedUninit,
 };
-use super::{cpu_f32, f32_data};
+use super::{cpu_f32, f32_inputs};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use std::mem::MaybeUninit;
@@ -173,9 +173,7 @@ impl CustomOp3 for GnFwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(self.name(), s1, l1)?;
-        let gamma = f32_data(self.name(), s2, l2)?;
-        let beta = f32_data(self.name(), s3, l3)?;
+        let [x, gamma, beta] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let d = Dims::new(l1.dims(), self.groups)?;
         if gamma.len() != d.c || beta.len() != d.c {
             candle_core::bail!("group_norm: gamma/beta need {} entries", d.c)
@@ -254,9 +252,7 @@ impl CustomOp3 for GnBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_data(self.name(), s1, l1)?;
-        let gamma = f32_data(self.name(), s2, l2)?;
-        let dy = f32_data(self.name(), s3, l3)?;
+        let [x, gamma, dy] = f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let d = Dims::new(l1.dims(), self.groups)?;
         if gamma.len() != d.c
             || dy.len() != x.len()
