@@ -4,7 +4,6 @@
 //! (default 600; each runs in its own empty working directory), `DIFFUSE_FUZZ_SEED` the seed.
 mod common;
 use rand::{Rng, SeedableRng};
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// A subcommand: the arguments every case gets (bounding the work: tiny models, few steps),
@@ -280,22 +279,6 @@ fn fixtures() -> Fixtures {
     }
 }
 
-/// Everything below `dir`, as relative paths.
-fn listing(dir: &Path) -> BTreeSet<PathBuf> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p.clone());
-            }
-            out.insert(p.strip_prefix(dir).unwrap().to_path_buf());
-        }
-    }
-    out
-}
-
 #[test]
 fn random_flag_combinations_never_panic_or_leave_partial_outputs() {
     let cases: usize = std::env::var("DIFFUSE_FUZZ_CASES")
@@ -354,7 +337,7 @@ fn random_flag_combinations_never_panic_or_leave_partial_outputs() {
         let work = tempfile::tempdir().unwrap();
         std::fs::copy(&fx.input, work.path().join("in.png")).unwrap();
         std::fs::create_dir(work.path().join("empty")).unwrap();
-        let before = listing(work.path());
+        let before = common::snapshot(work.path());
         let in_bytes = std::fs::read(work.path().join("in.png")).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_diffuse"))
             .args(&argv)
@@ -373,7 +356,11 @@ fn random_flag_combinations_never_panic_or_leave_partial_outputs() {
         codes[code.unwrap() as usize] += 1;
         if code != Some(0) {
             assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
-            assert_eq!(before, listing(work.path()), "{what}: left outputs: {err}");
+            assert_eq!(
+                before,
+                common::snapshot(work.path()),
+                "{what}: left outputs: {err}"
+            );
         }
         // in.png is noise's input; other commands may be told to write over it.
         if spec.cmd[0] == "noise" {

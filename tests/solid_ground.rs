@@ -6,9 +6,8 @@
 mod common;
 use assert_cmd::Command;
 use candle_core::{DType, Device, Tensor};
-use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 fn bin() -> Command {
@@ -39,24 +38,6 @@ fn fails(args: &[&str], code: i32, needle: &str) -> String {
         "{args:?}: expected '{needle}' in {err}"
     );
     err
-}
-
-/// Every file below `dir` with its bytes: to assert nothing was created, changed or removed.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p.clone());
-                m.insert(p, b"<dir>".to_vec());
-            } else {
-                m.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
-            }
-        }
-    }
-    m
 }
 
 fn tiny_model() -> String {
@@ -131,13 +112,13 @@ fn outputs_to_devices_symlinks_and_directories() {
     assert_eq!(img.width(), image::open(sample_png()).unwrap().width());
 
     // A directory as the output: one line, nothing changes.
-    let before = snapshot(d.path());
+    let before = common::snapshot(d.path());
     fails(
         &["noise", &sample_png(), "-o", d.path().to_str().unwrap()],
         1,
         "is a directory",
     );
-    assert_eq!(before, snapshot(d.path()));
+    assert_eq!(before, common::snapshot(d.path()));
 }
 
 #[test]
@@ -298,7 +279,7 @@ fn inputs_and_model_files_are_never_overwritten() {
     for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
         std::fs::copy(common::data_path("unet_tiny").join(f), model.join(f)).unwrap();
     }
-    let before = snapshot(d.path());
+    let before = common::snapshot(d.path());
     let i = input.to_str().unwrap();
     fails(&["noise", i, "--t", "3", "-o", i], 2, "input");
     fails(
@@ -342,14 +323,14 @@ fn inputs_and_model_files_are_never_overwritten() {
         2,
         "two outputs",
     );
-    assert_eq!(before, snapshot(d.path()));
+    assert_eq!(before, common::snapshot(d.path()));
 }
 
 #[test]
 fn failed_secondary_outputs_leave_no_main_output() {
     let d = tempfile::tempdir().unwrap();
     let strip = d.path().join("strip.png");
-    let before = snapshot(d.path());
+    let before = common::snapshot(d.path());
     fails(
         &[
             "noise",
@@ -379,7 +360,7 @@ fn failed_secondary_outputs_leave_no_main_output() {
         1,
         "/nonexistent-dir",
     );
-    assert_eq!(before, snapshot(d.path()));
+    assert_eq!(before, common::snapshot(d.path()));
 }
 
 #[test]

@@ -183,50 +183,40 @@ fn resumed_run_equals_uninterrupted_run() {
     assert_eq!(wa, wb, "final EMA weights differ");
 }
 
-#[test]
-fn diverging_before_any_checkpoint_names_none() {
+/// A run diverging at lr 1e30 after `checkpoint_every` steps' worth of checkpoints.
+fn diverge(dir: &Path, checkpoint_every: usize) -> String {
     offline();
-    let dir = tempfile::tempdir().unwrap();
     let cfg = TrainConfig {
         steps: Some(20),
         lr: 1e30,
         warmup: 0,
         grad_clip: None,
-        checkpoint_every: 1000,
-        ..tiny(dir.path())
+        checkpoint_every,
+        ..tiny(dir)
     };
     let err = train(&cfg, &Device::Cpu, Start::Fresh, &no_interrupt())
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("loss became") && err.contains("No checkpoint had been written yet"),
-        "{err}"
-    );
+    assert!(err.contains("loss became"), "{err}");
+    err
+}
+
+#[test]
+fn diverging_before_any_checkpoint_names_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = diverge(dir.path(), 1000);
+    assert!(err.contains("No checkpoint had been written yet"), "{err}");
     assert!(!err.contains("step 0)"), "{err}");
     assert!(!dir.path().join("training_state.safetensors").exists());
 }
 
 #[test]
 fn diverging_run_stops_with_a_clear_message() {
-    offline();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
-        steps: Some(20),
-        lr: 1e30,
-        warmup: 0,
-        grad_clip: None,
-        checkpoint_every: 1,
-        ..tiny(dir.path())
-    };
-    let err = train(&cfg, &Device::Cpu, Start::Fresh, &no_interrupt())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("loss became") && err.contains("last good checkpoint"),
-        "{err}"
-    );
+    let err = diverge(dir.path(), 1);
+    assert!(err.contains("last good checkpoint"), "{err}");
     // The last checkpoint before the bad loss is still there and loads.
-    let ucfg = diffuse::unet::preset_or_file(&cfg.model_config).unwrap();
+    let ucfg = diffuse::unet::preset_or_file(&tiny(dir.path()).model_config).unwrap();
     let st = diffuse::train::checkpoint::load(
         &dir.path().join("training_state.safetensors"),
         &ucfg,

@@ -3,8 +3,7 @@
 //! without leftovers, and progress lines and a summary when stderr is not a terminal.
 mod common;
 use assert_cmd::Command;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A tiny run (tiny28 model, 64 bundled digits, batch 8) into `out`, from a working directory
 /// without data/, offline.
@@ -41,26 +40,6 @@ fn train(out: &Path, steps: usize, extra: &[&str]) -> Command {
     c
 }
 
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    if !dir.exists() {
-        return m;
-    }
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p.clone());
-                m.insert(p, b"<dir>".to_vec());
-            } else {
-                m.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    m
-}
-
 fn fails(mut c: Command, code: i32, needles: &[&str]) -> String {
     let (got, err) = common::one_line_failure(c.output().unwrap(), "train");
     assert_eq!(got, code, "{err}");
@@ -79,13 +58,13 @@ fn an_earlier_run_needs_resume_or_force() {
     std::fs::write(&stale, "old grid").unwrap();
     let mine = out.join("notes.txt");
     std::fs::write(&mine, "kept").unwrap();
-    let before = snapshot(&out);
+    let before = common::snapshot(&out);
     fails(
         train(&out, 2, &[]),
         2,
         &["earlier run", "--resume", "--force"],
     );
-    assert_eq!(before, snapshot(&out));
+    assert_eq!(before, common::snapshot(&out));
     // --force: the old run's files go (the stale grid too), other files stay.
     train(&out, 2, &["--force"]).assert().success();
     assert!(!stale.exists());
@@ -101,7 +80,7 @@ fn resume_refuses_changed_settings_and_allows_lr_and_steps() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     train(&out, 2, &[]).assert().success();
-    let before = snapshot(&out);
+    let before = common::snapshot(&out);
     let err = fails(
         train(
             &out,
@@ -122,7 +101,7 @@ fn resume_refuses_changed_settings_and_allows_lr_and_steps() {
         2,
         &["timesteps"],
     );
-    assert_eq!(before, snapshot(&out));
+    assert_eq!(before, common::snapshot(&out));
     let ok = train(&out, 4, &["--resume", "--lr", "5e-4"])
         .output()
         .unwrap();
@@ -154,13 +133,13 @@ fn failures_come_before_the_first_step_and_leave_nothing() {
     let out = tmp.path().join("statedir");
     std::fs::create_dir_all(out.join("training_state.safetensors")).unwrap();
     std::fs::create_dir_all(out.join("samples")).unwrap();
-    let before = snapshot(&out);
+    let before = common::snapshot(&out);
     fails(
         train(&out, 2, &["--resume"]),
         1,
         &["training_state.safetensors"],
     );
-    assert_eq!(before, snapshot(&out));
+    assert_eq!(before, common::snapshot(&out));
     // T = 1: the sample grids use DDIM with at most T steps, so the run completes.
     let out = tmp.path().join("t1");
     train(&out, 2, &["--timesteps", "1"]).assert().success();

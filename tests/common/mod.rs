@@ -101,3 +101,25 @@ pub fn one_line_failure(out: std::process::Output, what: &str) -> (i32, String) 
     assert!(!err.contains("panicked"), "{err}");
     (out.status.code().unwrap(), err)
 }
+
+/// Every file and folder below `dir` with its bytes ("<dir>" for folders): to assert that a
+/// failed command created, changed or removed nothing. Empty when `dir` does not exist.
+pub fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut m = std::collections::BTreeMap::new();
+    if !dir.exists() {
+        return m;
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+                m.insert(p, b"<dir>".to_vec());
+            } else {
+                m.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
+            }
+        }
+    }
+    m
+}
