@@ -31,9 +31,9 @@ bench: build
 # The main job, end to end, on the bundled data (about 15 minutes on 2 CPU cores).
 demo: build
 	mkdir -p out
-	./target/release/diffuse schedule --compare linear,scaled-linear,cosine,sigmoid,quadratic --plot out/schedules.png
-	./target/release/diffuse noise data/sample.png --steps 6 -o out/forward_strip.png --gif out/forward.gif --seed 0
-	./target/release/diffuse train --dataset mnist --out out/mnist
+	./target/release/diffuse schedule --compare linear,scaled-linear,cosine,sigmoid,quadratic -o out/schedules.png
+	./target/release/diffuse noise data/sample.png --panels 6 -o out/forward_strip.png --gif out/forward.gif --seed 0
+	./target/release/diffuse train --dataset mnist -o out/mnist --force
 	./target/release/diffuse sample --model out/mnist --sampler ddim --steps 50 -o out/samples.png --gif out/trajectory.gif
 	@echo "demo outputs in out/"
 

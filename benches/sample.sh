@@ -8,7 +8,7 @@ bin=./target/release/diffuse
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # A model with the mnist preset's shapes (untrained weights time the same as trained ones).
-$bin train --dataset mnist --steps 1 --sample-every 0 --num-samples 1 --out "$tmp/m" >/dev/null 2>&1
+$bin train --dataset mnist --train-steps 1 --sample-every 0 --num 1 -o "$tmp/m" >/dev/null 2>&1
 echo "| sampler | diffuse s | diffuse images/s | PyTorch s (glibc default / tuned) | PyTorch images/s (default / tuned) | diffuse / PyTorch (default / tuned) |"
 echo "|---|---|---|---|---|---|"
 peer=""
