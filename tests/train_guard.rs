@@ -125,8 +125,8 @@ fn failures_come_before_the_first_step_and_leave_nothing() {
     let out = tmp.path().join("never");
     fails(
         train(&out, 2, &["--dataset", "/no/such/folder"]),
-        2,
-        &["unknown dataset"],
+        1,
+        &["/no/such/folder", "no such folder"],
     );
     assert!(!out.exists());
     // A training state that is a directory: said before any step.

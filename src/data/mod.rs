@@ -63,9 +63,16 @@ impl DatasetKind {
             return Ok(Self::Folder(p.to_path_buf()));
         }
         if p.exists() {
-            return Err(Error::invalid(format!(
-                "dataset '{s}' is a file, not a folder of images"
-            )));
+            return Err(Error::format(p, "is a file, not a folder of images"));
+        }
+        if crate::io::input::looks_like_path(s) {
+            return Err(Error::io(
+                p,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such folder of images (and not mnist, fashion-mnist or cifar10)",
+                ),
+            ));
         }
         Err(Error::invalid(format!(
             "unknown dataset '{s}': expected mnist, fashion-mnist, cifar10 or a folder of images"

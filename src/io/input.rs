@@ -25,6 +25,15 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Whether a name given where a name or a path is accepted (`--dataset`, `--model-config`)
+/// was meant as a path: then a missing one is a missing file (exit 1), not a bad value.
+pub fn looks_like_path(s: &str) -> bool {
+    s.contains('/')
+        || s.contains(std::path::MAIN_SEPARATOR)
+        || s.starts_with('.')
+        || s.ends_with(".json")
+}
+
 /// A UTF-8 text file of at most `max` bytes.
 pub fn read_text(path: &Path, max: u64) -> Result<String> {
     String::from_utf8(read_bounded(path, max)?).map_err(|_| Error::format(path, "not UTF-8 text"))

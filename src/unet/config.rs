@@ -429,6 +429,19 @@ pub fn preset_or_file(name_or_path: &str) -> Result<UNetConfig> {
         return UNetConfig::from_file(&p);
     }
     let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+    if crate::io::input::looks_like_path(name_or_path) {
+        // A path that is not there: a missing file (exit 1), not a bad flag value.
+        return Err(Error::io(
+            &p,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "no such file or directory (and not a preset: {})",
+                    names.join(", ")
+                ),
+            ),
+        ));
+    }
     Err(Error::invalid(format!(
         "'{name_or_path}' is neither a preset ({}) nor an existing file or directory",
         names.join(", ")
