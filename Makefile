@@ -6,7 +6,7 @@ export RAYON_NUM_THREADS ?= $(shell nproc)
 # optimised, which outweighs the longer compile.
 TEST_PROFILE ?= --release
 
-.PHONY: all build test fmt-check clippy bench demo clean
+.PHONY: all build test fmt-check clippy bench demo clean cuda metal
 
 all: build
 
@@ -17,6 +17,16 @@ test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test $(TEST_PROFILE)
+
+# The CUDA build (target/cuda/release/diffuse) on any machine: a system toolkit if found, else
+# CUDA 13.0 from PyPI wheels into .cuda/; no GPU or driver needed to build. FEATURES=cudnn adds
+# cuDNN; CUDA_COMPUTE_CAP (default 90) the architecture. See scripts/cuda-build.sh.
+cuda:
+	./scripts/cuda-build.sh
+
+# Metal (macOS only; cannot be built on this Linux machine).
+metal:
+	$(CARGO) build --release --features metal
 
 # Benchmarks print medians over repeats and ratios against bounds measured in the same run.
 # PEER_PYTHON=/path/to/venv/bin/python (torch + diffusers) adds PyTorch measured side by side.

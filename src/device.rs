@@ -17,8 +17,13 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     match kind.as_str() {
         "auto" => {
             if candle_core::utils::cuda_is_available() {
-                Ok(Device::new_cuda(0)?)
-            } else if candle_core::utils::metal_is_available() {
+                match open_cuda(0) {
+                    Ok(d) => return Ok(d),
+                    // One CUDA binary serves machines without a GPU too, as PyTorch's do.
+                    Err(why) => tracing::warn!("CUDA is not usable ({why}); using the CPU"),
+                }
+            }
+            if candle_core::utils::metal_is_available() {
                 Ok(Device::new_metal(0)?)
             } else {
                 Ok(Device::Cpu)
@@ -34,8 +39,8 @@ pub fn parse_device(spec: &str) -> Result<Device> {
                     "device 'cuda': this build has no CUDA support (rebuild with `--features cuda`)",
                 ));
             }
-            Device::new_cuda(ordinal)
-                .map_err(|e| Error::invalid(format!("device 'cuda:{ordinal}': {e}")))
+            open_cuda(ordinal)
+                .map_err(|why| Error::Runtime(format!("device 'cuda:{ordinal}': {why}")))
         }
         "metal" => {
             if !candle_core::utils::metal_is_available() {
@@ -49,6 +54,26 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         other => Err(Error::invalid(format!(
             "unknown device '{other}' (expected auto, cpu, cuda[:N] or metal[:N])"
         ))),
+    }
+}
+
+/// Open CUDA device `ordinal`, or say in one line why not. The driver is loaded at run time
+/// (cudarc's dynamic loading), and a missing libcuda panics inside cudarc: that panic is caught
+/// and silenced here, so a machine without a driver gets a message, not a backtrace.
+fn open_cuda(ordinal: usize) -> std::result::Result<Device, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(|| Device::new_cuda(ordinal));
+    std::panic::set_hook(hook);
+    match r {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => Err(e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("unknown error")
+            .to_string()),
+        Err(_) => Err("no NVIDIA driver found (libcuda.so.1 could not be loaded)".into()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! deterministic chains driven by an exact analytic denoiser (sampler_chains.safetensors).
 mod common;
 use candle_core::{DType, Device, Tensor};
-use common::{load_golden, max_abs_diff, read_schedule_csv};
+use common::{load_golden, max_abs_diff};
 use diffuse::core::rng::NoiseRng;
 use diffuse::core::schedule::{BetaSchedule, Schedule};
 use diffuse::sampler::ddim::{ddim_step, DdimParams};
@@ -10,7 +10,7 @@ use diffuse::sampler::ddpm::{ddpm_step, ddpm_variance, DdpmParams};
 use diffuse::sampler::timesteps::ddim_timesteps;
 use diffuse::sampler::{
     build, build_with_arithmetic, run, sample, PredictionType, SamplerConfig, SamplerKind,
-    SchedulerConfig, SigmaArithmetic, StepInfo, TimestepSpacing, VarianceType,
+    SigmaArithmetic, StepInfo, TimestepSpacing, VarianceType,
 };
 use diffuse::Result;
 
@@ -35,10 +35,6 @@ fn f32s(t: &Tensor) -> Vec<f64> {
 }
 
 /// diffusers' float32 alphas_cumprod (schedules.csv), as f64.
-fn diffusers_alpha_bar(name: &str) -> Vec<f64> {
-    read_schedule_csv("schedules.csv").0[name].1.clone()
-}
-
 #[test]
 fn ddim_steps_match_diffusers() {
     let g = load_golden("ddim_step.safetensors");
@@ -109,7 +105,7 @@ fn ddim_steps_match_diffusers() {
 fn ddpm_posterior_mean_and_variances_match_diffusers() {
     let g = load_golden("ddim_step.safetensors");
     let (x, mo) = (&g["sample"], &g["model_output"]);
-    let dab = diffusers_alpha_bar("linear");
+    let dab = common::diffusers_alpha_bar("linear");
     let ours = Schedule::named(BetaSchedule::Linear, 1000).unwrap();
     for (variant, clip) in [("ddpm", None), ("ddpm_clip", Some(1.0))] {
         let ts = i64s(&g[&format!("{variant}_step_t")]);
@@ -163,63 +159,6 @@ fn ddpm_posterior_mean_and_variances_match_diffusers() {
     }
 }
 
-/// The exact denoiser for x0 ~ N(m, 0.25) per pixel, in f64 from the f32 input, with
-/// a = sqrt(abar_t) from diffusers' float32 table, as the golden's generator computes it.
-fn analytic_model(
-    m: Vec<f32>,
-    abar: Vec<f64>,
-    prediction: PredictionType,
-) -> impl FnMut(&Tensor, &Tensor) -> Result<Tensor> {
-    move |x: &Tensor, t: &Tensor| {
-        let ts: Vec<u32> = t.to_vec1()?;
-        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let per = xs.len() / ts.len();
-        let s2 = 0.25f64;
-        let out: Vec<f32> = xs
-            .iter()
-            .enumerate()
-            .map(|(i, &xi)| {
-                let ab = abar[ts[i / per] as usize];
-                let (a, sig) = (ab.sqrt(), (1.0 - ab).sqrt());
-                let xi = xi as f64;
-                let mi = m[i % m.len()] as f64;
-                let eps = sig * (xi - a * mi) / (a * a * s2 + sig * sig);
-                (match prediction {
-                    PredictionType::Epsilon => eps,
-                    PredictionType::VPrediction => {
-                        let x0 = (xi - sig * eps) / a;
-                        a * eps - sig * x0
-                    }
-                    PredictionType::Sample => (xi - sig * eps) / a,
-                }) as f32
-            })
-            .collect();
-        Ok(Tensor::from_vec(out, x.shape(), x.device())?)
-    }
-}
-
-fn chain_config(
-    kind: SamplerKind,
-    sched: &str,
-    pred: PredictionType,
-    spacing: TimestepSpacing,
-    steps: usize,
-) -> SamplerConfig {
-    SamplerConfig {
-        kind,
-        steps,
-        eta: 0.0,
-        scheduler: SchedulerConfig {
-            class_name: kind.diffusers_class().into(),
-            beta_schedule: sched.into(),
-            clip_sample: false,
-            prediction_type: pred,
-            timestep_spacing: Some(spacing),
-            ..SchedulerConfig::default()
-        },
-    }
-}
-
 #[test]
 fn whole_chains_match_diffusers() {
     let g = load_golden("sampler_chains.safetensors");
@@ -228,7 +167,7 @@ fn whole_chains_match_diffusers() {
     let (mut worst, mut worst_emulated) = (0f64, 0f64);
     let mut count = 0;
     for sched in ["linear", "squaredcos_cap_v2"] {
-        let dab = diffusers_alpha_bar(sched);
+        let dab = common::diffusers_alpha_bar(sched);
         for (pred, pname) in [
             (PredictionType::Epsilon, "epsilon"),
             (PredictionType::VPrediction, "v_prediction"),
@@ -272,14 +211,14 @@ fn whole_chains_match_diffusers() {
             ];
             for (kind, kname, spacing, sname, steps) in runs {
                 let key = format!("{kname}_{sched}_{pname}_{sname}_{steps}");
-                let cfg = chain_config(kind, sched, pred, spacing, steps);
+                let cfg = common::chain_config(kind, sched, pred, spacing, steps);
                 let mut ours = build(&cfg).unwrap();
                 assert_eq!(
                     ours.timesteps(),
                     i64s(&g[&format!("{key}_timesteps")]),
                     "{key}"
                 );
-                let mut model = analytic_model(m.clone(), dab.clone(), pred);
+                let mut model = common::analytic_model(m.clone(), dab.clone(), pred);
                 let mut rng = NoiseRng::new(0);
                 let x0 = run(ours.as_mut(), &mut model, x_t, &mut rng, None).unwrap();
                 // diffusers' own alpha_bar table, and (DPM) its f32 sigma arithmetic.
@@ -477,7 +416,7 @@ fn stochastic_samplers_have_the_exact_output_moments() {
         (SamplerKind::Ddim, 100, 1.0, VarianceType::FixedSmall),
         (SamplerKind::Ddim, 100, 0.5, VarianceType::FixedSmall),
     ] {
-        let mut cfg = chain_config(
+        let mut cfg = common::chain_config(
             kind,
             "linear",
             PredictionType::Epsilon,
@@ -490,7 +429,7 @@ fn stochastic_samplers_have_the_exact_output_moments() {
         let (mean_th, var_th) = theory(kind, &ts, &ab, eta, var, &m);
         let mut rng = NoiseRng::new(42);
         let x_t = rng.randn((n, 1, 8, 8), &Device::Cpu).unwrap();
-        let mut model = analytic_model(m.clone(), ab.clone(), PredictionType::Epsilon);
+        let mut model = common::analytic_model(m.clone(), ab.clone(), PredictionType::Epsilon);
         let mut seen = 0;
         let mut cb = |s: &StepInfo| -> Result<()> {
             assert_eq!((s.index, s.t), (seen, ts[seen]));

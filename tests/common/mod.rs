@@ -5,8 +5,12 @@ use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// `tests/data/NAME`. `DIFFUSE_REPO` names the checkout at run time, for a test executable
+/// carried to another machine (scripts/gpu-check.sh); else the one it was built from.
 pub fn data_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("DIFFUSE_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .join("tests")
         .join("data")
         .join(name)
@@ -122,4 +126,68 @@ pub fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Ve
         }
     }
     m
+}
+
+/// The exact denoiser for x0 ~ N(m, 0.25) per pixel, in f64 from the f32 input, with
+/// a = sqrt(abar_t) from diffusers' float32 table, as the golden's generator computes it.
+pub fn analytic_model(
+    m: Vec<f32>,
+    abar: Vec<f64>,
+    prediction: diffuse::sampler::PredictionType,
+) -> impl FnMut(&Tensor, &Tensor) -> diffuse::Result<Tensor> {
+    move |x: &Tensor, t: &Tensor| {
+        let ts: Vec<u32> = t.to_vec1()?;
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let per = xs.len() / ts.len();
+        let s2 = 0.25f64;
+        let out: Vec<f32> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, &xi)| {
+                let ab = abar[ts[i / per] as usize];
+                let (a, sig) = (ab.sqrt(), (1.0 - ab).sqrt());
+                let xi = xi as f64;
+                let mi = m[i % m.len()] as f64;
+                let eps = sig * (xi - a * mi) / (a * a * s2 + sig * sig);
+                use diffuse::sampler::PredictionType;
+                (match prediction {
+                    PredictionType::Epsilon => eps,
+                    PredictionType::VPrediction => {
+                        let x0 = (xi - sig * eps) / a;
+                        a * eps - sig * x0
+                    }
+                    PredictionType::Sample => (xi - sig * eps) / a,
+                }) as f32
+            })
+            .collect();
+        Ok(Tensor::from_vec(out, x.shape(), x.device())?)
+    }
+}
+
+pub fn chain_config(
+    kind: diffuse::sampler::SamplerKind,
+    sched: &str,
+    pred: diffuse::sampler::PredictionType,
+    spacing: diffuse::sampler::TimestepSpacing,
+    steps: usize,
+) -> diffuse::sampler::SamplerConfig {
+    use diffuse::sampler::{SamplerConfig, SchedulerConfig};
+    SamplerConfig {
+        kind,
+        steps,
+        eta: 0.0,
+        scheduler: SchedulerConfig {
+            class_name: kind.diffusers_class().into(),
+            beta_schedule: sched.into(),
+            clip_sample: false,
+            prediction_type: pred,
+            timestep_spacing: Some(spacing),
+            ..SchedulerConfig::default()
+        },
+    }
+}
+
+/// diffusers' float32 alpha_bar table of a schedule (tests/data/schedules.csv).
+pub fn diffusers_alpha_bar(name: &str) -> Vec<f64> {
+    read_schedule_csv("schedules.csv").0[name].1.clone()
 }

@@ -1,0 +1,177 @@
+//! The device check: the golden UNet, the forward process, whole sampler chains and 50
+//! training steps on the device `DIFFUSE_TEST_DEVICE` names (default `cpu`, so `make test`
+//! runs it as a dry run; `scripts/gpu-check.sh` runs it with `cuda`), each against diffusers'
+//! golden outputs or against the same computation on the CPU.
+mod common;
+use candle_core::{Device, Tensor};
+use common::{data_path, load_golden, max_abs_diff};
+use diffuse::core::forward::ForwardProcess;
+use diffuse::core::rng::NoiseRng;
+use diffuse::core::schedule::{BetaSchedule, Schedule};
+use diffuse::sampler::{build, run, PredictionType, SamplerKind, TimestepSpacing};
+use diffuse::train::{train, Start, TrainConfig};
+use std::sync::atomic::AtomicBool;
+
+fn device() -> Device {
+    let spec = std::env::var("DIFFUSE_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let d = diffuse::device::parse_device(&spec).unwrap();
+    println!("device {spec}: {d:?}");
+    d
+}
+
+#[test]
+fn golden_unet_on_the_device() {
+    let dev = device();
+    let (_, _, model) = diffuse::unet::load(&data_path("unet_tiny"), &dev).unwrap();
+    let io = load_golden("unet_tiny/io.safetensors");
+    let x = io["x"].to_device(&dev).unwrap();
+    let t = io["timesteps"].to_device(&dev).unwrap();
+    let y = model.forward(&x, &t, false).unwrap();
+    let d = max_abs_diff(&y.to_device(&Device::Cpu).unwrap(), &io["output"]);
+    println!("unet_tiny output on {dev:?}: max abs err {d:.3e} (tolerance 1e-4)");
+    assert!(d < 1e-4, "{d}");
+}
+
+#[test]
+fn q_sample_on_the_device_equals_the_cpu() {
+    let dev = device();
+    let schedule = Schedule::named(BetaSchedule::Cosine, 1000).unwrap();
+    let mut rng = NoiseRng::new(3);
+    let x0 = rng.randn((16, 3, 32, 32), &Device::Cpu).unwrap();
+    let eps = rng.randn((16, 3, 32, 32), &Device::Cpu).unwrap();
+    let ts: Vec<u32> = (0..16).map(|i| i * 66).collect();
+    let on = |d: &Device| {
+        let fp = ForwardProcess::new(schedule.clone(), d).unwrap();
+        let t = fp.timesteps_tensor(&ts).unwrap();
+        fp.q_sample(&x0.to_device(d).unwrap(), &t, &eps.to_device(d).unwrap())
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+    };
+    let d = max_abs_diff(&on(&dev), &on(&Device::Cpu));
+    println!("q_sample {dev:?} vs CPU: max abs diff {d:.3e} (tolerance 1e-6)");
+    assert!(d < 1e-6, "{d}");
+}
+
+#[test]
+fn golden_sampler_chains_on_the_device() {
+    let dev = device();
+    let g = load_golden("sampler_chains.safetensors");
+    let x_t = g["x_T"].to_device(&dev).unwrap();
+    let m: Vec<f32> = g["m"].flatten_all().unwrap().to_vec1().unwrap();
+    let mut worst = 0f64;
+    for (kind, kname, spacing, sname, steps, sched, pred, pname) in [
+        (
+            SamplerKind::Ddim,
+            "ddim",
+            TimestepSpacing::Leading,
+            "leading",
+            50,
+            "linear",
+            PredictionType::Epsilon,
+            "epsilon",
+        ),
+        (
+            SamplerKind::Ddim,
+            "ddim",
+            TimestepSpacing::Trailing,
+            "trailing",
+            50,
+            "squaredcos_cap_v2",
+            PredictionType::VPrediction,
+            "v_prediction",
+        ),
+        (
+            SamplerKind::DpmSolverPP,
+            "dpmpp2m",
+            TimestepSpacing::Linspace,
+            "linspace",
+            20,
+            "linear",
+            PredictionType::Epsilon,
+            "epsilon",
+        ),
+        (
+            SamplerKind::DpmSolverPP,
+            "dpmpp2m",
+            TimestepSpacing::Trailing,
+            "trailing",
+            10,
+            "squaredcos_cap_v2",
+            PredictionType::VPrediction,
+            "v_prediction",
+        ),
+    ] {
+        let key = format!("{kname}_{sched}_{pname}_{sname}_{steps}");
+        let cfg = common::chain_config(kind, sched, pred, spacing, steps);
+        let mut s = build(&cfg).unwrap();
+        let mut model = common::analytic_model(m.clone(), common::diffusers_alpha_bar(sched), pred);
+        let x0 = run(s.as_mut(), &mut model, &x_t, &mut NoiseRng::new(0), None).unwrap();
+        assert!(x0.device().same_device(&dev));
+        let e = max_abs_diff(
+            &x0.to_device(&Device::Cpu).unwrap(),
+            &g[&format!("{key}_x0")],
+        );
+        println!("{key} on {dev:?}: max abs err {e:.2e} (tolerance 1e-4)");
+        worst = worst.max(e);
+    }
+    assert!(worst < 1e-4, "{worst}");
+}
+
+#[test]
+fn fifty_training_steps_match_the_cpu() {
+    let dev = device();
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    std::env::set_var(
+        "HF_HOME",
+        std::env::temp_dir().join("diffuse-device-empty-hf"),
+    );
+    let run_on = |d: &Device, out: &std::path::Path| {
+        let cfg = TrainConfig {
+            data_dir: out.join("no-data"),
+            model_config: data_path("tiny28/config.json").display().to_string(),
+            out: out.to_path_buf(),
+            steps: Some(50),
+            batch_size: 16,
+            limit: Some(256),
+            lr: 1e-3,
+            warmup: 5,
+            log_every: 1,
+            checkpoint_every: 50,
+            sample_every: 0,
+            num_samples: 4,
+            progress: false,
+            ..TrainConfig::default()
+        };
+        train(&cfg, d, Start::Fresh, &AtomicBool::new(false)).unwrap();
+        std::fs::read_to_string(out.join("loss.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(1).unwrap().parse::<f64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let on_dev = run_on(&dev, a.path());
+    let on_cpu = run_on(&Device::Cpu, b.path());
+    assert_eq!(on_dev.len(), 50);
+    let worst = on_dev
+        .iter()
+        .zip(&on_cpu)
+        .map(|(x, y)| (x - y).abs() / y.abs())
+        .fold(0f64, f64::max);
+    println!(
+        "50 training steps on {dev:?} vs CPU: worst relative loss difference {worst:.2e} \
+         (tolerance 1e-3); last losses {:.5} / {:.5}",
+        on_dev[49], on_cpu[49]
+    );
+    assert!(worst < 1e-3, "{worst}");
+    // The device run's checkpoint loads back on the CPU.
+    let (ucfg, _, model) = diffuse::unet::load(&a.path().join("unet"), &Device::Cpu).unwrap();
+    let (c, h, w) = ucfg.image_shape().unwrap();
+    let x = Tensor::zeros((1, c, h, w), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let y = model
+        .forward(&x, &Tensor::new(&[10u32], &Device::Cpu).unwrap(), false)
+        .unwrap();
+    assert_eq!(y.dims(), &[1, c, h, w]);
+}
