@@ -6,7 +6,7 @@
 # Needs gpu/diffuse and gpu/device-test (the CUDA binary and tests/device.rs's executable,
 # from `make cuda` with TESTS=1; .xz versions are unpacked), and for the PyTorch columns
 # diffusers' wheel (and importlib_metadata's) in gpu/wheels. `cpu` runs the same steps on the
-# CPU: the dry run this machine can do. Writes $OUT/report.md (or gpu-report/report.md):
+# CPU: the dry run this machine can do (MNIST_STEPS, CIFAR_STEPS and SAMPLE_N shrink it). Writes $OUT/report.md (or gpu-report/report.md):
 # 1. correctness on the device (tests/device.rs: golden UNet, q_sample vs CPU, golden
 #    sampler chains, 50 training steps vs the CPU and the checkpoint back on the CPU);
 # 2. speed: train step images/s (mnist preset batch 64, cifar10 preset batch 128) and
@@ -23,16 +23,30 @@ bin=gpu/diffuse
 [ -x "$bin" ] || bin=target/release/diffuse
 tests=gpu/device-test
 say() { echo "$*" | tee -a "$report"; }
+# cudarc opens cuBLAS, cuRAND and the driver at run time: let it find the toolkit's and the
+# Python wheels' libraries (PyTorch's nvidia-* packages) as well as the system's.
+wheel_libs=$(python3 - <<'PY' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except Exception:
+    roots = []
+print(":".join(sorted({d for r in roots for d in glob.glob(os.path.join(r, "**", "lib"), recursive=True)})))
+PY
+)
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}/usr/local/cuda/lib64:$wheel_libs"
 : >"$report"
 say "# diffuse GPU check ($dev), $(date -u +%FT%TZ)"
 say ""
 say "- machine: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
 say "- binary: $($bin --version)"
+say "- first use: $($bin noise data/sample.png --t 500 --device "$dev" -o "$tmp/probe.png" 2>&1 | tail -1)"
 
 say ""
 say "## 1. Correctness on the device"
 say '```'
-DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 300 "$tests" --test-threads 1 --nocapture 2>&1 |
+DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 150 "$tests" --test-threads 1 --nocapture 2>&1 |
   grep -E "device |max abs|tolerance|^test |test result|panicked|error" | tee -a "$report"
 say '```'
 
@@ -53,24 +67,25 @@ PY
 run_ours() { # name model-config dataset batch steps
   local name=$1 cfg=$2 data=$3 b=$4 steps=$5
   local t0=$(date +%s.%N)
-  timeout 240 $bin train --device "$dev" --model-config "$cfg" --dataset "$data" --batch-size "$b" \
+  timeout 150 $bin train --device "$dev" --model-config "$cfg" --dataset "$data" --batch-size "$b" \
     --train-steps "$steps" --log-every 1 --sample-every 0 --checkpoint-every 100000 -n 4 \
     -o "$tmp/$name" >/dev/null 2>"$tmp/$name.err" || { say "| $name train | failed: $(tail -1 "$tmp/$name.err") |"; return; }
   local t1=$(date +%s.%N)
-  timeout 240 $bin sample --device "$dev" --model "$tmp/$name" -n 256 --batch-size 256 --steps 50 -o "$tmp/$name.png" >/dev/null 2>"$tmp/$name.serr"
+  timeout 90 $bin sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 -o "$tmp/$name.png" >/dev/null 2>"$tmp/$name.serr"
   local t2=$(date +%s.%N)
-  say "| $name | ours | $(ips "$tmp/$name/loss.csv") | $(echo "$t2 - $t1" | bc) s (whole command) |"
+  say "| $name | ours | $(ips "$tmp/$name/loss.csv") | $(printf '%.2f' "$(echo "$t2 - $t1" | bc)") s (whole command) |"
 }
 say "| model, batch | side | train images/s | DDIM-50, 256 images |"
 say "|---|---|---|---|"
-run_ours mnist-b64 mnist mnist 64 200
-run_ours cifar10-b128 cifar10 "$tmp/rgb" 128 40
+run_ours mnist-b64 mnist mnist 64 "${MNIST_STEPS:-200}"
+run_ours cifar10-b128 cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}"
 if [ "$dev" = cuda ] && ls gpu/wheels/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site gpu/wheels/*.whl && export PYTHONPATH=/tmp/site
   for spec in "mnist-b64 models/mnist/config.json 64" "cifar10-b128 models/cifar10/config.json 128"; do
     read -r name cfg b <<<"$spec"
     for mode in eager compile; do
-      j=$(timeout 240 python3 scripts/gpu_peer.py "$cfg" "$b" 20 256 "$mode" 2>"$tmp/peer.err" | tail -1)
+      limit=90; [ "$mode" = compile ] && limit=120
+      j=$(timeout $limit python3 scripts/gpu_peer.py "$cfg" "$b" 20 256 "$mode" 2>"$tmp/peer.err" | tail -1)
       if [ -n "$j" ]; then
         say "| $name | PyTorch $mode | $(echo "$j" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["train_images_per_s"], "|", d["ddim50_s"], "s (loop only)")') |"
       else
