@@ -66,14 +66,13 @@ for i in range(1024):
 PY
 run_ours() { # name model-config dataset batch steps
   local name=$1 cfg=$2 data=$3 b=$4 steps=$5
-  local t0=$(date +%s.%N)
   timeout 150 $bin train --device "$dev" --model-config "$cfg" --dataset "$data" --batch-size "$b" \
     --train-steps "$steps" --log-every 1 --sample-every 0 --checkpoint-every 100000 -n 4 \
     -o "$tmp/$name" >/dev/null 2>"$tmp/$name.err" || { say "| $name train | failed: $(tail -1 "$tmp/$name.err") |"; return; }
   local t1=$(date +%s.%N)
   timeout 90 $bin sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 -o "$tmp/$name.png" >/dev/null 2>"$tmp/$name.serr"
   local t2=$(date +%s.%N)
-  say "| $name | ours | $(ips "$tmp/$name/loss.csv") | $(printf '%.2f' "$(echo "$t2 - $t1" | bc)") s (whole command) |"
+  say "| $name | ours | $(ips "$tmp/$name/loss.csv") | $(python3 -c "print(f'{$t2 - $t1:.2f}')") s (whole command) |"
 }
 say "| model, batch | side | train images/s | DDIM-50, 256 images |"
 say "|---|---|---|---|"
