@@ -105,7 +105,7 @@ pub const DEFAULT_STEPS: usize = 3500;
 /// How a run starts with respect to what is already in its output directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Start {
-    /// A new run: the output directory must be missing or empty.
+    /// A new run: the output directory must not hold an earlier run.
     Fresh,
     /// A new run that first removes what an earlier run wrote there (`--force`).
     Force,
@@ -395,13 +395,14 @@ pub fn train(
             )));
         }
         for k in ["lr", "steps", "epochs"] {
-            let v = |c: &TrainConfig| serde_json::to_value(c).ok().and_then(|j| j.get(k).cloned());
+            let v = |c: &TrainConfig| {
+                serde_json::to_value(c)
+                    .ok()
+                    .and_then(|j| j.get(k).map(|x| x.to_string()))
+                    .unwrap_or_default()
+            };
             if v(&st.config) != v(cfg) {
-                tracing::info!(
-                    "--resume: {k} changes from {:?} to {:?}",
-                    v(&st.config),
-                    v(cfg)
-                );
+                tracing::info!("--resume: {k} changes from {} to {}", v(&st.config), v(cfg));
             }
         }
         checkpoint::restore(&st, &vars, &mut opt, &mut ema)?;
