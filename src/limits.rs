@@ -53,6 +53,36 @@ pub fn check_pixels(what: &str, n: usize, h: usize, w: usize) -> Result<()> {
     Ok(())
 }
 
+/// `--gif-frames` within 1..=[`MAX_GIF_FRAMES`].
+pub fn check_gif_frames(n: usize) -> Result<()> {
+    check_count(
+        "--gif-frames",
+        n,
+        MAX_GIF_FRAMES,
+        "a longer GIF is too large to share",
+    )
+}
+
+/// `--num` images in one grid within 1..=[`MAX_GRID`].
+pub fn check_grid(n: usize) -> Result<()> {
+    check_count(
+        "--num",
+        n,
+        MAX_GRID,
+        "a larger grid is bigger than any screen",
+    )
+}
+
+/// `--size` within 1..=[`MAX_IMAGE_SIDE`].
+pub fn check_image_side(n: u32) -> Result<()> {
+    check_count(
+        "--size",
+        n as usize,
+        MAX_IMAGE_SIDE as usize,
+        "a 4096x4096 RGB image is already 200 MB in f32",
+    )
+}
+
 /// Memory the system can still give (Linux `MemAvailable`), in bytes; None where unknown.
 pub fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -19,12 +19,7 @@ pub struct ShowRequest {
 
 /// Write the grid; returns a one-line summary of the dataset and what was written.
 pub fn show(req: &ShowRequest) -> Result<String> {
-    limits::check_count(
-        "--num",
-        req.num,
-        limits::MAX_GRID,
-        "a larger grid is bigger than any screen",
-    )?;
+    limits::check_grid(req.num)?;
     output::check_outputs(&[&req.output], &[], &[])?;
     let ds = data::load(&req.data)?;
     let img = data::preview::grid(&ds, req.num, req.seed)?;

@@ -93,20 +93,10 @@ pub fn run(req: &NoiseRequest, device: &Device) -> Result<Vec<PathBuf>> {
     let schedule = Schedule::new(&req.schedule)?;
     let timesteps = req.resolve_timesteps(&schedule)?;
     if let Some(s) = req.size {
-        limits::check_count(
-            "--size",
-            s as usize,
-            limits::MAX_IMAGE_SIDE as usize,
-            "a 4096x4096 RGB image is already 200 MB in f32",
-        )?;
+        limits::check_image_side(s)?;
     }
     if req.gif.is_some() {
-        limits::check_count(
-            "--gif-frames",
-            req.gif_frames,
-            limits::MAX_GIF_FRAMES,
-            "a longer GIF is too large to share",
-        )?;
+        limits::check_gif_frames(req.gif_frames)?;
     }
     let out = req
         .output

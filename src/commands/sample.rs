@@ -74,13 +74,7 @@ fn validate(req: &SampleRequest) -> Result<()> {
     if let Some(b) = req.batch_size {
         limits::check_count("--batch-size", b, limits::MAX_NUM, "the bound of --num")?;
     }
-    limits::check_count(
-        "--gif-frames",
-        req.gif_frames,
-        limits::MAX_GIF_FRAMES,
-        "a longer GIF is too large to share",
-    )?;
-    Ok(())
+    limits::check_gif_frames(req.gif_frames)
 }
 
 /// The safetensors header for one F32 tensor "samples" of `shape`, padded to 8 bytes as the

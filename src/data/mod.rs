@@ -252,12 +252,7 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
         ),
         DatasetKind::Cifar10 => (cifar::load(&cfg.data_dir, cfg.split)?, 0),
         DatasetKind::Folder(dir) => {
-            crate::limits::check_count(
-                "--size",
-                cfg.sample_size as usize,
-                crate::limits::MAX_IMAGE_SIDE as usize,
-                "a 4096x4096 RGB image is already 200 MB in f32",
-            )?;
+            crate::limits::check_image_side(cfg.sample_size)?;
             folder::load(dir, cfg.sample_size, cfg.in_channels)?
         }
     };

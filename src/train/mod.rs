@@ -204,12 +204,7 @@ fn validate(cfg: &TrainConfig) -> Result<()> {
     if cfg.batch_size == 0 {
         return Err(Error::invalid("--batch-size must be at least 1"));
     }
-    crate::limits::check_count(
-        "--num",
-        cfg.num_samples,
-        crate::limits::MAX_GRID,
-        "a larger grid is bigger than any screen",
-    )?;
+    crate::limits::check_grid(cfg.num_samples)?;
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
         return Err(Error::invalid(format!("--lr {} must be positive", cfg.lr)));
     }
