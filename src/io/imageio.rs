@@ -114,12 +114,6 @@ pub fn png_bytes(img: &RgbImage, path: &Path) -> Result<Vec<u8>> {
     )
 }
 
-/// Save a [C,H,W] tensor in [-1,1] as PNG (gray stays gray).
-pub fn save_tensor_png(t: &Tensor, path: &Path) -> Result<()> {
-    let buf = tensor_png_bytes(t, path)?;
-    write_atomic(path, |w| w.write_all(&buf))
-}
-
 /// A [C,H,W] tensor in [-1,1] as PNG bytes (gray stays gray).
 pub fn tensor_png_bytes(t: &Tensor, path: &Path) -> Result<Vec<u8>> {
     let rgb = tensor_to_rgb(t)?;
@@ -163,12 +157,6 @@ pub fn upscale(img: &RgbImage, min_side: u32) -> RgbImage {
         return img.clone();
     }
     image::imageops::resize(img, img.width() * k, img.height() * k, FilterType::Nearest)
-}
-
-/// Write frames as an infinitely looping GIF, atomically.
-pub fn save_gif(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<()> {
-    let buf = gif_bytes(frames, delay_ms, path)?;
-    write_atomic(path, |w| w.write_all(&buf))
 }
 
 /// Frames as an infinitely looping GIF in memory.

@@ -144,10 +144,6 @@ impl Staged {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.target
-    }
-
     /// An I/O error while writing, as our error naming the target.
     pub fn error(&self, e: std::io::Error) -> Error {
         Error::io(&self.target, plain(e))
