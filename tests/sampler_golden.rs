@@ -213,11 +213,11 @@ fn whole_chains_match_diffusers() {
                 let key = format!("{kname}_{sched}_{pname}_{sname}_{steps}");
                 let cfg = common::chain_config(kind, sched, pred, spacing, steps);
                 let mut ours = build(&cfg).unwrap();
-                assert_eq!(
-                    ours.timesteps(),
-                    i64s(&g[&format!("{key}_timesteps")]),
-                    "{key}"
-                );
+                let want_t: Vec<f64> = i64s(&g[&format!("{key}_timesteps")])
+                    .into_iter()
+                    .map(|t| t as f64)
+                    .collect();
+                assert_eq!(ours.timesteps(), &want_t[..], "{key}");
                 let mut model = common::analytic_model(m.clone(), dab.clone(), pred);
                 let mut rng = NoiseRng::new(0);
                 let x0 = run(ours.as_mut(), &mut model, x_t, &mut rng, None).unwrap();
@@ -318,11 +318,61 @@ fn bad_inputs_are_usage_errors() {
             "{msg}"
         );
     }
-    let e = SamplerKind::parse("euler").unwrap_err();
+    let e = SamplerKind::parse("eulr").unwrap_err();
+    let msg = e.to_string();
     assert!(
-        e.is_usage() && e.to_string().contains("unknown sampler 'euler'"),
+        e.is_usage()
+            && msg.contains("unknown sampler 'eulr'")
+            && SamplerKind::ALL.iter().all(|k| msg.contains(k.name())),
         "{e}"
     );
+    for (name, kind) in [
+        ("EulerAncestralDiscreteScheduler", SamplerKind::EulerAncestral),
+        ("euler_a", SamplerKind::EulerAncestral),
+        ("HEUN", SamplerKind::Heun),
+        ("dpm++3m", SamplerKind::DpmSolverPP3M),
+        ("dpm++2m-sde", SamplerKind::DpmSolverSde),
+        ("UniPCMultistepScheduler", SamplerKind::UniPc),
+        ("plms", SamplerKind::Pndm),
+        ("DEISMultistepScheduler", SamplerKind::Deis),
+    ] {
+        assert_eq!(SamplerKind::parse(name).unwrap(), kind, "{name}");
+    }
+    // Karras where there are no sigmas; PNDM on an x0 model; a DEIS order diffusers lacks.
+    let karras_ddim = SamplerConfig {
+        kind: SamplerKind::Ddim,
+        karras: true,
+        ..Default::default()
+    };
+    let e = build(&karras_ddim).err().unwrap();
+    assert!(e.is_usage() && e.to_string().contains("--karras") && e.to_string().contains("ddim has none"), "{e}");
+    let mut pndm_x0 = SamplerConfig {
+        kind: SamplerKind::Pndm,
+        ..Default::default()
+    };
+    pndm_x0.scheduler.prediction_type = PredictionType::Sample;
+    let e = build(&pndm_x0).err().unwrap();
+    assert!(e.is_usage() && e.to_string().contains("pndm"), "{e}");
+    let mut deis3 = SamplerConfig {
+        kind: SamplerKind::Deis,
+        ..Default::default()
+    };
+    deis3.scheduler.solver_order = Some(3);
+    let e = build(&deis3).err().unwrap();
+    assert!(e.is_usage() && e.to_string().contains("solver_order"), "{e}");
+    // Every sampler refuses 0 steps and more steps than T, in one line.
+    for kind in SamplerKind::ALL {
+        for steps in [0, 1001] {
+            let cfg = SamplerConfig {
+                kind,
+                steps,
+                ..Default::default()
+            };
+            let e = build(&cfg).err().unwrap();
+            let msg = e.to_string();
+            assert!(e.is_usage() && !msg.contains('\n'), "{kind:?} {steps}: {msg}");
+        }
+    }
     assert_eq!(
         "DPM-Solver++".parse::<SamplerKind>().unwrap(),
         SamplerKind::DpmSolverPP
@@ -425,14 +475,19 @@ fn stochastic_samplers_have_the_exact_output_moments() {
         );
         cfg.eta = eta;
         cfg.scheduler.variance_type = Some(var);
-        let ts = build(&cfg).unwrap().timesteps().to_vec();
+        let ts: Vec<usize> = build(&cfg)
+            .unwrap()
+            .timesteps()
+            .iter()
+            .map(|t| *t as usize)
+            .collect();
         let (mean_th, var_th) = theory(kind, &ts, &ab, eta, var, &m);
         let mut rng = NoiseRng::new(42);
         let x_t = rng.randn((n, 1, 8, 8), &Device::Cpu).unwrap();
         let mut model = common::analytic_model(m.clone(), ab.clone(), PredictionType::Epsilon);
         let mut seen = 0;
         let mut cb = |s: &StepInfo| -> Result<()> {
-            assert_eq!((s.index, s.t), (seen, ts[seen]));
+            assert_eq!((s.index, s.t), (seen, ts[seen] as f64));
             seen += 1;
             Ok(())
         };

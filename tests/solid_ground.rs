@@ -432,9 +432,9 @@ fn missing_paths_and_bad_file_contents_exit_1() {
 #[test]
 fn clap_hints_stay_in_the_one_line() {
     fails(
-        &["sample", "--model", "m", "--sampler", "euler"],
+        &["sample", "--model", "m", "--sampler", "eulr"],
         2,
-        "possible values: ddpm, ddim, dpm-solver++",
+        "possible values: ddpm, ddim, euler, euler-a, heun, dpm-solver++",
     );
     fails(
         &["sample", "--model", "m", "--sampelr", "ddim"],

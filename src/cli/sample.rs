@@ -10,13 +10,17 @@ pub struct SampleCmd {
     /// (e.g. google/ddpm-cifar10-32) from the hub cache.
     #[arg(long)]
     model: String,
-    /// ddpm (DDPMScheduler), ddim (DDIMScheduler) or dpm-solver++
-    /// (DPMSolverMultistepScheduler); diffusers' class names and any case are accepted.
-    #[arg(long, value_enum, ignore_case = true, default_value = "ddim")]
-    sampler: SamplerKind,
-    /// Sampler (inference) steps [default: T for ddpm, 50 for ddim, 20 for dpm-solver++].
+    /// The sampler [default: the model's scheduler_config.json class, else ddim]; our names,
+    /// diffusers' class names, any case.
+    #[arg(long, value_enum, ignore_case = true, hide_possible_values = true, long_help = sampler_help())]
+    sampler: Option<SamplerKind>,
+    /// Sampler (inference) steps [default: per sampler, see --sampler; T for ddpm].
     #[arg(long)]
     steps: Option<usize>,
+    /// Karras et al.'s sigma ladder (diffusers' use_karras_sigmas) for samplers with sigmas:
+    /// euler, heun, dpm-solver++, dpm++3m, dpm++2m-sde, unipc.
+    #[arg(long)]
+    karras: bool,
     /// DDIM noise weight in [0, 1] (0: deterministic DDIM, 1: DDPM-like).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     eta: f64,
@@ -55,12 +59,41 @@ pub struct SampleCmd {
     dev: DeviceArgs,
 }
 
+/// `--help` for `--sampler`: every sampler, its diffusers class, default steps and when to use it.
+fn sampler_help() -> String {
+    let mut s = String::from(
+        "The sampler [default: the model's scheduler_config.json class, else ddim]. Our names, \
+         diffusers' class names, any case. Steps are diffusers' num_inference_steps; model \
+         evaluations in brackets where they differ.\n",
+    );
+    for k in SamplerKind::ALL {
+        let d = k.default_steps();
+        let nfe = k.evaluations(d);
+        let steps = if k == SamplerKind::Ddpm {
+            "T steps".to_string()
+        } else if nfe != d {
+            format!("{d} steps [{nfe} evals]")
+        } else {
+            format!("{d} steps")
+        };
+        s.push_str(&format!(
+            "\n  {:<12} {:<32} {:<20} {}",
+            k.name(),
+            k.diffusers_class(),
+            steps,
+            k.about()
+        ));
+    }
+    s
+}
+
 pub fn run(c: SampleCmd) -> anyhow::Result<()> {
     let req = SampleRequest {
         model: c.model,
         kind: c.sampler,
         steps: c.steps,
         eta: c.eta,
+        karras: c.karras,
         spacing: c.timestep_spacing,
         clip_sample: c.clip_sample.then_some(true),
         prediction: c.prediction,

@@ -18,9 +18,12 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SampleRequest {
     pub model: String,
-    pub kind: SamplerKind,
+    /// None: the model's scheduler_config.json `_class_name` decides (DDIM if we lack it).
+    pub kind: Option<SamplerKind>,
     pub steps: Option<usize>,
     pub eta: f64,
+    /// Karras sigmas (samplers with sigmas only).
+    pub karras: bool,
     pub spacing: Option<TimestepSpacing>,
     pub clip_sample: Option<bool>,
     pub prediction: Option<sampler::PredictionType>,
@@ -50,13 +53,33 @@ pub fn scheduler_config(loc: &ModelLocation, req: &SampleRequest) -> Result<Sche
     Ok(sc)
 }
 
-/// Default steps: all T for DDPM, 50 for DDIM, 20 for DPM-Solver++.
+/// Default steps: all T for DDPM, else the sampler's default (at most T).
 pub fn default_steps(kind: SamplerKind, t: usize) -> usize {
     match kind {
         SamplerKind::Ddpm => t,
-        SamplerKind::Ddim => 50.min(t),
-        SamplerKind::DpmSolverPP => 20.min(t),
+        k => k.default_steps().min(t),
     }
+}
+
+/// The sampler asked for, else the one the scheduler config names, else DDIM.
+pub fn resolve_kind(asked: Option<SamplerKind>, sc: &SchedulerConfig) -> SamplerKind {
+    asked.unwrap_or_else(|| match sc.sampler_kind() {
+        Some(k) => {
+            tracing::info!(
+                "sampler: {} (the model's scheduler is {}; --sampler picks another)",
+                k.name(),
+                sc.class_name
+            );
+            k
+        }
+        None => {
+            tracing::info!(
+                "sampler: ddim (the model's scheduler {} is not one we have)",
+                sc.class_name
+            );
+            SamplerKind::Ddim
+        }
+    })
 }
 
 /// Images per forward pass when `--batch-size` is not given: all of `--num` up to 256, so
@@ -107,18 +130,20 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
     let protected: Vec<&Path> = loc.root.as_deref().into_iter().collect();
     output::check_outputs(&outs, &[], &protected)?;
     let sc = scheduler_config(&loc, req)?;
+    let kind = resolve_kind(req.kind, &sc);
     let steps = req
         .steps
-        .unwrap_or_else(|| default_steps(req.kind, sc.num_train_timesteps));
+        .unwrap_or_else(|| default_steps(kind, sc.num_train_timesteps));
     let scfg = SamplerConfig {
-        kind: req.kind,
+        kind,
         steps,
         eta: req.eta,
+        karras: req.karras,
         scheduler: sc,
     };
     scfg.validate()?;
     // Build the scheduler once up front so bad step counts fail before any model work.
-    drop(sampler::build(&scfg)?);
+    let n_steps = sampler::build(&scfg)?.timesteps().len();
     let t0 = std::time::Instant::now();
     let (ucfg, vm, _) = unet::load(&loc.unet_dir, device)?;
     // Inference copy: no autograd graph is recorded through the weights.
@@ -132,11 +157,11 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
     let mut pb = Progress::new(
         "sample",
         "step",
-        (n_batches * steps) as u64,
+        (n_batches * n_steps) as u64,
         0,
         req.progress,
     );
-    let every = (steps / req.gif_frames).max(1);
+    let every = (n_steps / req.gif_frames).max(1);
     let grid_n = req.num.min(limits::MAX_GRID);
     if grid_n < req.num {
         pb.say(&format!(

@@ -52,6 +52,21 @@ pub struct SchedulerConfig {
     /// None or -Infinity: no clipping.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lambda_min_clipped: Option<f64>,
+    // UniPC / PNDM / Euler keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predict_x0: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disable_corrector: Option<Vec<usize>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip_prk_steps: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interpolation_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestep_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_exponential_sigmas: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_beta_sigmas: Option<bool>,
 }
 
 impl Default for SchedulerConfig {
@@ -81,13 +96,20 @@ impl Default for SchedulerConfig {
             final_sigmas_type: None,
             use_karras_sigmas: None,
             lambda_min_clipped: None,
+            predict_x0: None,
+            disable_corrector: None,
+            skip_prk_steps: None,
+            interpolation_type: None,
+            timestep_type: None,
+            use_exponential_sigmas: None,
+            use_beta_sigmas: None,
         }
     }
 }
 
 /// Python's json writes bare Infinity / NaN (e.g. `"lambda_min_clipped": -Infinity`), which
 /// is not JSON; such values become null, which every key here reads as its default.
-fn sanitize_python_json(text: &str) -> String {
+pub fn sanitize_python_json(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_str = false;
     let mut escaped = false;
@@ -190,9 +212,18 @@ impl SchedulerConfig {
     /// timestep_spacing, or diffusers' default for `kind`'s class.
     pub fn spacing_for(&self, kind: SamplerKind) -> TimestepSpacing {
         self.timestep_spacing.unwrap_or(match kind {
-            SamplerKind::DpmSolverPP => TimestepSpacing::Linspace,
-            _ => TimestepSpacing::Leading,
+            SamplerKind::Ddpm | SamplerKind::Ddim | SamplerKind::Pndm => TimestepSpacing::Leading,
+            _ => TimestepSpacing::Linspace,
         })
+    }
+
+    /// The sampler `_class_name` names (DDIM when it names none we have).
+    pub fn sampler_kind(&self) -> Option<SamplerKind> {
+        SamplerKind::from_class(
+            &self.class_name,
+            self.solver_order,
+            self.algorithm_type.as_deref(),
+        )
     }
 
     pub fn clip_range(&self) -> Option<f64> {
@@ -212,25 +243,63 @@ impl SchedulerConfig {
         if self.clip_sample && self.clip_sample_range <= 0.0 {
             return bad("clip_sample_range", &self.clip_sample_range);
         }
-        if kind == SamplerKind::DpmSolverPP {
-            if !matches!(self.solver_order, None | Some(1) | Some(2)) {
-                return bad("solver_order", &self.solver_order);
+        let multistep = matches!(
+            kind,
+            SamplerKind::DpmSolverPP
+                | SamplerKind::DpmSolverPP3M
+                | SamplerKind::DpmSolverSde
+                | SamplerKind::UniPc
+                | SamplerKind::Deis
+        );
+        if multistep && !matches!(self.final_sigmas_type.as_deref(), None | Some("zero") | Some("sigma_min")) {
+            return bad("final_sigmas_type", &self.final_sigmas_type);
+        }
+        match kind {
+            // The sampler's name fixes the DPM-Solver order and algorithm.
+            SamplerKind::DpmSolverPP | SamplerKind::DpmSolverPP3M | SamplerKind::DpmSolverSde => {
+                if !matches!(self.solver_type.as_deref(), None | Some("midpoint")) {
+                    return bad("solver_type", &self.solver_type);
+                }
             }
-            if !matches!(self.algorithm_type.as_deref(), None | Some("dpmsolver++")) {
-                return bad("algorithm_type", &self.algorithm_type);
+            SamplerKind::UniPc => {
+                if !matches!(self.solver_order, None | Some(1) | Some(2) | Some(3)) {
+                    return bad("solver_order", &self.solver_order);
+                }
+                if !matches!(self.solver_type.as_deref(), None | Some("bh1") | Some("bh2")) {
+                    return bad("solver_type", &self.solver_type);
+                }
+                if self.predict_x0 == Some(false) {
+                    return bad("predict_x0", &false);
+                }
             }
-            if !matches!(self.solver_type.as_deref(), None | Some("midpoint")) {
-                return bad("solver_type", &self.solver_type);
+            SamplerKind::Deis => {
+                if !matches!(self.solver_order, None | Some(1) | Some(2)) {
+                    return bad("solver_order", &self.solver_order);
+                }
+                if !matches!(self.algorithm_type.as_deref(), None | Some("deis")) {
+                    return bad("algorithm_type", &self.algorithm_type);
+                }
             }
-            if !matches!(
-                self.final_sigmas_type.as_deref(),
-                None | Some("zero") | Some("sigma_min")
-            ) {
-                return bad("final_sigmas_type", &self.final_sigmas_type);
+            SamplerKind::Pndm if self.prediction_type == PredictionType::Sample => {
+                return Err(Error::invalid(
+                    "pndm supports epsilon and v_prediction models only (as diffusers); choose another --sampler",
+                ));
             }
-            if self.use_karras_sigmas == Some(true) {
-                return bad("use_karras_sigmas", &true);
+            SamplerKind::Euler | SamplerKind::Heun => {
+                if self.use_exponential_sigmas == Some(true) {
+                    return bad("use_exponential_sigmas", &true);
+                }
+                if self.use_beta_sigmas == Some(true) {
+                    return bad("use_beta_sigmas", &true);
+                }
+                if !matches!(self.interpolation_type.as_deref(), None | Some("linear")) {
+                    return bad("interpolation_type", &self.interpolation_type);
+                }
+                if !matches!(self.timestep_type.as_deref(), None | Some("discrete")) {
+                    return bad("timestep_type", &self.timestep_type);
+                }
             }
+            _ => {}
         }
         Ok(())
     }
@@ -287,6 +356,7 @@ mod tests {
             ..Default::default()
         };
         assert!(c.check_supported(SamplerKind::DpmSolverPP).is_err());
+        assert!(c.check_supported(SamplerKind::UniPc).is_err());
         assert!(c.check_supported(SamplerKind::Ddim).is_ok());
     }
 }

@@ -1,8 +1,14 @@
-//! DPM-Solver++ (Lu et al. 2022) first-order and 2M midpoint updates, as diffusers'
-//! DPMSolverMultistepScheduler computes them in data (x0) prediction form, between noise
-//! levels alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma).
-use super::predict::lincomb;
-use crate::error::Result;
+//! DPM-Solver++ (Lu et al. 2022) as diffusers' DPMSolverMultistepScheduler computes it in
+//! data (x0) prediction form: orders 1-3 (2M, 3M), the SDE variant (sde-dpmsolver++, Gonzalez
+//! et al.), linspace/leading/trailing timesteps or Karras sigmas. Levels are
+//! alpha = 1/sqrt(sigma^2 + 1), sigma_t = sigma * alpha, lambda = log(alpha / sigma_t).
+use super::noise::NoiseSource;
+use super::predict::{check_pair, lincomb};
+use super::scheduler::{out_of_run, SamplerConfig, Scheduler};
+use super::sigmas::{multistep_run, sigma_table, FinalSigma, SigmaRun};
+use super::timesteps::dpm_timesteps;
+use super::types::{PredictionType, StepOutput, TimestepSpacing};
+use crate::error::{Error, Result};
 use candle_core::Tensor;
 
 /// One noise level.
@@ -12,37 +18,33 @@ pub struct Level {
     pub sigma: f64,
 }
 
-/// How a level's (alpha, sigma) are formed from alpha_bar.
+/// How a level's (alpha, sigma) are formed from the sampler's sigma.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SigmaArithmetic {
-    /// Directly in f64: alpha = sqrt(abar), sigma = sqrt(1 - abar). Closest to the exact
-    /// values, but differs from diffusers by up to 3.5e-4 on cosine chains (see below).
+    /// In f64. Closest to the exact values, but differs from diffusers by up to 3.5e-4 on
+    /// cosine chains (see below).
     F64,
-    /// diffusers' float32 path: s = sqrt((1 - abar) / abar), alpha = 1 / sqrt(s^2 + 1),
-    /// sigma = s * alpha, each rounded to f32. At abar ~ 2e-9 (cosine, t = 999) that sigma
-    /// is one f32 ulp below the true value, which moves x0 by ~1e-3 there; this mode
-    /// reproduces diffusers' chains (within 2.4e-6), so it is the default: our promise is
-    /// parity with diffusers' outputs.
+    /// diffusers' float32 path: alpha = 1 / sqrt(s^2 + 1), sigma = s * alpha, each rounded to
+    /// f32. At abar ~ 2e-9 (cosine, t = 999) that sigma is one f32 ulp below the true value,
+    /// which moves x0 by ~1e-3 there; this mode reproduces diffusers' chains (within 2.4e-6),
+    /// so it is the default: our promise is parity with diffusers' outputs.
     #[default]
     DiffusersF32,
 }
 
 impl Level {
-    pub fn new(alpha_bar: f64, how: SigmaArithmetic) -> Self {
+    /// The level of noise-to-signal ratio `s` (diffusers' `_sigma_to_alpha_sigma_t`).
+    pub fn from_sigma(s: f64, how: SigmaArithmetic) -> Self {
         match how {
-            SigmaArithmetic::F64 => Self {
-                alpha: alpha_bar.sqrt(),
-                sigma: (1.0 - alpha_bar).sqrt(),
-            },
-            SigmaArithmetic::DiffusersF32 => {
-                let ab = alpha_bar as f32;
-                if ab >= 1.0 {
-                    return Self {
-                        alpha: 1.0,
-                        sigma: 0.0,
-                    };
+            SigmaArithmetic::F64 => {
+                let alpha = 1.0 / (s * s + 1.0).sqrt();
+                Self {
+                    alpha,
+                    sigma: s * alpha,
                 }
-                let s = ((1.0 - ab) / ab).sqrt();
+            }
+            SigmaArithmetic::DiffusersF32 => {
+                let s = s as f32;
                 let alpha = 1.0 / (s * s + 1.0).sqrt();
                 Self {
                     alpha: alpha as f64,
@@ -52,41 +54,242 @@ impl Level {
         }
     }
 
+    /// log(alpha / sigma); +inf at sigma = 0.
     pub fn lambda(&self) -> f64 {
         self.alpha.ln() - self.sigma.ln()
     }
+
+    /// x0 implied by a model output at this level (data-prediction form).
+    pub fn x0(&self, mo: &Tensor, x: &Tensor, prediction: PredictionType) -> Result<Tensor> {
+        Ok(match prediction {
+            PredictionType::Epsilon => {
+                (x - mo.affine(self.sigma, 0.0)?)?.affine(1.0 / self.alpha, 0.0)?
+            }
+            PredictionType::Sample => mo.clone(),
+            PredictionType::VPrediction => lincomb(&[(self.alpha, x), (-self.sigma, mo)])?,
+        })
+    }
 }
 
-/// exp(-h) with h = lambda_t - lambda_s, as a ratio so that the final step to sigma = 0
-/// (lambda = +inf) stays finite: exp(-h) = 0 there.
-fn exp_neg_h(s: Level, t: Level) -> f64 {
-    (t.sigma * s.alpha) / (t.alpha * s.sigma)
+/// The (timesteps, sigmas, levels) every multistep sampler (DPM-Solver, UniPC, DEIS) shares.
+pub struct Ladder {
+    pub run: SigmaRun,
+    pub levels: Vec<Level>,
 }
 
-/// First-order update (= DDIM with eta 0) from level s to level t given x0 at s.
-pub fn dpm_first_order(sample: &Tensor, x0: &Tensor, s: Level, t: Level) -> Result<Tensor> {
-    let c = -t.alpha * (exp_neg_h(s, t) - 1.0);
-    lincomb(&[(t.sigma / s.sigma, sample), (c, x0)])
+impl Ladder {
+    /// diffusers' multistep `set_timesteps`.
+    pub fn new(
+        config: &SamplerConfig,
+        alpha_bar: &[f64],
+        spacing: TimestepSpacing,
+        karras: bool,
+        how: SigmaArithmetic,
+        default_final: FinalSigma,
+    ) -> Result<Self> {
+        let sc = &config.scheduler;
+        let table = match how {
+            SigmaArithmetic::DiffusersF32 => sigma_table(alpha_bar),
+            SigmaArithmetic::F64 => alpha_bar
+                .iter()
+                .map(|a| ((1.0 - a) / a).sqrt() as f32)
+                .collect(),
+        };
+        // lambda_min_clipped drops the timesteps whose lambda is below it (DPM-Solver only).
+        let clipped = match sc.lambda_min_clipped {
+            Some(l) if l.is_finite() => table.iter().filter(|s| -(s.ln() as f64) < l).count(),
+            _ => 0,
+        };
+        let t_train = alpha_bar.len();
+        let base = dpm_timesteps(
+            t_train,
+            t_train - clipped,
+            config.steps,
+            spacing,
+            sc.steps_offset,
+        )?;
+        let base = base.into_iter().map(|t| t as f64).collect();
+        let last = FinalSigma::parse(sc.final_sigmas_type.as_deref(), default_final)?;
+        let round = sc.beta_schedule != "squaredcos_cap_v2";
+        let run = multistep_run(&table, base, karras, round, last)?;
+        let levels = run
+            .sigmas
+            .iter()
+            .map(|s| Level::from_sigma(*s, how))
+            .collect();
+        Ok(Self { run, levels })
+    }
+
+    pub fn len(&self) -> usize {
+        self.run.timesteps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.run.timesteps.is_empty()
+    }
 }
 
-/// Second-order multistep midpoint update from s0 to t, with x0 predictions m0 at s0 and
-/// m1 at the earlier (noisier) s1. Needs sigma_t > 0 (the final step is first order).
-pub fn dpm_second_order(
-    sample: &Tensor,
-    m0: &Tensor,
-    m1: &Tensor,
-    s1: Level,
-    s0: Level,
-    t: Level,
-) -> Result<Tensor> {
-    let h = t.lambda() - s0.lambda();
-    let r0 = (s0.lambda() - s1.lambda()) / h;
-    // x_t = (s_t/s_s0) x - a_t (e^-h - 1) (D0 + D1/2), D0 = m0, D1 = (m0 - m1) / r0.
-    let c = -t.alpha * ((-h).exp() - 1.0);
-    let k = 0.5 / r0;
-    lincomb(&[
-        (t.sigma / s0.sigma, sample),
-        (c * (1.0 + k), m0),
-        (-c * k, m1),
-    ])
+/// Steps must come in order 0, 1, 2, ...: multistep samplers keep earlier predictions.
+pub fn check_order(name: &str, i: usize, next: usize, n: usize) -> Result<()> {
+    if i >= n {
+        return Err(out_of_run(i, n));
+    }
+    if i != 0 && i != next {
+        return Err(Error::invalid(format!(
+            "{name} steps must run in order: got step {i}, expected {next}"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DpmAlgorithm {
+    /// dpmsolver++: the deterministic ODE solver.
+    DataPrediction,
+    /// sde-dpmsolver++: fresh noise each step.
+    Sde,
+}
+
+pub struct DpmSolver {
+    ladder: Ladder,
+    prediction: PredictionType,
+    algorithm: DpmAlgorithm,
+    order: usize,
+    /// diffusers' lower_order_final (use lower orders on the last steps when n < 15).
+    lower_order_final: bool,
+    /// First order on the last step (euler_at_final, or a final sigma of zero).
+    first_order_last: bool,
+    /// x0 predictions of earlier steps, newest last.
+    history: Vec<Tensor>,
+    next: usize,
+}
+
+impl DpmSolver {
+    pub fn new(
+        config: &SamplerConfig,
+        alpha_bar: &[f64],
+        spacing: TimestepSpacing,
+        karras: bool,
+        how: SigmaArithmetic,
+        algorithm: DpmAlgorithm,
+        order: usize,
+    ) -> Result<Self> {
+        let sc = &config.scheduler;
+        let ladder = Ladder::new(config, alpha_bar, spacing, karras, how, FinalSigma::Zero)?;
+        let n = ladder.len();
+        let zero_final = ladder.run.sigmas[n] == 0.0;
+        let lower_order_final = sc.lower_order_final.unwrap_or(true);
+        Ok(Self {
+            first_order_last: sc.euler_at_final.unwrap_or(false)
+                || (lower_order_final && n < 15)
+                || zero_final,
+            ladder,
+            prediction: sc.prediction_type,
+            algorithm,
+            order,
+            lower_order_final,
+            history: Vec::new(),
+            next: 0,
+        })
+    }
+}
+
+impl Scheduler for DpmSolver {
+    fn timesteps(&self) -> &[f64] {
+        &self.ladder.run.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.ladder.run.sigmas)
+    }
+
+    fn step(
+        &mut self,
+        i: usize,
+        mo: &Tensor,
+        x: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<StepOutput> {
+        let n = self.ladder.len();
+        check_order("DPM-Solver++", i, self.next, n)?;
+        check_pair(mo, x)?;
+        if i == 0 {
+            self.history.clear();
+        }
+        let lv = &self.ladder.levels;
+        let x0 = lv[i].x0(mo, x, self.prediction)?;
+        // Earlier steps available (diffusers' lower_order_nums), before this one is added.
+        let have = self.history.len();
+        self.history.push(x0.clone());
+        if self.history.len() > self.order {
+            self.history.remove(0);
+        }
+        let z = match self.algorithm {
+            DpmAlgorithm::Sde => Some(noise.randn(x.shape(), x.device())?),
+            DpmAlgorithm::DataPrediction => None,
+        };
+        let last = i == n - 1 && self.first_order_last;
+        let second_last = i + 2 == n && self.lower_order_final && n < 15;
+        let (t, s0) = (lv[i + 1], lv[i]);
+        let h = t.lambda() - s0.lambda();
+        // e^{-h} as a ratio, so the final step to sigma = 0 (h = inf) gives exactly 0.
+        let e = (t.sigma * s0.alpha) / (t.alpha * s0.sigma);
+        // Coefficients of x and of the x0 combination, and the noise weight.
+        let (cx, phi, cz) = match self.algorithm {
+            DpmAlgorithm::DataPrediction => (t.sigma / s0.sigma, -t.alpha * (e - 1.0), 0.0),
+            DpmAlgorithm::Sde => (
+                t.sigma / s0.sigma * e,
+                t.alpha * (1.0 - e * e),
+                t.sigma * (1.0 - e * e).sqrt(),
+            ),
+        };
+        let hist = &self.history;
+        let m = |k: usize| &hist[hist.len() - 1 - k];
+        let mut prev = if self.order == 1 || have < 1 || last {
+            lincomb(&[(cx, x), (phi, m(0))])?
+        } else if self.order == 2 || have < 2 || second_last {
+            let s1 = lv[i - 1];
+            let r0 = (s0.lambda() - s1.lambda()) / h;
+            // D0 = m0, D1 = (m0 - m1) / r0; midpoint: x0 weight phi (D0 + D1 / 2).
+            let k = 0.5 / r0;
+            lincomb(&[(cx, x), (phi * (1.0 + k), m(0)), (-phi * k, m(1))])?
+        } else {
+            let (s1, s2) = (lv[i - 1], lv[i - 2]);
+            let (h0, h1) = (s0.lambda() - s1.lambda(), s1.lambda() - s2.lambda());
+            let (r0, r1) = (h0 / h, h1 / h);
+            // D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1,
+            // D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1) / (r0 + r1).
+            let (c1, c2) = match self.algorithm {
+                DpmAlgorithm::DataPrediction => (
+                    t.alpha * (((-h).exp() - 1.0) / h + 1.0),
+                    -t.alpha * (((-h).exp() - 1.0 + h) / (h * h) - 0.5),
+                ),
+                DpmAlgorithm::Sde => (
+                    t.alpha * ((1.0 - (-2.0 * h).exp()) / (-2.0 * h) + 1.0),
+                    t.alpha * ((1.0 - (-2.0 * h).exp() - 2.0 * h) / (4.0 * h * h) - 0.5),
+                ),
+            };
+            let a = r0 / (r0 + r1);
+            let d10 = [(1.0 / r0, 0usize), (-1.0 / r0, 1)];
+            let d11 = [(1.0 / r1, 1usize), (-1.0 / r1, 2)];
+            // Accumulate the weight of each history entry.
+            let mut w = [0.0f64; 3];
+            w[0] += phi;
+            for (c, k) in d10 {
+                w[k] += c1 * (1.0 + a) * c + c2 / (r0 + r1) * c;
+            }
+            for (c, k) in d11 {
+                w[k] += -c1 * a * c - c2 / (r0 + r1) * c;
+            }
+            lincomb(&[(cx, x), (w[0], m(0)), (w[1], m(1)), (w[2], m(2))])?
+        };
+        if let Some(z) = z {
+            prev = (prev + z.affine(cz, 0.0)?)?;
+        }
+        self.next = i + 1;
+        Ok(StepOutput {
+            prev_sample: prev,
+            pred_original_sample: x0,
+        })
+    }
 }

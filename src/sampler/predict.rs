@@ -70,3 +70,15 @@ pub fn clip(x0: Tensor, range: Option<f64>) -> Result<Tensor> {
         None => x0,
     })
 }
+
+/// `x / c` as torch divides by a float32 scalar (a true division, not a multiplication by
+/// the reciprocal): sigma-space steps at sigma ~ 2e4 cancel terms of that size, where the
+/// last bit shows.
+pub fn div(x: &Tensor, c: f32) -> Result<Tensor> {
+    Ok(x.broadcast_div(&Tensor::new(c, x.device())?)?)
+}
+
+/// `x * c` with a float32 scalar.
+pub fn mul(x: &Tensor, c: f32) -> Result<Tensor> {
+    Ok(x.affine(c as f64, 0.0)?)
+}

@@ -1,6 +1,6 @@
 //! The generic reverse loop: x_T -> model -> scheduler step -> ... -> x_0.
+use super::noise::NoiseSource;
 use super::scheduler::{build, SamplerConfig, Scheduler};
-use crate::core::rng::NoiseRng;
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 
@@ -9,23 +9,24 @@ pub struct StepInfo<'a> {
     /// 0-based position in the run.
     pub index: usize,
     pub steps: usize,
-    /// The timestep the model was evaluated at.
-    pub t: usize,
+    /// The timestep the model was evaluated at (fractional for some samplers).
+    pub t: f64,
     /// The sample after this step.
     pub sample: &'a Tensor,
     pub pred_original_sample: &'a Tensor,
 }
 
-/// A denoiser: (x_t [B,..], t [B] u32) -> model output shaped like x_t.
+/// A denoiser: (model input [B,..], t [B] f32) -> model output shaped like its input.
 pub type Model<'m> = dyn FnMut(&Tensor, &Tensor) -> Result<Tensor> + 'm;
 pub type OnStep<'c> = dyn FnMut(&StepInfo) -> Result<()> + 'c;
 
-/// Sample from `x_t` (the start noise x_T, f32 [B,..]) with the sampler `config` describes.
+/// Sample from `x_t` (standard-normal start noise, f32 [B,..]; scaled here by the sampler's
+/// `init_noise_sigma`) with the sampler `config` describes.
 pub fn sample(
     model: &mut Model,
     x_t: &Tensor,
     config: &SamplerConfig,
-    rng: &mut NoiseRng,
+    rng: &mut dyn NoiseSource,
     on_step: Option<&mut OnStep>,
 ) -> Result<Tensor> {
     let mut scheduler = build(config)?;
@@ -37,7 +38,7 @@ pub fn run(
     scheduler: &mut dyn Scheduler,
     model: &mut Model,
     x_t: &Tensor,
-    rng: &mut NoiseRng,
+    rng: &mut dyn NoiseSource,
     mut on_step: Option<&mut OnStep>,
 ) -> Result<Tensor> {
     if x_t.dtype() != DType::F32 || x_t.rank() == 0 {
@@ -49,10 +50,15 @@ pub fn run(
     }
     let b = x_t.dim(0)?;
     let timesteps = scheduler.timesteps().to_vec();
-    let mut x = x_t.clone();
+    let sigma0 = scheduler.init_noise_sigma();
+    let mut x = if sigma0 == 1.0 {
+        x_t.clone()
+    } else {
+        x_t.affine(sigma0, 0.0)?
+    };
     for (i, &t) in timesteps.iter().enumerate() {
-        let tt = Tensor::from_vec(vec![t as u32; b], b, x.device())?;
-        let out = model(&x, &tt)?;
+        let tt = Tensor::from_vec(vec![t as f32; b], b, x.device())?;
+        let out = model(&scheduler.scale_model_input(i, &x)?, &tt)?;
         let step = scheduler.step(i, &out, &x, rng)?;
         x = step.prev_sample;
         if let Some(cb) = on_step.as_deref_mut() {

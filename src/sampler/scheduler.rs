@@ -3,12 +3,15 @@
 use super::config::SchedulerConfig;
 use super::ddim::{ddim_step, DdimParams};
 use super::ddpm::{ddpm_step, DdpmParams};
-use super::dpm_solver::{dpm_first_order, dpm_second_order, Level, SigmaArithmetic};
-use super::predict::check_pair;
-use super::predict::lincomb;
-use super::timesteps::{ddim_timesteps, dpm_timesteps};
-use super::types::{PredictionType, SamplerKind, StepOutput};
-use crate::core::rng::NoiseRng;
+use super::deis::Deis;
+use super::dpm_solver::{DpmAlgorithm, DpmSolver, SigmaArithmetic};
+use super::euler::Euler;
+use super::heun::Heun;
+use super::noise::NoiseSource;
+use super::pndm::Pndm;
+use super::timesteps::ddim_timesteps;
+use super::types::{SamplerKind, StepOutput};
+use super::unipc::UniPc;
 use crate::core::schedule::Schedule;
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -23,6 +26,8 @@ pub struct SamplerConfig {
     pub steps: usize,
     /// DDIM noise weight in [0, 1]; other samplers ignore it.
     pub eta: f64,
+    /// Karras et al.'s sigma ladder (diffusers' `use_karras_sigmas`), for samplers with sigmas.
+    pub karras: bool,
     pub scheduler: SchedulerConfig,
 }
 
@@ -32,6 +37,7 @@ impl Default for SamplerConfig {
             kind: SamplerKind::Ddim,
             steps: 50,
             eta: 0.0,
+            karras: false,
             scheduler: SchedulerConfig::default(),
         }
     }
@@ -50,34 +56,64 @@ impl SamplerConfig {
         if self.eta != 0.0 && self.kind != SamplerKind::Ddim {
             tracing::warn!("eta applies to ddim only; {} ignores it", self.kind.name());
         }
+        if self.karras && !self.kind.has_sigmas() {
+            let with: Vec<&str> = SamplerKind::ALL
+                .iter()
+                .filter(|k| k.has_sigmas())
+                .map(|k| k.name())
+                .collect();
+            return Err(Error::invalid(format!(
+                "--karras needs a sampler with sigmas ({}); {} has none",
+                with.join(", "),
+                self.kind.name()
+            )));
+        }
         self.scheduler.check_supported(self.kind)
+    }
+
+    /// Karras sigmas asked for by flag, or by the scheduler config where the sampler has them.
+    pub fn use_karras(&self) -> bool {
+        self.kind.has_sigmas() && (self.karras || self.scheduler.use_karras_sigmas == Some(true))
     }
 }
 
-/// One sampler's run: its timesteps and the update between consecutive ones.
+/// One sampler's run: its timesteps and the update between consecutive ones, as diffusers'
+/// pipelines drive a scheduler: `x = x_T * init_noise_sigma`, then for each i
+/// `x = step(i, model(scale_model_input(i, x), timesteps[i]), x)`.
 pub trait Scheduler {
-    /// Descending timesteps the model is evaluated at.
-    fn timesteps(&self) -> &[usize];
+    /// The timesteps the model is evaluated at, in order (fractional for Euler/Heun).
+    fn timesteps(&self) -> &[f64];
+    /// The sampler's noise levels (sigma = sqrt((1 - abar) / abar)), one more than the
+    /// timesteps, for samplers that have them.
+    fn sigmas(&self) -> Option<&[f64]> {
+        None
+    }
+    /// The standard deviation of the start noise.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    /// What the model is handed at step i (sigma-space samplers divide by sqrt(sigma^2 + 1)).
+    fn scale_model_input(&self, _i: usize, sample: &Tensor) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
     /// Step from `timesteps()[i]` to the next noise level. Steps must be taken in order
-    /// 0, 1, 2, ... (DPM-Solver++ keeps the previous x0 prediction).
+    /// 0, 1, 2, ... (multistep samplers keep earlier predictions).
     fn step(
         &mut self,
         i: usize,
         model_output: &Tensor,
         sample: &Tensor,
-        rng: &mut NoiseRng,
+        noise: &mut dyn NoiseSource,
     ) -> Result<StepOutput>;
 }
 
 /// The scheduler `config` describes, on our f64 schedule.
 pub fn build(config: &SamplerConfig) -> Result<Box<dyn Scheduler>> {
     let schedule = Schedule::new(&config.scheduler.schedule_config()?)?;
-    // DPM-Solver++'s f32 level arithmetic is only diffusers-exact on diffusers' own f32
-    // alpha_bar (at cosine t = 999, abar = 2.4e-9, one ulp of it decides whether sigma rounds
-    // to 1.0 or 0.99999994); DDPM and DDIM keep our f64 table.
-    if config.kind == SamplerKind::DpmSolverPP
-        && SigmaArithmetic::default() == SigmaArithmetic::DiffusersF32
-    {
+    // Sigma-space arithmetic is only diffusers-exact on diffusers' own f32 alpha_bar (at
+    // cosine t = 999, abar = 2.4e-9, one ulp of it decides whether sigma rounds to 1.0 or
+    // 0.99999994); DDPM and DDIM keep our f64 table.
+    if !matches!(config.kind, SamplerKind::Ddpm | SamplerKind::Ddim) {
         return build_with(config, &schedule.alpha_bar_like_diffusers());
     }
     build_with(config, &schedule.alpha_bar)
@@ -89,7 +125,7 @@ pub fn build_with(config: &SamplerConfig, alpha_bar: &[f64]) -> Result<Box<dyn S
     build_with_arithmetic(config, alpha_bar, SigmaArithmetic::default())
 }
 
-/// As `build_with`, choosing how DPM-Solver++ forms its (alpha, sigma) levels.
+/// As `build_with`, choosing how sigma-space samplers form their (alpha, sigma) levels.
 pub fn build_with_arithmetic(
     config: &SamplerConfig,
     alpha_bar: &[f64],
@@ -105,9 +141,13 @@ pub fn build_with_arithmetic(
         )));
     }
     let spacing = sc.spacing_for(config.kind);
+    let karras = config.use_karras();
     Ok(match config.kind {
-        SamplerKind::Ddim => Box::new(Ddim {
-            timesteps: ddim_timesteps(t_train, config.steps, spacing, sc.steps_offset)?,
+        SamplerKind::Ddim => Box::new(Ddim::new(
+            ddim_timesteps(t_train, config.steps, spacing, sc.steps_offset)?,
+            Ddim {
+            timesteps: Vec::new(),
+            t_float: Vec::new(),
             stride: t_train / config.steps,
             final_ab: if sc.set_alpha_to_one.unwrap_or(true) {
                 1.0
@@ -120,8 +160,9 @@ pub fn build_with_arithmetic(
                 eta: config.eta,
                 clip: sc.clip_range(),
             },
-        }),
+        })),
         SamplerKind::Ddpm => Box::new(Ddpm {
+            t_float: Vec::new(),
             timesteps: ddim_timesteps(t_train, config.steps, spacing, sc.steps_offset)?,
             alpha_bar: alpha_bar.to_vec(),
             params: DdpmParams {
@@ -129,13 +170,47 @@ pub fn build_with_arithmetic(
                 variance: sc.variance_type.unwrap_or_default(),
                 clip: sc.clip_range(),
             },
-        }),
-        SamplerKind::DpmSolverPP => Box::new(DpmSolverPP::new(config, alpha_bar, spacing, how)?),
+        }.with_floats()),
+        SamplerKind::Euler | SamplerKind::EulerAncestral => {
+            Box::new(Euler::new(config, alpha_bar, spacing, karras)?)
+        }
+        SamplerKind::Heun => Box::new(Heun::new(config, alpha_bar, spacing, karras)?),
+        SamplerKind::DpmSolverPP => Box::new(DpmSolver::new(
+            config,
+            alpha_bar,
+            spacing,
+            karras,
+            how,
+            DpmAlgorithm::DataPrediction,
+            2,
+        )?),
+        SamplerKind::DpmSolverPP3M => Box::new(DpmSolver::new(
+            config,
+            alpha_bar,
+            spacing,
+            karras,
+            how,
+            DpmAlgorithm::DataPrediction,
+            3,
+        )?),
+        SamplerKind::DpmSolverSde => Box::new(DpmSolver::new(
+            config,
+            alpha_bar,
+            spacing,
+            karras,
+            how,
+            DpmAlgorithm::Sde,
+            2,
+        )?),
+        SamplerKind::UniPc => Box::new(UniPc::new(config, alpha_bar, spacing, karras, how)?),
+        SamplerKind::Deis => Box::new(Deis::new(config, alpha_bar, spacing, how)?),
+        SamplerKind::Pndm => Box::new(Pndm::new(config, alpha_bar, spacing)?),
     })
 }
 
 struct Ddim {
     timesteps: Vec<usize>,
+    t_float: Vec<f64>,
     /// diffusers steps back by T // n whatever the spacing.
     stride: usize,
     final_ab: f64,
@@ -143,9 +218,19 @@ struct Ddim {
     params: DdimParams,
 }
 
+impl Ddim {
+    fn new(timesteps: Vec<usize>, d: Ddim) -> Ddim {
+        Ddim {
+            t_float: timesteps.iter().map(|t| *t as f64).collect(),
+            timesteps,
+            ..d
+        }
+    }
+}
+
 impl Scheduler for Ddim {
-    fn timesteps(&self) -> &[usize] {
-        &self.timesteps
+    fn timesteps(&self) -> &[f64] {
+        &self.t_float
     }
 
     fn step(
@@ -153,7 +238,7 @@ impl Scheduler for Ddim {
         i: usize,
         mo: &Tensor,
         x: &Tensor,
-        rng: &mut NoiseRng,
+        rng: &mut dyn NoiseSource,
     ) -> Result<StepOutput> {
         let t = *self
             .timesteps
@@ -180,13 +265,23 @@ impl Scheduler for Ddim {
 
 struct Ddpm {
     timesteps: Vec<usize>,
+    t_float: Vec<f64>,
     alpha_bar: Vec<f64>,
     params: DdpmParams,
 }
 
+impl Ddpm {
+    fn with_floats(self) -> Self {
+        Ddpm {
+            t_float: self.timesteps.iter().map(|t| *t as f64).collect(),
+            ..self
+        }
+    }
+}
+
 impl Scheduler for Ddpm {
-    fn timesteps(&self) -> &[usize] {
-        &self.timesteps
+    fn timesteps(&self) -> &[f64] {
+        &self.t_float
     }
 
     fn step(
@@ -194,7 +289,7 @@ impl Scheduler for Ddpm {
         i: usize,
         mo: &Tensor,
         x: &Tensor,
-        rng: &mut NoiseRng,
+        rng: &mut dyn NoiseSource,
     ) -> Result<StepOutput> {
         let t = *self
             .timesteps
@@ -222,128 +317,6 @@ impl Scheduler for Ddpm {
     }
 }
 
-struct DpmSolverPP {
-    timesteps: Vec<usize>,
-    /// The level at each listed timestep, then the final one (sigma = 0 by default).
-    levels: Vec<Level>,
-    prediction: PredictionType,
-    order: usize,
-    /// Use first order on the last step (diffusers' lower_order_final / euler_at_final /
-    /// final_sigmas_type = zero rule).
-    first_order_last: bool,
-    prev_x0: Option<Tensor>,
-    next_index: usize,
-}
-
-impl DpmSolverPP {
-    fn new(
-        config: &SamplerConfig,
-        alpha_bar: &[f64],
-        spacing: super::types::TimestepSpacing,
-        how: SigmaArithmetic,
-    ) -> Result<Self> {
-        let sc = &config.scheduler;
-        // diffusers replaces a zero-SNR alpha_bar of 0 by 2^-24 so lambda stays finite.
-        let ab_at = |t: usize| {
-            let a = alpha_bar[t];
-            if a == 0.0 {
-                2f64.powi(-24)
-            } else {
-                a
-            }
-        };
-        let lambda = |a: f64| 0.5 * (a / (1.0 - a)).ln();
-        // lambda_min_clipped drops the timesteps whose lambda is below it.
-        let clipped = match sc.lambda_min_clipped {
-            Some(l) if l.is_finite() => (0..alpha_bar.len())
-                .filter(|t| lambda(ab_at(*t)) < l)
-                .count(),
-            _ => 0,
-        };
-        let t_train = alpha_bar.len();
-        let timesteps = dpm_timesteps(
-            t_train,
-            t_train - clipped,
-            config.steps,
-            spacing,
-            sc.steps_offset,
-        )?;
-        let zero_final = sc.final_sigmas_type.as_deref().unwrap_or("zero") == "zero";
-        let mut levels: Vec<Level> = timesteps
-            .iter()
-            .map(|t| Level::new(ab_at(*t), how))
-            .collect();
-        levels.push(Level::new(if zero_final { 1.0 } else { ab_at(0) }, how));
-        let n = timesteps.len();
-        let first_order_last = sc.euler_at_final.unwrap_or(false)
-            || (sc.lower_order_final.unwrap_or(true) && n < 15)
-            || zero_final;
-        Ok(Self {
-            timesteps,
-            levels,
-            prediction: sc.prediction_type,
-            order: sc.solver_order.unwrap_or(2),
-            first_order_last,
-            prev_x0: None,
-            next_index: 0,
-        })
-    }
-}
-
-impl Scheduler for DpmSolverPP {
-    fn timesteps(&self) -> &[usize] {
-        &self.timesteps
-    }
-
-    fn step(
-        &mut self,
-        i: usize,
-        mo: &Tensor,
-        x: &Tensor,
-        _rng: &mut NoiseRng,
-    ) -> Result<StepOutput> {
-        let n = self.timesteps.len();
-        if i >= n {
-            return Err(out_of_run(i, n));
-        }
-        if i == 0 {
-            self.prev_x0 = None;
-        } else if i != self.next_index {
-            return Err(Error::invalid(format!(
-                "DPM-Solver++ steps must run in order: got step {i}, expected {}",
-                self.next_index
-            )));
-        }
-        check_pair(mo, x)?;
-        let (l, prev_l, next_l) = (
-            self.levels[i],
-            self.levels[i.saturating_sub(1)],
-            self.levels[i + 1],
-        );
-        // diffusers' convert_model_output, with this level's alpha and sigma.
-        let x0 = match self.prediction {
-            PredictionType::Epsilon => {
-                (x - mo.affine(l.sigma, 0.0)?)?.affine(1.0 / l.alpha, 0.0)?
-            }
-            PredictionType::Sample => mo.clone(),
-            PredictionType::VPrediction => lincomb(&[(l.alpha, x), (-l.sigma, mo)])?,
-        };
-        let last_first_order = i == n - 1 && self.first_order_last;
-        let prev = match &self.prev_x0 {
-            Some(m1) if self.order == 2 && !last_first_order => {
-                dpm_second_order(x, &x0, m1, prev_l, l, next_l)?
-            }
-            _ => dpm_first_order(x, &x0, l, next_l)?,
-        };
-        self.prev_x0 = Some(x0.clone());
-        self.next_index = i + 1;
-        Ok(StepOutput {
-            prev_sample: prev,
-            pred_original_sample: x0,
-        })
-    }
-}
-
-fn out_of_run(i: usize, n: usize) -> Error {
+pub(crate) fn out_of_run(i: usize, n: usize) -> Error {
     Error::invalid(format!("step index {i} is past the run's {n} steps"))
 }

@@ -577,6 +577,7 @@ fn grid_sampler_config(cfg: &TrainConfig) -> SamplerConfig {
         kind: SamplerKind::Ddim,
         steps: cfg.sample_steps.min(sc.num_train_timesteps).max(1),
         eta: 0.0,
+        karras: false,
         scheduler: sc,
     }
 }

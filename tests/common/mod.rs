@@ -136,7 +136,7 @@ pub fn analytic_model(
     prediction: diffuse::sampler::PredictionType,
 ) -> impl FnMut(&Tensor, &Tensor) -> diffuse::Result<Tensor> {
     move |x: &Tensor, t: &Tensor| {
-        let ts: Vec<u32> = t.to_vec1()?;
+        let ts: Vec<u32> = t.to_dtype(candle_core::DType::U32)?.to_vec1()?;
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let per = xs.len() / ts.len();
         let s2 = 0.25f64;
@@ -176,6 +176,7 @@ pub fn chain_config(
         kind,
         steps,
         eta: 0.0,
+        karras: false,
         scheduler: SchedulerConfig {
             class_name: kind.diffusers_class().into(),
             beta_schedule: sched.into(),
@@ -190,4 +191,65 @@ pub fn chain_config(
 /// diffusers' float32 alpha_bar table of a schedule (tests/data/schedules.csv).
 pub fn diffusers_alpha_bar(name: &str) -> Vec<f64> {
     read_schedule_csv("schedules.csv").0[name].1.clone()
+}
+
+/// Metadata of a safetensors file (the golden files keep `configs`, `keys` there).
+pub fn golden_metadata(name: &str) -> HashMap<String, String> {
+    let bytes = std::fs::read(data_path(name)).expect("golden file");
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).expect("header");
+    meta.metadata().clone().unwrap_or_default()
+}
+
+/// The second golden set's analytic denoiser, called like a UNet on the scheduler's scaled
+/// input and (possibly fractional) timestep: sigma(t) interpolated in the f64 sigma table of
+/// diffusers' f32 alpha_bar `ab`, abar = 1 / (1 + sigma^2), then eps / v / x0 of data
+/// N(m, 0.25) (golden README). `means` holds one pattern per batch row (or one for all).
+pub fn sigma_model(
+    means: Vec<Vec<f32>>,
+    ab: Vec<f32>,
+    prediction: diffuse::sampler::PredictionType,
+) -> impl FnMut(&Tensor, &Tensor) -> diffuse::Result<Tensor> {
+    let tab: Vec<f64> = ab
+        .iter()
+        .map(|a| {
+            let a = *a as f64;
+            ((1.0 - a) / a).sqrt()
+        })
+        .collect();
+    move |x: &Tensor, t: &Tensor| {
+        let ts: Vec<f64> = t.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let per = xs.len() / ts.len();
+        let out: Vec<f32> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, &xi)| {
+                let row = i / per;
+                let tt = ts[row];
+                let n = tab.len();
+                let sigma = if tt >= (n - 1) as f64 {
+                    tab[n - 1]
+                } else if tt <= 0.0 {
+                    tab[0]
+                } else {
+                    let j = tt.floor() as usize;
+                    tab[j] + (tt - j as f64) * (tab[j + 1] - tab[j])
+                };
+                let ab = 1.0 / (1.0 + sigma * sigma);
+                let (a, g) = (ab.sqrt(), (1.0 - ab).sqrt());
+                let m = &means[row % means.len()];
+                let mi = m[i % per % m.len()] as f64;
+                let xi = xi as f64;
+                let eps = g * (xi - a * mi) / (a * a * 0.25 + g * g);
+                let x0 = (xi - g * eps) / a;
+                use diffuse::sampler::PredictionType;
+                (match prediction {
+                    PredictionType::Epsilon => eps,
+                    PredictionType::VPrediction => a * eps - g * x0,
+                    PredictionType::Sample => x0,
+                }) as f32
+            })
+            .collect();
+        Ok(Tensor::from_vec(out, x.shape(), x.device())?)
+    }
 }
