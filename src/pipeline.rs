@@ -104,11 +104,32 @@ fn fetch(repo_id: &str) -> Result<ModelLocation> {
         let Some(config) = hub_file(repo_id, &format!("{prefix}config.json"))? else {
             continue;
         };
-        let weights = format!("{prefix}diffusion_pytorch_model.safetensors");
-        if hub_file(repo_id, &weights)?.is_none() {
-            return Err(Error::Model(format!(
-                "{repo_id}: no {weights} (only safetensors weights are supported)"
-            )));
+        // The first weight file the repo has, in unet::io's order of preference; one that
+        // cannot be fetched now is passed over for the next.
+        let mut unavailable = None;
+        let mut found = false;
+        for name in crate::unet::io::WEIGHTS_CANDIDATES {
+            match hub::lookup(Repo::Model, repo_id, &format!("{prefix}{name}"))? {
+                Lookup::Found(_) => {
+                    found = true;
+                    break;
+                }
+                Lookup::NotInRepo => {}
+                Lookup::Unavailable(why) => {
+                    unavailable.get_or_insert(why);
+                }
+            }
+        }
+        if !found {
+            return Err(match unavailable {
+                Some(why) => Error::Runtime(format!(
+                    "{why}; download it once online, or pass a local directory"
+                )),
+                None => Error::Model(format!(
+                    "{repo_id}: no UNet weights in {prefix} ({})",
+                    crate::unet::io::WEIGHTS_CANDIDATES.join(", ")
+                )),
+            });
         }
         let unet_dir = config.parent().map(PathBuf::from).unwrap_or_default();
         let sched_name = if prefix.is_empty() {

@@ -222,7 +222,32 @@ fn bad_inputs_one_line_no_output() {
         (vec!["--model", m, "--steps", "0"], 2, "steps"),
         (vec!["--model", m, "--steps", "1001"], 2, "1001"),
         (vec!["--model", m, "--eta", "1.5"], 2, "eta"),
-        (vec!["--model", m, "--sampler", "euler"], 2, "euler"),
+        (vec!["--model", m, "--sampler", "eulr"], 2, "unipc"),
+        (
+            vec!["--model", m, "--sampler", "ddim", "--karras"],
+            2,
+            "--karras",
+        ),
+        (
+            vec!["--model", m, "--sampler", "euler-a", "--karras"],
+            2,
+            "euler-a has none",
+        ),
+        (
+            vec!["--model", m, "--sampler", "pndm", "--prediction", "sample"],
+            2,
+            "pndm supports epsilon and v_prediction",
+        ),
+        (
+            vec!["--model", m, "--sampler", "heun", "--steps", "0"],
+            2,
+            "at least 1",
+        ),
+        (
+            vec!["--model", m, "--sampler", "unipc", "--steps", "1001"],
+            2,
+            "1001",
+        ),
         (vec!["--model", "nobody/not-cached"], 1, "HF_HUB_OFFLINE"),
         (
             vec!["--model", "/no/such/dir"],
@@ -240,4 +265,116 @@ fn bad_inputs_one_line_no_output() {
         assert!(err.contains(needle), "{a:?}: {err}");
         assert!(!out.exists(), "{a:?} left {o}");
     }
+}
+
+/// Every sampler end to end through the CLI on the tiny UNet: finite samples of the model's
+/// shape, deterministic for a seed; with no --sampler the config's class decides; a .bin
+/// checkpoint samples exactly as its safetensors twin.
+#[test]
+fn every_sampler_and_the_config_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = pipeline(dir.path());
+    let m = model.to_str().unwrap();
+    for kind in diffuse::sampler::SamplerKind::ALL {
+        let t = dir.path().join(format!("{}.safetensors", kind.name()));
+        let png = dir.path().join(format!("{}.png", kind.name()));
+        let mut a = vec![
+            "sample",
+            "--model",
+            m,
+            "--sampler",
+            kind.name(),
+            "--steps",
+            "3",
+            "-n",
+            "2",
+            "--device",
+            "cpu",
+            "-o",
+            png.to_str().unwrap(),
+            "--save-tensors",
+            t.to_str().unwrap(),
+        ];
+        if kind.has_sigmas() {
+            a.push("--karras");
+        }
+        run_ok(&a);
+        let x = samples(&t);
+        assert_eq!(x.dims(), &[2, 1, 16, 16], "{kind:?}");
+        let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(v.iter().all(|x| x.is_finite()), "{kind:?}");
+        let img = image::open(&png).unwrap();
+        assert!(img.width() >= 16 && img.height() >= 16, "{kind:?}");
+    }
+    // The scheduler config's class picks the sampler when --sampler is absent.
+    std::fs::write(
+        model.join("scheduler/scheduler_config.json"),
+        r#"{"_class_name": "UniPCMultistepScheduler", "num_train_timesteps": 1000,
+            "beta_schedule": "linear", "prediction_type": "epsilon"}"#,
+    )
+    .unwrap();
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.safetensors");
+    let out = diffuse()
+        .args([
+            "sample", "--model", m, "--steps", "3", "-n", "2", "--device", "cpu",
+        ])
+        .args(["-o", dir.path().join("a.png").to_str().unwrap()])
+        .args(["--save-tensors", a.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    run_ok(&[
+        "sample",
+        "--model",
+        m,
+        "--sampler",
+        "unipc",
+        "--steps",
+        "3",
+        "-n",
+        "2",
+        "--device",
+        "cpu",
+        "-o",
+        dir.path().join("b.png").to_str().unwrap(),
+        "--save-tensors",
+        b.to_str().unwrap(),
+    ]);
+    assert_eq!(common::max_abs_diff(&samples(&a), &samples(&b)), 0.0);
+    // The PyTorch pickle of the same weights gives the same samples.
+    std::fs::remove_file(model.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    std::fs::copy(
+        common::data_path("unet_tiny_bin/diffusion_pytorch_model.bin"),
+        model.join("unet/diffusion_pytorch_model.bin"),
+    )
+    .unwrap();
+    let c = dir.path().join("c.safetensors");
+    let out = diffuse()
+        .args([
+            "sample",
+            "--model",
+            m,
+            "--sampler",
+            "unipc",
+            "--steps",
+            "3",
+            "-n",
+            "2",
+        ])
+        .args([
+            "--device",
+            "cpu",
+            "-o",
+            dir.path().join("c.png").to_str().unwrap(),
+        ])
+        .args(["--save-tensors", c.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(common::max_abs_diff(&samples(&b), &samples(&c)), 0.0);
 }

@@ -327,7 +327,10 @@ fn bad_inputs_are_usage_errors() {
         "{e}"
     );
     for (name, kind) in [
-        ("EulerAncestralDiscreteScheduler", SamplerKind::EulerAncestral),
+        (
+            "EulerAncestralDiscreteScheduler",
+            SamplerKind::EulerAncestral,
+        ),
         ("euler_a", SamplerKind::EulerAncestral),
         ("HEUN", SamplerKind::Heun),
         ("dpm++3m", SamplerKind::DpmSolverPP3M),
@@ -345,7 +348,12 @@ fn bad_inputs_are_usage_errors() {
         ..Default::default()
     };
     let e = build(&karras_ddim).err().unwrap();
-    assert!(e.is_usage() && e.to_string().contains("--karras") && e.to_string().contains("ddim has none"), "{e}");
+    assert!(
+        e.is_usage()
+            && e.to_string().contains("--karras")
+            && e.to_string().contains("ddim has none"),
+        "{e}"
+    );
     let mut pndm_x0 = SamplerConfig {
         kind: SamplerKind::Pndm,
         ..Default::default()
@@ -359,7 +367,10 @@ fn bad_inputs_are_usage_errors() {
     };
     deis3.scheduler.solver_order = Some(3);
     let e = build(&deis3).err().unwrap();
-    assert!(e.is_usage() && e.to_string().contains("solver_order"), "{e}");
+    assert!(
+        e.is_usage() && e.to_string().contains("solver_order"),
+        "{e}"
+    );
     // Every sampler refuses 0 steps and more steps than T, in one line.
     for kind in SamplerKind::ALL {
         for steps in [0, 1001] {
@@ -370,7 +381,10 @@ fn bad_inputs_are_usage_errors() {
             };
             let e = build(&cfg).err().unwrap();
             let msg = e.to_string();
-            assert!(e.is_usage() && !msg.contains('\n'), "{kind:?} {steps}: {msg}");
+            assert!(
+                e.is_usage() && !msg.contains('\n'),
+                "{kind:?} {steps}: {msg}"
+            );
         }
     }
     assert_eq!(

@@ -24,8 +24,10 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     let meta = common::golden_metadata(FILE);
-    let configs: HashMap<String, serde_json::Value> =
-        serde_json::from_str(&diffuse::sampler::config::sanitize_python_json(&meta["configs"])).unwrap();
+    let configs: HashMap<String, serde_json::Value> = serde_json::from_str(
+        &diffuse::sampler::config::sanitize_python_json(&meta["configs"]),
+    )
+    .unwrap();
     let mut out: Vec<Case> = configs
         .into_iter()
         .map(|(name, v)| {

@@ -229,7 +229,10 @@ fn bad_checkpoints_are_named() {
 
     std::fs::remove_file(&w).unwrap();
     let e = load_err(&d);
-    assert!(e.contains("no diffusion_pytorch_model.safetensors"), "{e}");
+    assert!(
+        e.contains("no weights (diffusion_pytorch_model.safetensors, diffusion_pytorch_model.fp16.safetensors"),
+        "{e}"
+    );
     let e = load_err(tmp.path());
     assert!(e.contains("no config.json"), "{e}");
 }

@@ -1,7 +1,7 @@
 //! `diffuse inspect`: a model's config, parameters per top-level block and storage size.
 use crate::error::Result;
 use crate::unet::config::{preset_or_file, UNetConfig};
-use crate::unet::io::{self, CONFIG_FILE, WEIGHTS_FILE};
+use crate::unet::io::{self, CONFIG_FILE};
 use std::fmt::Write;
 use std::path::Path;
 
@@ -25,11 +25,9 @@ pub fn report(name_or_path: &str) -> Result<String> {
     let (cfg, weights) = if p.is_dir() {
         let dir = io::model_dir(p)?;
         let cfg = UNetConfig::from_file(&dir.join(CONFIG_FILE))?;
-        let w = dir.join(WEIGHTS_FILE);
-        let info = if w.is_file() {
-            Some(io::inspect_weights(&w, &cfg)?)
-        } else {
-            None
+        let info = match io::weights_file(&dir) {
+            Ok(w) => Some(io::inspect_weights(&w, &cfg)?),
+            Err(_) => None,
         };
         (cfg, info)
     } else {

@@ -251,21 +251,29 @@ impl SchedulerConfig {
                 | SamplerKind::UniPc
                 | SamplerKind::Deis
         );
-        if multistep && !matches!(self.final_sigmas_type.as_deref(), None | Some("zero") | Some("sigma_min")) {
+        if multistep
+            && !matches!(
+                self.final_sigmas_type.as_deref(),
+                None | Some("zero") | Some("sigma_min")
+            )
+        {
             return bad("final_sigmas_type", &self.final_sigmas_type);
         }
         match kind {
             // The sampler's name fixes the DPM-Solver order and algorithm.
-            SamplerKind::DpmSolverPP | SamplerKind::DpmSolverPP3M | SamplerKind::DpmSolverSde => {
-                if !matches!(self.solver_type.as_deref(), None | Some("midpoint")) {
-                    return bad("solver_type", &self.solver_type);
-                }
+            SamplerKind::DpmSolverPP | SamplerKind::DpmSolverPP3M | SamplerKind::DpmSolverSde
+                if !matches!(self.solver_type.as_deref(), None | Some("midpoint")) =>
+            {
+                return bad("solver_type", &self.solver_type);
             }
             SamplerKind::UniPc => {
                 if !matches!(self.solver_order, None | Some(1) | Some(2) | Some(3)) {
                     return bad("solver_order", &self.solver_order);
                 }
-                if !matches!(self.solver_type.as_deref(), None | Some("bh1") | Some("bh2")) {
+                if !matches!(
+                    self.solver_type.as_deref(),
+                    None | Some("bh1") | Some("bh2")
+                ) {
                     return bad("solver_type", &self.solver_type);
                 }
                 if self.predict_x0 == Some(false) {

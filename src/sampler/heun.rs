@@ -83,7 +83,7 @@ impl Scheduler for Heun {
             self.first = None;
         }
         // Even steps predict (Euler), odd ones correct.
-        let predictor = i % 2 == 0;
+        let predictor = i.is_multiple_of(2);
         if predictor != self.first.is_none() {
             return Err(Error::invalid(format!(
                 "Heun steps must run in order: step {i} came out of turn"

@@ -24,7 +24,11 @@ pub struct Pndm {
 }
 
 impl Pndm {
-    pub fn new(config: &SamplerConfig, alpha_bar: &[f64], spacing: TimestepSpacing) -> Result<Self> {
+    pub fn new(
+        config: &SamplerConfig,
+        alpha_bar: &[f64],
+        spacing: TimestepSpacing,
+    ) -> Result<Self> {
         let sc = &config.scheduler;
         let t_train = alpha_bar.len();
         // Ascending, as diffusers builds `_timesteps`; then t[:-1], t[-2], t[-1], reversed.
@@ -114,7 +118,11 @@ impl Scheduler for Pndm {
         } else if k == 2 {
             lincomb(&[(1.5, &e[1]), (-0.5, &e[0])])?
         } else if k == 3 {
-            lincomb(&[(23.0 / 12.0, &e[2]), (-16.0 / 12.0, &e[1]), (5.0 / 12.0, &e[0])])?
+            lincomb(&[
+                (23.0 / 12.0, &e[2]),
+                (-16.0 / 12.0, &e[1]),
+                (5.0 / 12.0, &e[0]),
+            ])?
         } else {
             lincomb(&[
                 (55.0 / 24.0, &e[3]),

@@ -146,31 +146,35 @@ pub fn build_with_arithmetic(
         SamplerKind::Ddim => Box::new(Ddim::new(
             ddim_timesteps(t_train, config.steps, spacing, sc.steps_offset)?,
             Ddim {
-            timesteps: Vec::new(),
-            t_float: Vec::new(),
-            stride: t_train / config.steps,
-            final_ab: if sc.set_alpha_to_one.unwrap_or(true) {
-                1.0
-            } else {
-                alpha_bar[0]
+                timesteps: Vec::new(),
+                t_float: Vec::new(),
+                stride: t_train / config.steps,
+                final_ab: if sc.set_alpha_to_one.unwrap_or(true) {
+                    1.0
+                } else {
+                    alpha_bar[0]
+                },
+                alpha_bar: alpha_bar.to_vec(),
+                params: DdimParams {
+                    prediction: sc.prediction_type,
+                    eta: config.eta,
+                    clip: sc.clip_range(),
+                },
             },
-            alpha_bar: alpha_bar.to_vec(),
-            params: DdimParams {
-                prediction: sc.prediction_type,
-                eta: config.eta,
-                clip: sc.clip_range(),
-            },
-        })),
-        SamplerKind::Ddpm => Box::new(Ddpm {
-            t_float: Vec::new(),
-            timesteps: ddim_timesteps(t_train, config.steps, spacing, sc.steps_offset)?,
-            alpha_bar: alpha_bar.to_vec(),
-            params: DdpmParams {
-                prediction: sc.prediction_type,
-                variance: sc.variance_type.unwrap_or_default(),
-                clip: sc.clip_range(),
-            },
-        }.with_floats()),
+        )),
+        SamplerKind::Ddpm => Box::new(
+            Ddpm {
+                t_float: Vec::new(),
+                timesteps: ddim_timesteps(t_train, config.steps, spacing, sc.steps_offset)?,
+                alpha_bar: alpha_bar.to_vec(),
+                params: DdpmParams {
+                    prediction: sc.prediction_type,
+                    variance: sc.variance_type.unwrap_or_default(),
+                    clip: sc.clip_range(),
+                },
+            }
+            .with_floats(),
+        ),
         SamplerKind::Euler | SamplerKind::EulerAncestral => {
             Box::new(Euler::new(config, alpha_bar, spacing, karras)?)
         }

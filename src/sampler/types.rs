@@ -198,7 +198,11 @@ impl SamplerKind {
 
     /// The sampler a diffusers scheduler config names (`_class_name`, and for
     /// DPMSolverMultistepScheduler its order and algorithm), if we have it.
-    pub fn from_class(class: &str, solver_order: Option<usize>, algorithm: Option<&str>) -> Option<Self> {
+    pub fn from_class(
+        class: &str,
+        solver_order: Option<usize>,
+        algorithm: Option<&str>,
+    ) -> Option<Self> {
         let k = match class {
             "DPMSolverMultistepScheduler" => match (algorithm, solver_order) {
                 (Some("sde-dpmsolver++"), _) => SamplerKind::DpmSolverSde,

@@ -71,7 +71,14 @@ impl UniPc {
 
     /// One UniP (predictor) or UniC (corrector) update from level `s` to level `t`, both
     /// built on `m0` = history[-1], with earlier differences D_k = (m_k - m0) / r_k.
-    fn update(&self, x: &Tensor, s: usize, t: usize, p: usize, model_t: Option<&Tensor>) -> Result<Tensor> {
+    fn update(
+        &self,
+        x: &Tensor,
+        s: usize,
+        t: usize,
+        p: usize,
+        model_t: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let lv = &self.ladder.levels;
         let (lt, ls) = (lv[t], lv[s]);
         let h = lt.lambda() - ls.lambda();
@@ -126,10 +133,11 @@ fn solve(mut a: Vec<Vec<f64>>, mut y: Vec<f64>) -> Vec<f64> {
             .unwrap_or(c);
         a.swap(c, p);
         y.swap(c, p);
+        let pivot = a[c].clone();
         for r in c + 1..n {
-            let f = a[r][c] / a[c][c];
-            for k in c..n {
-                a[r][k] -= f * a[c][k];
+            let f = a[r][c] / pivot[c];
+            for (ark, pk) in a[r][c..].iter_mut().zip(&pivot[c..]) {
+                *ark -= f * pk;
             }
             y[r] -= f * y[c];
         }

@@ -312,9 +312,14 @@ fn clear_run(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The scheduler_config.json a diffusers DDPMPipeline would read for this run.
+/// The scheduler_config.json a diffusers DDPMPipeline would read for this run. Its class is
+/// the sampler `diffuse sample` should use by default (DDIM, 50 steps); the DDPM keys stay,
+/// so `--sampler ddpm` (or diffusers' DDPMScheduler.from_config) gets the training chain.
 pub fn scheduler_config(cfg: &TrainConfig) -> SchedulerConfig {
-    SchedulerConfig::ddpm(&cfg.schedule, cfg.prediction)
+    SchedulerConfig {
+        class_name: SamplerKind::Ddim.diffusers_class().into(),
+        ..SchedulerConfig::ddpm(&cfg.schedule, cfg.prediction)
+    }
 }
 
 /// Run (or resume) training. `interrupt` is polled after every step.

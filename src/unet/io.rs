@@ -15,6 +15,34 @@ use std::sync::{Arc, Mutex};
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
 
+/// The weight files diffusers may have written, in the order we prefer them: full-precision
+/// safetensors, the `fp16` variant, then PyTorch's zip pickle (`safe_serialization=False`,
+/// what older hub repos hold) and its fp16 variant.
+pub const WEIGHTS_CANDIDATES: [&str; 4] = [
+    WEIGHTS_FILE,
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.bin",
+];
+
+/// The weight file of a model directory (see `WEIGHTS_CANDIDATES`).
+pub fn weights_file(dir: &Path) -> Result<PathBuf> {
+    WEIGHTS_CANDIDATES
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::format(
+                dir,
+                format!("no weights ({})", WEIGHTS_CANDIDATES.join(", ")),
+            )
+        })
+}
+
+fn is_pickle(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "bin")
+}
+
 /// A VarBuilder backend that only records what the model asks for: the parameter list of a
 /// config without allocating it (each answer is a broadcast scalar).
 #[derive(Clone, Default)]
@@ -106,13 +134,22 @@ pub fn model_dir(dir: &Path) -> Result<PathBuf> {
 /// Check a parsed safetensors file against the parameter list of `cfg`: a missing,
 /// unexpected or mis-shaped tensor is an error naming it.
 pub fn check_tensors(st: &safetensors::SafeTensors, cfg: &UNetConfig, path: &Path) -> Result<()> {
-    let spec = param_spec(cfg)?;
-    let want: BTreeMap<&str, &Shape> = spec.iter().map(|(k, s)| (k.as_str(), s)).collect();
     let have: BTreeMap<String, Vec<usize>> = st
         .tensors()
         .into_iter()
         .map(|(k, v)| (k, v.shape().to_vec()))
         .collect();
+    check_names(&have, cfg, path)
+}
+
+/// Check tensor names and shapes against the parameter list of `cfg`.
+pub fn check_names(
+    have: &BTreeMap<String, Vec<usize>>,
+    cfg: &UNetConfig,
+    path: &Path,
+) -> Result<()> {
+    let spec = param_spec(cfg)?;
+    let want: BTreeMap<&str, &Shape> = spec.iter().map(|(k, s)| (k.as_str(), s)).collect();
     let missing: Vec<&str> = want
         .keys()
         .filter(|k| !have.contains_key(**k))
@@ -167,20 +204,49 @@ fn parse_safetensors<'a>(bytes: &'a [u8], path: &Path) -> Result<safetensors::Sa
         .map_err(|e| Error::format(path, format!("not a valid safetensors file ({e})")))
 }
 
-/// Read a safetensors file checked against `cfg` (see `check_tensors`), converted to f32.
+/// The tensors of a PyTorch zip pickle, checked against `cfg`. Candle's pickle reader
+/// interprets only the opcodes a state dict needs (it runs no Python), so an untrusted .bin
+/// cannot execute code.
+fn read_weights_raw_pickle(path: &Path, cfg: &UNetConfig) -> Result<Vec<(String, Tensor)>> {
+    let ts = candle_core::pickle::read_all(path).map_err(|e| {
+        Error::format(
+            path,
+            format!("not a PyTorch state dict this reader understands ({e})"),
+        )
+    })?;
+    let have = ts
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
+    check_names(&have, cfg, path)?;
+    Ok(ts)
+}
+
+/// Read a weight file (safetensors, or a PyTorch zip pickle `.bin`) checked against `cfg`
+/// (see `check_tensors`), converted to f32.
 pub fn read_weights(
     path: &Path,
     cfg: &UNetConfig,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = parse_safetensors(&bytes, path)?;
-    check_tensors(&st, cfg, path)?;
+    let loaded: Vec<(String, Tensor)> = if is_pickle(path) {
+        read_weights_raw_pickle(path, cfg)?
+    } else {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let st = parse_safetensors(&bytes, path)?;
+        check_tensors(&st, cfg, path)?;
+        st.tensors()
+            .into_iter()
+            .map(|(k, view)| {
+                candle_core::safetensors::Load::load(&view, &Device::Cpu)
+                    .map(|t| (k.clone(), t))
+                    .map_err(|e| Error::format(path, format!("tensor '{k}': {e}")))
+            })
+            .collect::<Result<_>>()?
+    };
     let mut out = HashMap::new();
-    for (k, view) in st.tensors() {
-        let t = candle_core::safetensors::Load::load(&view, device)
-            .map_err(|e| Error::format(path, format!("tensor '{k}': {e}")))?;
-        let t = t.to_dtype(DType::F32)?;
+    for (k, t) in loaded {
+        let t = t.to_dtype(DType::F32)?.to_device(device)?;
         // A NaN weight makes every sample NaN (an all-black grid): say which tensor instead.
         let bad = count_non_finite(&t)?;
         if bad > 0 {
@@ -210,6 +276,20 @@ pub struct WeightsInfo {
 
 /// Validate the weights file of a model directory without building the model.
 pub fn inspect_weights(path: &Path, cfg: &UNetConfig) -> Result<WeightsInfo> {
+    if is_pickle(path) {
+        let ts = read_weights_raw_pickle(path, cfg)?;
+        let mut dtypes: Vec<String> = ts.iter().map(|(_, t)| format!("{:?}", t.dtype())).collect();
+        dtypes.sort();
+        dtypes.dedup();
+        let bytes = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        return Ok(WeightsInfo {
+            path: path.to_path_buf(),
+            bytes,
+            dtypes,
+        });
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = parse_safetensors(&bytes, path)?;
     check_tensors(&st, cfg, path)?;
@@ -261,15 +341,8 @@ pub fn frozen(cfg: &UNetConfig, vm: &VarMap, device: &Device) -> Result<UNet2DMo
 pub fn load(dir: &Path, device: &Device) -> Result<(UNetConfig, VarMap, UNet2DModel)> {
     let dir = model_dir(dir)?;
     let cfg = UNetConfig::from_file(&dir.join(CONFIG_FILE))?;
-    let wpath = dir.join(WEIGHTS_FILE);
-    if !wpath.is_file() {
-        let hint = if dir.join("diffusion_pytorch_model.bin").is_file() {
-            " (only safetensors is supported; found a PyTorch .bin)"
-        } else {
-            ""
-        };
-        return Err(Error::format(&dir, format!("no {WEIGHTS_FILE}{hint}")));
-    }
+    let wpath = weights_file(&dir)?;
+    tracing::info!("weights: {}", wpath.display());
     let tensors = read_weights(&wpath, &cfg, device)?;
     let vm = varmap_from(tensors)?;
     let model = build(&cfg, &vm, device)?;
