@@ -4,7 +4,8 @@
 //! - the core, [`core`]: schedules, alpha-bar tables, the closed-form forward process, the
 //!   noise generator;
 //! - libraries over it: the model and its CPU kernels ([`unet`], [`kernels`]), the samplers
-//!   ([`sampler`]), data ([`data`]), training ([`train`]), diffusers pipeline directories
+//!   ([`sampler`]), data ([`data`]), training ([`train`]), sample quality ([`eval`]),
+//!   diffusers pipeline directories
 //!   ([`pipeline`]) and file output ([`io`]);
 //! - [`commands`], one module per subcommand, which only composes the libraries.
 //!
@@ -14,6 +15,7 @@ pub mod core;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod kernels;
 pub mod limits;

@@ -39,6 +39,88 @@ impl ModelLocation {
     }
 }
 
+/// `classes.json` at a pipeline's root: what each class index of a class-conditional model
+/// means, and which index is the null class of classifier-free guidance (if it has one).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Classes {
+    pub names: Vec<String>,
+    pub null_class: Option<usize>,
+}
+
+pub const CLASSES_FILE: &str = "classes.json";
+
+impl Classes {
+    /// Index names "0", "1", ... for a model without classes.json, no null class.
+    pub fn numbered(k: usize) -> Self {
+        Self {
+            names: (0..k).map(|i| i.to_string()).collect(),
+            null_class: None,
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = crate::io::input::read_text(path, 1 << 20)?;
+        let c: Self =
+            serde_json::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?;
+        if c.names.is_empty() || c.null_class.is_some_and(|n| n != c.names.len()) {
+            return Err(Error::format(
+                path,
+                "needs at least one class name, and null_class (if any) right after the last",
+            ));
+        }
+        Ok(c)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("classes serialise") + "\n"
+    }
+
+    /// A class by name (any case) or index.
+    pub fn resolve(&self, s: &str) -> Result<u32> {
+        let t = s.trim();
+        if let Some(i) = self.names.iter().position(|n| n.eq_ignore_ascii_case(t)) {
+            return Ok(i as u32);
+        }
+        match t.parse::<usize>() {
+            Ok(i) if i < self.names.len() => Ok(i as u32),
+            _ => Err(Error::invalid(format!(
+                "no class '{s}' (this model's classes: {})",
+                self.names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| if *n == i.to_string() {
+                        n.clone()
+                    } else {
+                        format!("{i} {n}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+}
+
+impl ModelLocation {
+    /// The classes of a model with `num_class_embeds`: its classes.json, else numbered.
+    pub fn classes(&self, num_class_embeds: usize) -> Result<Classes> {
+        let path = self.root.as_ref().map(|r| r.join(CLASSES_FILE));
+        match path.filter(|p| p.is_file()) {
+            Some(p) => {
+                let c = Classes::load(&p)?;
+                let want = c.names.len() + usize::from(c.null_class.is_some());
+                if want != num_class_embeds {
+                    return Err(Error::format(
+                        &p,
+                        format!("lists {want} class embeddings, the UNet has num_class_embeds = {num_class_embeds}"),
+                    ));
+                }
+                Ok(c)
+            }
+            None => Ok(Classes::numbered(num_class_embeds)),
+        }
+    }
+}
+
 fn find_scheduler(root: &Path) -> Option<PathBuf> {
     [
         root.join("scheduler").join("scheduler_config.json"),

@@ -128,7 +128,7 @@ fn output_directory_is_complete_and_reloads() {
     assert_eq!(y.dims(), &[2, 1, 28, 28]);
     let sc = diffuse::sampler::SchedulerConfig::load(&out.join("scheduler/scheduler_config.json"))
         .unwrap();
-    assert_eq!(sc.class_name, "DDIMScheduler");
+    assert_eq!(sc.class_name, "DPMSolverMultistepScheduler");
     assert_eq!(
         sc.variance_type,
         Some(diffuse::sampler::VarianceType::FixedSmall)

@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 mod data;
+mod eval;
 mod inspect;
 mod noise;
 mod sample;
@@ -41,8 +42,12 @@ enum Command {
     Data(data::DataCmd),
     /// Train a UNet denoiser (epsilon, v or x0 prediction); writes a diffusers-layout model.
     Train(Box<train::TrainCmd>),
-    /// Run the learned reverse process (DDPM, DDIM, DPM-Solver++) and write images.
+    /// Run the learned reverse process (DDPM, DDIM, Euler, Heun, DPM-Solver++, UniPC, ...)
+    /// and write images.
     Sample(Box<sample::SampleCmd>),
+    /// Score saved digit samples: FID and KID in a digit classifier's feature space, and the
+    /// share of each predicted class.
+    Eval(eval::EvalCmd),
 }
 
 /// Schedule flags shared by every subcommand that needs a schedule.
@@ -178,5 +183,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(c) => data::run(c),
         Command::Train(c) => train::run(*c),
         Command::Sample(c) => sample::run(*c),
+        Command::Eval(c) => eval::run(c),
     }
 }

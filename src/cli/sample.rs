@@ -21,6 +21,32 @@ pub struct SampleCmd {
     /// euler, heun, dpm-solver++, dpm++3m, dpm++2m-sde, unipc.
     #[arg(long)]
     karras: bool,
+    /// Class-conditional models: a class name or index (e.g. 7 or seven), or `all` (one row
+    /// per class) [default: classes drawn uniformly].
+    #[arg(long)]
+    class: Option<String>,
+    /// Classifier-free guidance scale w (out = out_null + w (out_class - out_null));
+    /// several, comma-separated, draw a sweep grid with one column per scale.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1",
+        allow_negative_numbers = true
+    )]
+    guidance: Vec<f64>,
+    /// img2img (SDEdit): start from this image (any size or channels; resized, cropped and
+    /// converted to the model's), noised to the level --strength selects.
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
+    /// With --init: the share of the steps run, in (0, 1] (diffusers' strength; 1 ignores
+    /// the image's content but not its noise level).
+    #[arg(
+        long,
+        default_value_t = 0.8,
+        requires = "init",
+        allow_negative_numbers = true
+    )]
+    strength: f64,
     /// DDIM noise weight in [0, 1] (0: deterministic DDIM, 1: DDPM-like).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     eta: f64,
@@ -94,6 +120,10 @@ pub fn run(c: SampleCmd) -> anyhow::Result<()> {
         steps: c.steps,
         eta: c.eta,
         karras: c.karras,
+        class: c.class,
+        guidance: c.guidance,
+        init: c.init,
+        strength: c.strength,
         spacing: c.timestep_spacing,
         clip_sample: c.clip_sample.then_some(true),
         prediction: c.prediction,

@@ -81,6 +81,22 @@ pub struct TrainCmd {
     /// Use at most N training images.
     #[arg(long)]
     limit: Option<usize>,
+    /// Class-conditional training (mnist, fashion-mnist, cifar10): the UNet gets one class
+    /// embedding per class plus a null class, and classes.json is written beside it.
+    #[arg(long)]
+    class_cond: bool,
+    /// With --class-cond: share of labels replaced by the null class (classifier-free
+    /// guidance).
+    #[arg(long, default_value_t = 0.1, requires = "class_cond")]
+    cond_drop: f64,
+    /// With --class-cond: guidance scale of the sample grids (one row per class).
+    #[arg(
+        long,
+        default_value_t = 2.0,
+        requires = "class_cond",
+        allow_negative_numbers = true
+    )]
+    guidance: f64,
     /// Continue from the checkpoint in --output (settings that change the optimisation must
     /// match it; --lr, --train-steps and the logging cadence may change).
     #[arg(long, conflicts_with = "force")]
@@ -128,6 +144,9 @@ pub fn run(c: TrainCmd) -> anyhow::Result<()> {
         num_samples: c.num,
         hflip: c.flip.value(),
         limit: c.limit,
+        class_cond: c.class_cond,
+        cond_drop: c.cond_drop,
+        grid_guidance: c.guidance,
         progress: true,
         ..TrainConfig::default()
     };

@@ -2,6 +2,7 @@
 //! flags or a file), composes the libraries, and returns what it wrote; none re-implements a
 //! library's job.
 pub mod data;
+pub mod eval;
 pub mod inspect;
 pub mod noise;
 pub mod sample;

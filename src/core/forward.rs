@@ -87,6 +87,20 @@ impl CustomOp2 for Axpby {
     }
 }
 
+/// The closed form x_t = a x0 + s eps with given coefficients (a = sqrt(abar_t),
+/// s = sqrt(1 - abar_t), or a sampler's own level for the same t): what samplers use to
+/// start img2img (SDEdit) from a clean image.
+pub fn closed_form(x0: &Tensor, eps: &Tensor, a: f64, s: f64) -> Result<Tensor> {
+    if x0.dims() != eps.dims() {
+        return Err(Error::invalid(format!(
+            "image {:?} and noise {:?} differ in shape",
+            x0.dims(),
+            eps.dims()
+        )));
+    }
+    Ok((x0.affine(a, 0.0)? + eps.affine(s, 0.0)?)?)
+}
+
 /// The forward process for one schedule, with its coefficient tables on `device` in f32.
 pub struct ForwardProcess {
     pub schedule: Schedule,

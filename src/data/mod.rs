@@ -85,6 +85,41 @@ impl DatasetKind {
         matches!(self, Self::Cifar10 | Self::Folder(_))
     }
 
+    /// The names of the label values of a named set (None for folders).
+    pub fn class_names(&self) -> Option<Vec<String>> {
+        let names: &[&str] = match self {
+            Self::Mnist => &[
+                "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+            ],
+            Self::FashionMnist => &[
+                "t-shirt",
+                "trouser",
+                "pullover",
+                "dress",
+                "coat",
+                "sandal",
+                "shirt",
+                "sneaker",
+                "bag",
+                "ankle-boot",
+            ],
+            Self::Cifar10 => &[
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            ],
+            Self::Folder(_) => return None,
+        };
+        Some(names.iter().map(|s| s.to_string()).collect())
+    }
+
     pub fn name(&self) -> String {
         match self {
             Self::Mnist => "mnist".into(),

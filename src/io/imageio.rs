@@ -127,8 +127,14 @@ pub fn tensor_png_bytes(t: &Tensor, path: &Path) -> Result<Vec<u8>> {
 
 /// Tile a batch [B,C,H,W] into a square-ish grid with `pad` pixels of padding.
 pub fn grid(batch: &Tensor, pad: u32) -> Result<RgbImage> {
+    let b = batch.dim(0)?;
+    grid_cols(batch, pad, (b as f64).sqrt().ceil().max(1.0) as u32)
+}
+
+/// Tile a batch [B,C,H,W] row by row, `cols` tiles per row.
+pub fn grid_cols(batch: &Tensor, pad: u32, cols: u32) -> Result<RgbImage> {
     let (b, _, h, w) = batch.dims4()?;
-    let cols = (b as f64).sqrt().ceil().max(1.0) as u32;
+    let cols = cols.max(1);
     let rows = (b as u32).div_ceil(cols);
     let (h, w) = (h as u32, w as u32);
     let mut out = RgbImage::from_pixel(

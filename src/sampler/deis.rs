@@ -52,6 +52,10 @@ impl Scheduler for Deis {
         &self.ladder.run.timesteps
     }
 
+    fn add_noise(&self, i: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        self.ladder.add_noise(i, x0, noise)
+    }
+
     fn sigmas(&self) -> Option<&[f64]> {
         Some(&self.ladder.run.sigmas)
     }

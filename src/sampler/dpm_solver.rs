@@ -127,14 +127,25 @@ impl Ladder {
     pub fn is_empty(&self) -> bool {
         self.run.timesteps.is_empty()
     }
+
+    /// diffusers' multistep `add_noise`: alpha_i x0 + sigma_i noise at level i.
+    pub fn add_noise(&self, i: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        let l = self
+            .levels
+            .get(i)
+            .filter(|_| i < self.len())
+            .ok_or_else(|| out_of_run(i, self.len()))?;
+        crate::core::forward::closed_form(x0, noise, l.alpha, l.sigma)
+    }
 }
 
-/// Steps must come in order 0, 1, 2, ...: multistep samplers keep earlier predictions.
+/// Steps must come in order from the first one taken (0, or an img2img start): multistep
+/// samplers keep earlier predictions. `next` is 0 on a fresh run.
 pub fn check_order(name: &str, i: usize, next: usize, n: usize) -> Result<()> {
     if i >= n {
         return Err(out_of_run(i, n));
     }
-    if i != 0 && i != next {
+    if i != 0 && next != 0 && i != next {
         return Err(Error::invalid(format!(
             "{name} steps must run in order: got step {i}, expected {next}"
         )));
@@ -197,6 +208,10 @@ impl DpmSolver {
 impl Scheduler for DpmSolver {
     fn timesteps(&self) -> &[f64] {
         &self.ladder.run.timesteps
+    }
+
+    fn add_noise(&self, i: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        self.ladder.add_noise(i, x0, noise)
     }
 
     fn sigmas(&self) -> Option<&[f64]> {

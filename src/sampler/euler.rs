@@ -33,6 +33,21 @@ pub fn euler_update(x: &Tensor, x0: &Tensor, sigma: f64, dt: f64) -> Result<(Ten
     Ok(((x + mul(&d, dt as f32)?)?, d))
 }
 
+/// diffusers' sigma-space `add_noise`: x0 + sigma_i noise (the core's closed form at that
+/// level, divided by its alpha).
+pub fn sigma_add_noise(
+    sigmas: &[f64],
+    n: usize,
+    i: usize,
+    x0: &Tensor,
+    noise: &Tensor,
+) -> Result<Tensor> {
+    if i >= n {
+        return Err(out_of_run(i, n));
+    }
+    crate::core::forward::closed_form(x0, noise, 1.0, sigmas[i])
+}
+
 /// The timesteps and sigmas of diffusers' discrete sigma schedulers (Euler, Euler
 /// ancestral, Heun) for `config`.
 pub fn discrete_ladder(
@@ -106,6 +121,10 @@ impl Scheduler for Euler {
 
     fn scale_model_input(&self, i: usize, sample: &Tensor) -> Result<Tensor> {
         scale_input(sample, self.run.sigmas[i])
+    }
+
+    fn add_noise(&self, i: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        sigma_add_noise(&self.run.sigmas, self.run.timesteps.len(), i, x0, noise)
     }
 
     fn step(

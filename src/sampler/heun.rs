@@ -1,7 +1,7 @@
 //! Heun's second-order method in sigma space (Karras et al. 2022, Algorithm 1) as diffusers'
 //! HeunDiscreteScheduler runs it: every level but the first is visited twice (an Euler
 //! predictor, then the trapezoid corrector), so n steps cost 2n - 1 model evaluations.
-use super::euler::{discrete_ladder, euler_update, sigma_x0};
+use super::euler::{discrete_ladder, euler_update, sigma_add_noise, sigma_x0};
 use super::noise::NoiseSource;
 use super::predict::{check_pair, clip, div, mul};
 use super::scheduler::{out_of_run, SamplerConfig, Scheduler};
@@ -65,6 +65,14 @@ impl Scheduler for Heun {
 
     fn scale_model_input(&self, i: usize, sample: &Tensor) -> Result<Tensor> {
         scale_input(sample, self.sigmas[i])
+    }
+
+    fn add_noise(&self, i: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        sigma_add_noise(&self.sigmas, self.timesteps.len(), i, x0, noise)
+    }
+
+    fn order(&self) -> usize {
+        2
     }
 
     fn step(

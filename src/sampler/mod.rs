@@ -9,6 +9,7 @@ pub mod ddpm;
 pub mod deis;
 pub mod dpm_solver;
 pub mod euler;
+pub mod guidance;
 pub mod heun;
 pub mod noise;
 pub mod pndm;
@@ -23,6 +24,8 @@ pub mod unipc;
 pub use config::SchedulerConfig;
 pub use dpm_solver::SigmaArithmetic;
 pub use noise::{NoiseSource, Recorded};
-pub use sampling::{run, sample, Model, OnStep, StepInfo};
-pub use scheduler::{build, build_with, build_with_arithmetic, SamplerConfig, Scheduler};
+pub use sampling::{run, run_from, sample, Model, OnStep, StepInfo};
+pub use scheduler::{
+    build, build_with, build_with_arithmetic, img2img_start, SamplerConfig, Scheduler,
+};
 pub use types::{PredictionType, SamplerKind, StepOutput, TimestepSpacing, VarianceType};

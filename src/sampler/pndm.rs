@@ -4,7 +4,7 @@
 //! combinations of up to four earlier noise predictions. n steps cost n + 1 evaluations.
 use super::noise::NoiseSource;
 use super::predict::{check_pair, lincomb};
-use super::scheduler::{out_of_run, SamplerConfig, Scheduler};
+use super::scheduler::{out_of_run, vp_add_noise, SamplerConfig, Scheduler};
 use super::timesteps::ddim_timesteps;
 use super::types::{PredictionType, StepOutput, TimestepSpacing};
 use crate::error::{Error, Result};
@@ -20,6 +20,8 @@ pub struct Pndm {
     /// Raw model outputs of earlier steps (at most 4), newest last.
     ets: Vec<Tensor>,
     cur_sample: Option<Tensor>,
+    /// Steps taken in this run (diffusers' `counter`; a run may start past 0 for img2img).
+    counter: usize,
     next: usize,
 }
 
@@ -53,6 +55,7 @@ impl Pndm {
             prediction: sc.prediction_type,
             ets: Vec::new(),
             cur_sample: None,
+            counter: 0,
             next: 0,
         })
     }
@@ -71,6 +74,12 @@ impl Scheduler for Pndm {
         &self.timesteps
     }
 
+    fn add_noise(&self, i: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        let n = self.timesteps.len();
+        let t = *self.timesteps.get(i).ok_or_else(|| out_of_run(i, n))? as usize;
+        vp_add_noise(&[t], &self.alpha_bar, 0, x0, noise)
+    }
+
     fn step(
         &mut self,
         i: usize,
@@ -82,20 +91,22 @@ impl Scheduler for Pndm {
         if i >= n {
             return Err(out_of_run(i, n));
         }
-        if i != 0 && i != self.next {
+        if i != 0 && self.next != 0 && i != self.next {
             return Err(Error::invalid(format!(
                 "PNDM steps must run in order: got step {i}, expected {}",
                 self.next
             )));
         }
         check_pair(mo, x)?;
-        if i == 0 {
+        if i == 0 || self.next == 0 {
             self.ets.clear();
             self.cur_sample = None;
+            self.counter = 0;
         }
+        let c = self.counter;
         let mut t = self.timesteps[i] as i64;
         let mut prev_t = t - self.stride;
-        if i != 1 {
+        if c != 1 {
             if self.ets.len() > 3 {
                 self.ets.remove(0);
             }
@@ -107,10 +118,10 @@ impl Scheduler for Pndm {
         let e = &self.ets;
         let k = e.len();
         let mut sample = x.clone();
-        let combined = if k == 1 && i == 0 {
+        let combined = if k == 1 && c == 0 {
             self.cur_sample = Some(x.clone());
             mo.clone()
-        } else if k == 1 && i == 1 {
+        } else if k == 1 && c == 1 {
             if let Some(s) = self.cur_sample.take() {
                 sample = s;
             }
@@ -151,6 +162,7 @@ impl Scheduler for Pndm {
             (1.0 / ab_t.sqrt(), &sample),
             (-(1.0 - ab_t).sqrt() / ab_t.sqrt(), &eps),
         ])?;
+        self.counter += 1;
         self.next = i + 1;
         Ok(StepOutput {
             prev_sample: prev,

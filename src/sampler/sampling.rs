@@ -39,7 +39,7 @@ pub fn run(
     model: &mut Model,
     x_t: &Tensor,
     rng: &mut dyn NoiseSource,
-    mut on_step: Option<&mut OnStep>,
+    on_step: Option<&mut OnStep>,
 ) -> Result<Tensor> {
     if x_t.dtype() != DType::F32 || x_t.rank() == 0 {
         return Err(Error::invalid(format!(
@@ -48,15 +48,42 @@ pub fn run(
             x_t.dims()
         )));
     }
-    let b = x_t.dim(0)?;
-    let timesteps = scheduler.timesteps().to_vec();
     let sigma0 = scheduler.init_noise_sigma();
-    let mut x = if sigma0 == 1.0 {
+    let x = if sigma0 == 1.0 {
         x_t.clone()
     } else {
         x_t.affine(sigma0, 0.0)?
     };
-    for (i, &t) in timesteps.iter().enumerate() {
+    run_from(scheduler, model, &x, 0, rng, on_step)
+}
+
+/// The loop from step `start` on, with `x` already at that step's noise level in the
+/// sampler's space (img2img: `scheduler.add_noise(start, x0, noise)`).
+pub fn run_from(
+    scheduler: &mut dyn Scheduler,
+    model: &mut Model,
+    x: &Tensor,
+    start: usize,
+    rng: &mut dyn NoiseSource,
+    mut on_step: Option<&mut OnStep>,
+) -> Result<Tensor> {
+    if x.dtype() != DType::F32 || x.rank() == 0 {
+        return Err(Error::invalid(format!(
+            "start sample must be an f32 batch [B, ...], got {:?} {:?}",
+            x.dtype(),
+            x.dims()
+        )));
+    }
+    let b = x.dim(0)?;
+    let timesteps = scheduler.timesteps().to_vec();
+    if start >= timesteps.len() {
+        return Err(Error::invalid(format!(
+            "start step {start} is past the run's {} steps",
+            timesteps.len()
+        )));
+    }
+    let mut x = x.clone();
+    for (i, &t) in timesteps.iter().enumerate().skip(start) {
         let tt = Tensor::from_vec(vec![t as f32; b], b, x.device())?;
         let out = model(&scheduler.scale_model_input(i, &x)?, &tt)?;
         let step = scheduler.step(i, &out, &x, rng)?;

@@ -96,8 +96,17 @@ pub trait Scheduler {
     fn scale_model_input(&self, _i: usize, sample: &Tensor) -> Result<Tensor> {
         Ok(sample.clone())
     }
+    /// A clean sample `x0` noised to step i's level in the space this sampler works in
+    /// (the core's closed form at that level; sigma-space samplers: x0 + sigma eps), so a
+    /// run can start at step i (img2img).
+    fn add_noise(&self, i: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor>;
+    /// Timestep entries per inference step (2 for Heun), for diffusers' img2img slicing.
+    fn order(&self) -> usize {
+        1
+    }
     /// Step from `timesteps()[i]` to the next noise level. Steps must be taken in order
-    /// 0, 1, 2, ... (multistep samplers keep earlier predictions).
+    /// from the first one taken (0, or an img2img start), as multistep samplers keep
+    /// earlier predictions.
     fn step(
         &mut self,
         i: usize,
@@ -237,6 +246,10 @@ impl Scheduler for Ddim {
         &self.t_float
     }
 
+    fn add_noise(&self, i: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        vp_add_noise(&self.timesteps, &self.alpha_bar, i, x0, noise)
+    }
+
     fn step(
         &mut self,
         i: usize,
@@ -288,6 +301,10 @@ impl Scheduler for Ddpm {
         &self.t_float
     }
 
+    fn add_noise(&self, i: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        vp_add_noise(&self.timesteps, &self.alpha_bar, i, x0, noise)
+    }
+
     fn step(
         &mut self,
         i: usize,
@@ -319,6 +336,39 @@ impl Scheduler for Ddpm {
             noise.as_ref(),
         )
     }
+}
+
+/// diffusers' `add_noise` for the alpha_bar schedulers: the core's closed form at
+/// `timesteps[i]`.
+pub(crate) fn vp_add_noise(
+    timesteps: &[usize],
+    alpha_bar: &[f64],
+    i: usize,
+    x0: &Tensor,
+    noise: &Tensor,
+) -> Result<Tensor> {
+    let t = *timesteps
+        .get(i)
+        .ok_or_else(|| out_of_run(i, timesteps.len()))?;
+    let ab = alpha_bar[t];
+    crate::core::forward::closed_form(x0, noise, ab.sqrt(), (1.0 - ab).sqrt())
+}
+
+/// The first step index of an img2img run with `strength` in (0, 1]: diffusers keeps the
+/// last `int(steps * strength)` of the `steps` inference steps.
+pub fn img2img_start(scheduler: &dyn Scheduler, steps: usize, strength: f64) -> Result<usize> {
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(Error::invalid(format!(
+            "strength {strength} is outside (0, 1]"
+        )));
+    }
+    let keep = ((steps as f64 * strength) as usize).min(steps);
+    if keep == 0 {
+        return Err(Error::invalid(format!(
+            "strength {strength} with {steps} steps keeps no step; raise --strength or --steps"
+        )));
+    }
+    Ok((steps - keep) * scheduler.order())
 }
 
 pub(crate) fn out_of_run(i: usize, n: usize) -> Error {

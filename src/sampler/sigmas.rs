@@ -4,12 +4,14 @@
 //! timesteps and sigmas equal diffusers' arrays.
 use crate::core::schedule::linspace;
 
-/// diffusers' `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5`, in float32 (torch).
+/// diffusers' `((1 - alphas_cumprod) / alphas_cumprod) ** 0.5`, in float32 (torch). A
+/// zero-SNR table's final alpha_bar of 0 is replaced by 2^-24, as diffusers does, so the
+/// first sigma is finite.
 pub fn sigma_table(alpha_bar: &[f64]) -> Vec<f32> {
     alpha_bar
         .iter()
         .map(|a| {
-            let a = *a as f32;
+            let a = if *a == 0.0 { 2f32.powi(-24) } else { *a as f32 };
             ((1.0 - a) / a).sqrt()
         })
         .collect()

@@ -396,8 +396,10 @@ impl UNetConfig {
         if let Some(c) = &self.class_embed_type {
             return unsupported("class_embed_type", c, "null");
         }
-        if self.num_class_embeds.is_some() {
-            return bad("class conditioning (num_class_embeds) is not supported".into());
+        if self.num_class_embeds == Some(0) {
+            return bad(
+                "num_class_embeds = 0: a class-conditional model needs at least one class".into(),
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout = {} must be in [0, 1)", self.dropout));

@@ -6,7 +6,7 @@ use super::ops;
 use crate::core::rng::NoiseRng;
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
-use candle_nn::{Conv2d, Linear, VarBuilder};
+use candle_nn::{Conv2d, Embedding, Linear, Module, VarBuilder};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -26,6 +26,9 @@ pub struct UNet2DModel {
     conv_in: Conv2d,
     freqs: Tensor,
     time_embedding: TimestepEmbedding,
+    /// diffusers' `class_embedding` (num_class_embeds rows of time_embed_dim), added to the
+    /// time embedding: a class-conditional model.
+    class_embedding: Option<Embedding>,
     down_blocks: Vec<DownBlock>,
     mid_block: Option<MidBlock>,
     up_blocks: Vec<UpBlock>,
@@ -53,6 +56,10 @@ impl UNet2DModel {
         let time_embedding = TimestepEmbedding {
             linear_1: candle_nn::linear(ch[0], temb, te.pp("linear_1"))?,
             linear_2: candle_nn::linear(temb, temb, te.pp("linear_2"))?,
+        };
+        let class_embedding = match cfg.num_class_embeds {
+            Some(k) => Some(candle_nn::embedding(k, temb, vb.pp("class_embedding"))?),
+            None => None,
         };
         let down_kinds = cfg.down_kinds()?;
         let mut down_blocks = Vec::with_capacity(n);
@@ -113,6 +120,7 @@ impl UNet2DModel {
             conv_in,
             freqs,
             time_embedding,
+            class_embedding,
             down_blocks,
             mid_block,
             up_blocks,
@@ -134,7 +142,55 @@ impl UNet2DModel {
     /// Predict from `x` [B, C, H, W] (f32) at `timesteps` [B] or a single timestep (u32, i64,
     /// f32, ...). `train` enables dropout and a softmax with a backward pass.
     pub fn forward(&self, x: &Tensor, timesteps: &Tensor, train: bool) -> Result<Tensor> {
-        self.run(x, timesteps, train, None)
+        self.run(x, timesteps, None, train, None)
+    }
+
+    /// As `forward`, with class labels [B] (u32) for a class-conditional model
+    /// (`num_class_embeds`): diffusers' `model(x, t, class_labels=...)`.
+    pub fn forward_cond(
+        &self,
+        x: &Tensor,
+        timesteps: &Tensor,
+        class_labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.run(x, timesteps, class_labels, train, None)
+    }
+
+    /// The number of class embeddings (classes plus any null class), if class-conditional.
+    pub fn num_class_embeds(&self) -> Option<usize> {
+        self.cfg.num_class_embeds
+    }
+
+    /// The class embedding of `labels` [B], checked against the model.
+    fn class_emb(&self, labels: Option<&Tensor>, b: usize) -> Result<Option<Tensor>> {
+        match (&self.class_embedding, labels) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(Error::invalid(
+                "class labels given, but the model is not class-conditional (no num_class_embeds)",
+            )),
+            (Some(_), None) => Err(Error::invalid(format!(
+                "the model is class-conditional (num_class_embeds = {}): class labels are required",
+                self.cfg.num_class_embeds.unwrap_or(0)
+            ))),
+            (Some(e), Some(l)) => {
+                let l = l.flatten_all()?.to_dtype(DType::U32)?;
+                if l.elem_count() != b {
+                    return Err(Error::invalid(format!(
+                        "{} class labels for a batch of {b}",
+                        l.elem_count()
+                    )));
+                }
+                let k = self.cfg.num_class_embeds.unwrap_or(0) as u32;
+                let v: Vec<u32> = l.to_device(&candle_core::Device::Cpu)?.to_vec1()?;
+                if let Some(bad) = v.iter().find(|c| **c >= k) {
+                    return Err(Error::invalid(format!(
+                        "class label {bad} is outside [0, {k})"
+                    )));
+                }
+                Ok(Some(e.forward(&l)?))
+            }
+        }
     }
 
     /// Forward pass that also returns the named intermediates (time_proj,
@@ -145,7 +201,7 @@ impl UNet2DModel {
         timesteps: &Tensor,
     ) -> Result<(Tensor, Intermediates)> {
         let mut rec = Intermediates::new();
-        let out = self.run(x, timesteps, false, Some(&mut rec))?;
+        let out = self.run(x, timesteps, None, false, Some(&mut rec))?;
         Ok((out, rec))
     }
 
@@ -200,6 +256,7 @@ impl UNet2DModel {
         &self,
         x: &Tensor,
         timesteps: &Tensor,
+        class_labels: Option<&Tensor>,
         train: bool,
         mut rec: Option<&mut Intermediates>,
     ) -> Result<Tensor> {
@@ -221,6 +278,10 @@ impl UNet2DModel {
         put("time_embedding.linear_1", &l1);
         let emb = ops::linear(&self.time_embedding.linear_2, &ops::silu(&l1)?)?;
         put("time_embedding", &emb);
+        let emb = match self.class_emb(class_labels, x.dim(0)?)? {
+            Some(c) => (emb + c)?,
+            None => emb,
+        };
         let temb_act = ops::silu(&emb)?;
         let ctx = Ctx {
             temb_act: &temb_act,

@@ -1,0 +1,125 @@
+//! `diffuse eval` end to end: real digits score near the real floor and spread over the ten
+//! classes; noise scores far off; bad files are one line each, before any training.
+mod common;
+use assert_cmd::Command;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+
+fn diffuse() -> Command {
+    let mut c = Command::cargo_bin("diffuse").unwrap();
+    c.env_remove("RUST_LOG").env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+fn write_samples(path: &std::path::Path, x: &Tensor) {
+    let mut m = HashMap::new();
+    m.insert("samples".to_string(), x.clone());
+    candle_core::safetensors::save(&m, path).unwrap();
+}
+
+#[test]
+fn real_digits_beat_noise_and_bad_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = diffuse::data::load(&diffuse::data::DataConfig {
+        dataset: "mnist".into(),
+        data_dir: dir.path().join("none"),
+        ..Default::default()
+    })
+    .unwrap();
+    // 1000 real digits (the first ones; the classifier holds out the last 1000).
+    let real = ds.images.narrow(0, 0, 1000).unwrap();
+    let u = diffuse::core::rng::NoiseRng::new(5).uniform_f32(500 * 784);
+    let noise = Tensor::from_vec(u, (500, 1, 28, 28), &Device::Cpu)
+        .unwrap()
+        .affine(2.0, -1.0)
+        .unwrap();
+    let (pr, pn) = (
+        dir.path().join("real.safetensors"),
+        dir.path().join("noise.safetensors"),
+    );
+    write_samples(&pr, &real);
+    write_samples(&pn, &noise);
+
+    // Bad inputs first: each is one line, exit 1 (2 for usage), and no training happens.
+    let wrong = dir.path().join("wrong.safetensors");
+    write_samples(
+        &wrong,
+        &Tensor::zeros((4, 1, 16, 16), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let nokey = dir.path().join("nokey.safetensors");
+    let mut m = HashMap::new();
+    m.insert("x".to_string(), real.narrow(0, 0, 4).unwrap());
+    candle_core::safetensors::save(&m, &nokey).unwrap();
+    for (args, code, needle) in [
+        (
+            vec![wrong.to_str().unwrap()],
+            1,
+            "eval takes [N >= 2, 1, 28, 28]",
+        ),
+        (vec![nokey.to_str().unwrap()], 1, "no tensor 'samples'"),
+        (vec!["/no/such.safetensors"], 1, "/no/such.safetensors"),
+        (vec![], 2, "SAMPLES"),
+    ] {
+        let out = diffuse().arg("eval").args(&args).output().unwrap();
+        let (c, msg) = common::one_line_failure(out, "eval");
+        assert_eq!(c, code, "{args:?}: {msg}");
+        assert!(msg.contains(needle), "{args:?}: {msg}");
+    }
+
+    let out = diffuse()
+        .args([
+            "eval",
+            pr.to_str().unwrap(),
+            pn.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    println!("{text}");
+    let acc: f64 = text
+        .split("accuracy ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(acc > 95.0, "classifier accuracy {acc}");
+    let row = |name: &str| -> (f64, f64, Vec<f64>) {
+        let l = text.lines().find(|l| l.starts_with(name)).unwrap();
+        let f: Vec<&str> = l.split('\t').collect();
+        (
+            f[2].parse().unwrap(),
+            f[3].parse().unwrap(),
+            f[4].split(',').map(|v| v.parse().unwrap()).collect(),
+        )
+    };
+    let (fid_floor, _, _) = row("real (held-out)");
+    let (fid_real, kid_real, shares) = row(pr.to_str().unwrap());
+    let (fid_noise, kid_noise, _) = row(pn.to_str().unwrap());
+    // Real digits: about the floor (two real sets of 1000), each class near 10%.
+    assert!(
+        fid_real < 3.0 * fid_floor + 0.05,
+        "{fid_real} vs floor {fid_floor}"
+    );
+    assert!(
+        shares.iter().all(|s| (0.05..0.16).contains(s)),
+        "{shares:?}"
+    );
+    assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    // Noise: far worse on both scores.
+    assert!(
+        fid_noise > 20.0 * fid_real.max(0.01),
+        "{fid_noise} vs {fid_real}"
+    );
+    assert!(
+        kid_noise > 20.0 * kid_real.abs().max(0.01),
+        "{kid_noise} vs {kid_real}"
+    );
+}

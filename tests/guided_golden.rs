@@ -1,0 +1,196 @@
+//! Guided generation against diffusers 0.42.1 (tests/data/guided_chains.safetensors and
+//! unet_class/): the class-conditional UNet2DModel, classifier-free guidance chains and
+//! img2img (SDEdit) chains, with the analytic class-conditional denoiser; DDPM's img2img
+//! replays diffusers' recorded noise through the NoiseSource seam.
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use diffuse::sampler::guidance::guided;
+use diffuse::sampler::{
+    build_with, img2img_start, run, run_from, Recorded, SamplerConfig, SchedulerConfig,
+};
+use diffuse::unet;
+use std::collections::HashMap;
+
+const FILE: &str = "guided_chains.safetensors";
+
+struct Case {
+    name: String,
+    cfg: SamplerConfig,
+    extra: serde_json::Value,
+}
+
+fn cases(prefix: &str) -> Vec<Case> {
+    let meta = common::golden_metadata(FILE);
+    let configs: HashMap<String, serde_json::Value> = serde_json::from_str(
+        &diffuse::sampler::config::sanitize_python_json(&meta["configs"]),
+    )
+    .unwrap();
+    let mut out: Vec<Case> = configs
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(name, v)| {
+            let mut sc = SchedulerConfig::from_json(&v["config"].to_string()).unwrap();
+            sc.class_name = v["cls"].as_str().unwrap().to_string();
+            let kind = sc.sampler_kind().unwrap();
+            Case {
+                cfg: SamplerConfig {
+                    kind,
+                    steps: v["steps"].as_u64().unwrap() as usize,
+                    eta: 0.0,
+                    karras: false,
+                    scheduler: sc,
+                },
+                extra: v,
+                name,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    (0..t.dim(0).unwrap())
+        .map(|i| t.get(i).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+        .collect()
+}
+
+fn table(g: &HashMap<String, Tensor>, sc: &SchedulerConfig) -> (Vec<f32>, Vec<f64>) {
+    let ab: Vec<f32> = g[&format!("alphas_cumprod_{}", sc.beta_schedule)]
+        .to_vec1()
+        .unwrap();
+    let ab64 = ab.iter().map(|a| *a as f64).collect();
+    (ab, ab64)
+}
+
+fn ints(t: &Tensor) -> Vec<f64> {
+    t.to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as f64)
+        .collect()
+}
+
+#[test]
+fn class_conditional_unet_matches_diffusers() {
+    let dev = Device::Cpu;
+    let (cfg, _, model) = unet::load(&common::data_path("unet_class"), &dev).unwrap();
+    assert_eq!(cfg.num_class_embeds, Some(11));
+    let io = common::load_golden("unet_class/io.safetensors");
+    let labels = &io["class_labels"];
+    let out = model
+        .forward_cond(&io["x"], &io["timesteps"], Some(labels), false)
+        .unwrap();
+    let d = common::max_abs_diff(&out, &io["output"]);
+    let d64 = common::max_abs_diff(&out, &io["output_f64"]);
+    println!("unet_class: output max err {d:.2e} (f64 reference {d64:.2e})");
+    assert!(d < 1e-4 && d64 < 1e-4, "{d} {d64}");
+    // Other labels: diffusers' other output, and a different one from ours.
+    let other = io
+        .get("class_labels_other")
+        .cloned()
+        .unwrap_or_else(|| labels.flip(&[0]).unwrap());
+    let out2 = model
+        .forward_cond(&io["x"], &io["timesteps"], Some(&other), false)
+        .unwrap();
+    let d2 = common::max_abs_diff(&out2, &io["output_other_labels"]);
+    println!("unet_class: other labels max err {d2:.2e}");
+    assert!(d2 < 1e-4, "{d2}");
+    assert!(
+        common::max_abs_diff(&out, &out2) > 1e-3,
+        "labels must matter"
+    );
+    // Labels are required, must be in range, and an unconditional model refuses them.
+    let e = model
+        .forward(&io["x"], &io["timesteps"], false)
+        .unwrap_err();
+    assert!(e.to_string().contains("class labels are required"), "{e}");
+    let bad = Tensor::new(&[0u32, 11], &dev).unwrap();
+    let e = model
+        .forward_cond(&io["x"], &io["timesteps"], Some(&bad), false)
+        .unwrap_err();
+    assert!(e.to_string().contains("outside [0, 11)"), "{e}");
+    let (_, _, plain) = unet::load(&common::data_path("unet_tiny"), &dev).unwrap();
+    let e = plain
+        .forward_cond(&io["x"], &io["timesteps"], Some(labels), false)
+        .unwrap_err();
+    assert!(e.to_string().contains("not class-conditional"), "{e}");
+}
+
+#[test]
+fn classifier_free_guidance_chains_match_diffusers() {
+    let g = common::load_golden(FILE);
+    let means = rows(&g["class_means"]);
+    let null = (means.len() - 1) as u32;
+    let labels = g["class_labels"].to_dtype(DType::U32).unwrap();
+    let cs = cases("cfg_");
+    assert_eq!(cs.len(), 2);
+    for c in cs {
+        let sc = &c.cfg.scheduler;
+        let (ab, ab64) = table(&g, sc);
+        let w = c.extra["guidance"].as_f64().unwrap();
+        let mut s = build_with(&c.cfg, &ab64).unwrap();
+        assert_eq!(
+            s.timesteps(),
+            &ints(&g[&format!("{}_timesteps", c.name)])[..]
+        );
+        let pred = sc.prediction_type;
+        let means = means.clone();
+        let mut cond = move |x: &Tensor, t: &Tensor, l: &Tensor| -> diffuse::Result<Tensor> {
+            let l: Vec<u32> = l.to_vec1()?;
+            let rows = l.iter().map(|k| means[*k as usize].clone()).collect();
+            common::sigma_model(rows, ab.clone(), pred)(x, t)
+        };
+        let mut model = guided(&mut cond, &labels, null, w).unwrap();
+        let x0 = run(
+            s.as_mut(),
+            &mut model,
+            &g["x_T"],
+            &mut Recorded::new(vec![]),
+            None,
+        )
+        .unwrap();
+        let e = common::max_abs_diff(&x0, &g[&format!("{}_x0", c.name)]);
+        println!("{}: max err {e:.2e}", c.name);
+        assert!(e <= 1e-4, "{}: {e}", c.name);
+    }
+}
+
+#[test]
+fn img2img_chains_match_diffusers() {
+    let g = common::load_golden(FILE);
+    let m: Vec<f32> = common::load_golden("sampler_chains_more.safetensors")["m"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let cs = cases("img2img_");
+    assert_eq!(cs.len(), 3);
+    for c in cs {
+        let sc = &c.cfg.scheduler;
+        let (ab, ab64) = table(&g, sc);
+        let strength = c.extra["strength"].as_f64().unwrap();
+        let mut s = build_with(&c.cfg, &ab64).unwrap();
+        let start = img2img_start(s.as_ref(), c.cfg.steps, strength).unwrap();
+        let want_t = ints(&g[&format!("{}_timesteps", c.name)]);
+        assert_eq!(&s.timesteps()[start..], &want_t[..], "{}", c.name);
+        let x = s
+            .add_noise(start, &g["init_image"], &g[&format!("{}_noise0", c.name)])
+            .unwrap();
+        // The unconditional denoiser of the second set, mean `m` (stored in
+        // sampler_chains_more.safetensors; the img2img cases were made with it).
+        let mut model = common::sigma_model(vec![m.clone()], ab.clone(), sc.prediction_type);
+        let mut noise = match g.get(&format!("{}_noise", c.name)) {
+            Some(z) => Recorded::from_stacked(z).unwrap(),
+            None => Recorded::new(vec![]),
+        };
+        let x0 = run_from(s.as_mut(), &mut model, &x, start, &mut noise, None).unwrap();
+        let e = common::max_abs_diff(&x0, &g[&format!("{}_x0", c.name)]);
+        println!("{} (from step {start}): max err {e:.2e}", c.name);
+        assert!(e <= 1e-4, "{}: {e}", c.name);
+        if let Some(z) = g.get(&format!("{}_noise", c.name)) {
+            assert_eq!(noise.used(), z.dim(0).unwrap());
+        }
+    }
+}
