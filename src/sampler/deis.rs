@@ -1,9 +1,9 @@
 //! DEIS (Zhang & Chen 2023) in its log-rho multistep form, as diffusers'
 //! DEISMultistepScheduler computes it (orders 1 and 2): an exponential integrator on the
 //! noise prediction with rho = sigma / alpha; runs end at sigma_min, not 0.
-use super::dpm_solver::{check_order, Ladder, SigmaArithmetic};
+use super::dpm_solver::{History, Ladder, SigmaArithmetic};
 use super::noise::NoiseSource;
-use super::predict::{check_pair, div, mul};
+use super::predict::{div, mul};
 use super::scheduler::{SamplerConfig, Scheduler};
 use super::sigmas::FinalSigma;
 use super::types::{PredictionType, StepOutput, TimestepSpacing};
@@ -15,8 +15,8 @@ pub struct Deis {
     prediction: PredictionType,
     order: usize,
     lower_order_final: bool,
-    /// Noise predictions (from the x0 conversion), newest last.
-    history: Vec<Tensor>,
+    /// Noise predictions (from the x0 conversion) of earlier steps.
+    history: History,
     next: usize,
 }
 
@@ -36,7 +36,7 @@ impl Deis {
             prediction: sc.prediction_type,
             order: sc.solver_order.unwrap_or(2),
             lower_order_final: sc.lower_order_final.unwrap_or(true),
-            history: Vec::new(),
+            history: History::new(sc.solver_order.unwrap_or(2)),
             next: 0,
         })
     }
@@ -68,25 +68,19 @@ impl Scheduler for Deis {
         _noise: &mut dyn NoiseSource,
     ) -> Result<StepOutput> {
         let n = self.ladder.len();
-        check_order("DEIS", i, self.next, n)?;
-        check_pair(mo, x)?;
-        if i == 0 {
+        if self.ladder.begin("DEIS", i, self.next, mo, x)? {
             self.history.clear();
         }
         let lv = &self.ladder.levels;
         let (t, s0) = (lv[i + 1], lv[i]);
         let x0 = s0.x0(mo, x, self.prediction)?;
-        // diffusers' order of operations: at cosine t = 999 (alpha ~ 5e-5) the first step
-        // cancels terms of size ~3e7, so the f32 rounding of each product shows.
+        // diffusers' order of operations: from cosine's t = 999 (alpha ~ 5e-5) the first step
+        // cancels terms ~1585 times larger than its result, so each f32 rounding shows.
         let eps = div(&(x - x0.affine(s0.alpha, 0.0)?)?, s0.sigma as f32)?;
-        let have = self.history.len();
-        self.history.push(eps);
-        if self.history.len() > self.order {
-            self.history.remove(0);
-        }
+        let have = self.history.push(eps);
         let last = i + 1 == n && self.lower_order_final && n < 15;
         let hist = &self.history;
-        let m0 = &hist[hist.len() - 1];
+        let m0 = hist.back(0);
         let prev = if self.order == 1 || have < 1 || last {
             // Coefficients in f32 as diffusers forms them (see above).
             let f = |v: f64| v as f32;
@@ -106,7 +100,7 @@ impl Scheduler for Deis {
             );
             let c1 = ind(rt, r0, r1) - ind(r0, r0, r1);
             let c2 = ind(rt, r1, r0) - ind(r0, r1, r0);
-            let m1 = &hist[hist.len() - 2];
+            let m1 = hist.back(1);
             let inner = ((div(x, f(s0.alpha))? + mul(m0, c1)?)? + mul(m1, c2)?)?;
             mul(&inner, f(t.alpha))?
         };

@@ -139,6 +139,67 @@ impl Ladder {
     }
 }
 
+/// Predictions of earlier steps, newest last, at most `keep` of them (diffusers'
+/// `model_outputs`).
+pub struct History {
+    items: Vec<Tensor>,
+    keep: usize,
+}
+
+impl History {
+    pub fn new(keep: usize) -> Self {
+        Self {
+            items: Vec::new(),
+            keep: keep.max(1),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+
+    /// Add this step's prediction; returns how many earlier ones there are (diffusers'
+    /// `lower_order_nums`, capped at the order).
+    pub fn push(&mut self, t: Tensor) -> usize {
+        let have = self.items.len();
+        self.items.push(t);
+        if self.items.len() > self.keep {
+            self.items.remove(0);
+        }
+        have
+    }
+
+    /// The k-th newest prediction (0: this step's).
+    pub fn back(&self, k: usize) -> &Tensor {
+        &self.items[self.items.len() - 1 - k]
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+impl Ladder {
+    /// What every multistep step checks first: steps in order, model output and sample
+    /// alike. True when the step starts a run (state must be reset).
+    pub fn begin(
+        &self,
+        name: &str,
+        i: usize,
+        next: usize,
+        mo: &Tensor,
+        x: &Tensor,
+    ) -> Result<bool> {
+        check_order(name, i, next, self.len())?;
+        check_pair(mo, x)?;
+        Ok(i == 0)
+    }
+}
+
 /// Steps must come in order from the first one taken (0, or an img2img start): multistep
 /// samplers keep earlier predictions. `next` is 0 on a fresh run.
 pub fn check_order(name: &str, i: usize, next: usize, n: usize) -> Result<()> {
@@ -170,8 +231,8 @@ pub struct DpmSolver {
     lower_order_final: bool,
     /// First order on the last step (euler_at_final, or a final sigma of zero).
     first_order_last: bool,
-    /// x0 predictions of earlier steps, newest last.
-    history: Vec<Tensor>,
+    /// x0 predictions of earlier steps.
+    history: History,
     next: usize,
 }
 
@@ -199,7 +260,7 @@ impl DpmSolver {
             algorithm,
             order,
             lower_order_final,
-            history: Vec::new(),
+            history: History::new(order),
             next: 0,
         })
     }
@@ -226,19 +287,12 @@ impl Scheduler for DpmSolver {
         noise: &mut dyn NoiseSource,
     ) -> Result<StepOutput> {
         let n = self.ladder.len();
-        check_order("DPM-Solver++", i, self.next, n)?;
-        check_pair(mo, x)?;
-        if i == 0 {
+        if self.ladder.begin("DPM-Solver++", i, self.next, mo, x)? {
             self.history.clear();
         }
         let lv = &self.ladder.levels;
         let x0 = lv[i].x0(mo, x, self.prediction)?;
-        // Earlier steps available (diffusers' lower_order_nums), before this one is added.
-        let have = self.history.len();
-        self.history.push(x0.clone());
-        if self.history.len() > self.order {
-            self.history.remove(0);
-        }
+        let have = self.history.push(x0.clone());
         let z = match self.algorithm {
             DpmAlgorithm::Sde => Some(noise.randn(x.shape(), x.device())?),
             DpmAlgorithm::DataPrediction => None,
@@ -259,7 +313,7 @@ impl Scheduler for DpmSolver {
             ),
         };
         let hist = &self.history;
-        let m = |k: usize| &hist[hist.len() - 1 - k];
+        let m = |k: usize| hist.back(k);
         let mut prev = if self.order == 1 || have < 1 || last {
             lincomb(&[(cx, x), (phi, m(0))])?
         } else if self.order == 2 || have < 2 || second_last {

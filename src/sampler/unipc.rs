@@ -2,9 +2,9 @@
 //! `predict_x0` (data prediction) and the bh1/bh2 B(h): a multistep predictor (UniP) to the
 //! next level, and at the start of each later step a corrector (UniC) that re-solves the
 //! previous step with the model output just computed.
-use super::dpm_solver::{check_order, Ladder, SigmaArithmetic};
+use super::dpm_solver::{History, Ladder, SigmaArithmetic};
 use super::noise::NoiseSource;
-use super::predict::{check_pair, lincomb};
+use super::predict::lincomb;
 use super::scheduler::{SamplerConfig, Scheduler};
 use super::sigmas::FinalSigma;
 use super::types::{PredictionType, StepOutput, TimestepSpacing};
@@ -19,8 +19,8 @@ pub struct UniPc {
     /// bh2: B(h) = e^h - 1 (diffusers' default); bh1: B(h) = h.
     bh2: bool,
     disable_corrector: Vec<usize>,
-    /// x0 predictions, newest last.
-    history: Vec<Tensor>,
+    /// x0 predictions of earlier steps.
+    history: History,
     last_sample: Option<Tensor>,
     /// The order of the previous predictor step (the corrector uses it).
     this_order: usize,
@@ -43,7 +43,7 @@ impl UniPc {
             lower_order_final: sc.lower_order_final.unwrap_or(true),
             bh2: sc.solver_type.as_deref().unwrap_or("bh2") == "bh2",
             disable_corrector: sc.disable_corrector.clone().unwrap_or_default(),
-            history: Vec::new(),
+            history: History::new(sc.solver_order.unwrap_or(2)),
             last_sample: None,
             this_order: 1,
             next: 0,
@@ -83,7 +83,7 @@ impl UniPc {
         let (lt, ls) = (lv[t], lv[s]);
         let h = lt.lambda() - ls.lambda();
         let hist = &self.history;
-        let m0 = &hist[hist.len() - 1];
+        let m0 = hist.back(0);
         let mut rks = Vec::new();
         let mut terms: Vec<(f64, &Tensor)> = Vec::new();
         for k in 1..p {
@@ -110,7 +110,7 @@ impl UniPc {
         for k in 1..p {
             if let Some(rho) = rhos.get(k - 1) {
                 let w = c * rho / rks[k - 1];
-                terms.push((w, &hist[hist.len() - 1 - k]));
+                terms.push((w, hist.back(k)));
                 m0_w -= w;
             }
         }
@@ -171,9 +171,7 @@ impl Scheduler for UniPc {
         _noise: &mut dyn NoiseSource,
     ) -> Result<StepOutput> {
         let n = self.ladder.len();
-        check_order("UniPC", i, self.next, n)?;
-        check_pair(mo, x)?;
-        if i == 0 {
+        if self.ladder.begin("UniPC", i, self.next, mo, x)? {
             self.history.clear();
             self.last_sample = None;
         }
@@ -184,11 +182,7 @@ impl Scheduler for UniPc {
                 x = self.update(last, i - 1, i, self.this_order, Some(&x0))?;
             }
         }
-        let have = self.history.len();
-        self.history.push(x0.clone());
-        if self.history.len() > self.order {
-            self.history.remove(0);
-        }
+        let have = self.history.push(x0.clone());
         let mut p = self.order;
         if self.lower_order_final {
             p = p.min(n - i);
