@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
                 eta: 0.0,
                 karras: *karras,
                 class: None,
-                guidance: vec![1.0],
+                guidance: vec![],
                 init: None,
                 strength: 0.8,
                 spacing: None,

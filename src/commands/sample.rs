@@ -28,7 +28,8 @@ pub struct SampleRequest {
     /// Class-conditional models: a class name or index, or "all" (balanced, in order);
     /// None draws classes uniformly.
     pub class: Option<String>,
-    /// Classifier-free guidance scales; several make a sweep grid (one column each).
+    /// Classifier-free guidance scales; several make a sweep grid (one column each). Empty:
+    /// `DEFAULT_GUIDANCE` for a model with a null class, else 1.
     pub guidance: Vec<f64>,
     /// img2img (SDEdit): start from this image, noised to the level `strength` selects.
     pub init: Option<PathBuf>,
@@ -92,6 +93,11 @@ pub fn resolve_kind(asked: Option<SamplerKind>, sc: &SchedulerConfig) -> Sampler
     })
 }
 
+/// Guidance for class-conditional models with a null class when none is given: on the
+/// default class-conditional MNIST model, 100 samples per class are read as the class asked
+/// for 83% of the time at w = 1, 96% at 2, 97% at 4 (README, "Steering").
+pub const DEFAULT_GUIDANCE: f64 = 4.0;
+
 /// Images per forward pass when `--batch-size` is not given: all of `--num` up to 256, so
 /// small requests draw the same noise as before and large ones stream.
 pub const DEFAULT_BATCH: usize = 256;
@@ -107,7 +113,7 @@ fn validate(req: &SampleRequest) -> Result<()> {
     if let Some(b) = req.batch_size {
         limits::check_count("--batch-size", b, limits::MAX_NUM, "the bound of --num")?;
     }
-    if req.guidance.is_empty() || req.guidance.iter().any(|w| !w.is_finite()) {
+    if req.guidance.iter().any(|w| !w.is_finite()) {
         return Err(Error::invalid("--guidance needs finite scales"));
     }
     if req.guidance.len() > 16 {
@@ -154,7 +160,7 @@ impl Conditioning {
         embeds: Option<usize>,
     ) -> Result<Option<Self>> {
         let Some(k) = embeds else {
-            if req.class.is_some() || req.guidance != [1.0] {
+            if req.class.is_some() || req.guidance.iter().any(|w| *w != 1.0) {
                 return Err(Error::invalid(
                     "--class and --guidance need a class-conditional model (num_class_embeds); this one is unconditional",
                 ));
@@ -291,7 +297,15 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
         None => None,
     };
     let n_batches = req.num.div_ceil(bs);
-    let sweeps = req.guidance.len();
+    let scales: Vec<f64> = if !req.guidance.is_empty() {
+        req.guidance.clone()
+    } else if cond.as_ref().is_some_and(|c| c.null.is_some()) {
+        tracing::info!("guidance {DEFAULT_GUIDANCE} (the default for a model with a null class)");
+        vec![DEFAULT_GUIDANCE]
+    } else {
+        vec![1.0]
+    };
+    let sweeps = scales.len();
     let mut pb = Progress::new(
         "sample",
         "step",
@@ -320,7 +334,7 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
         }
         None => None,
     };
-    for (wi, &w) in req.guidance.iter().enumerate() {
+    for (wi, &w) in scales.iter().enumerate() {
         // Every scale of a sweep starts from the same noise and labels.
         let mut rng = NoiseRng::new(req.seed);
         let mut label_rng = NoiseRng::new(req.seed ^ 0x6C61_6265_6C73);
