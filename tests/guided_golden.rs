@@ -194,3 +194,66 @@ fn img2img_chains_match_diffusers() {
         }
     }
 }
+
+#[test]
+fn ddim_inversion_round_trips_like_diffusers() {
+    let g = common::load_golden(FILE);
+    let m: Vec<f32> = common::load_golden("sampler_chains_more.safetensors")["m"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let meta = common::golden_metadata(FILE);
+    let configs: HashMap<String, serde_json::Value> = serde_json::from_str(
+        &diffuse::sampler::config::sanitize_python_json(&meta["configs"]),
+    )
+    .unwrap();
+    let mut n_cases = 0;
+    for (name, v) in configs.iter().filter(|(k, _)| k.starts_with("invert_")) {
+        let steps = v["steps"].as_u64().unwrap() as usize;
+        let inv_sc = SchedulerConfig::from_json(&v["inverse"].to_string()).unwrap();
+        let mut fwd_sc = SchedulerConfig::from_json(&v["forward"].to_string()).unwrap();
+        fwd_sc.class_name = "DDIMScheduler".into();
+        let (ab, ab64) = table(&g, &inv_sc);
+        let cfg = |sc: SchedulerConfig| SamplerConfig {
+            kind: diffuse::sampler::SamplerKind::Ddim,
+            steps,
+            eta: 0.0,
+            karras: false,
+            scheduler: sc,
+        };
+        let mut inv =
+            diffuse::sampler::inversion::DdimInverse::new(&cfg(inv_sc.clone()), &ab64).unwrap();
+        assert_eq!(
+            diffuse::sampler::Scheduler::timesteps(&inv),
+            &ints(&g[&format!("{name}_inv_timesteps")])[..],
+            "{name}"
+        );
+        let mut model = common::sigma_model(vec![m.clone()], ab.clone(), inv_sc.prediction_type);
+        let latent = run_from(
+            &mut inv,
+            &mut model,
+            &g["init_image"],
+            0,
+            &mut Recorded::new(vec![]),
+            None,
+        )
+        .unwrap();
+        let el = common::max_abs_diff(&latent, &g[&format!("{name}_latent")]);
+        let mut fwd = build_with(&cfg(fwd_sc), &ab64).unwrap();
+        let x0 = run(
+            fwd.as_mut(),
+            &mut model,
+            &latent,
+            &mut Recorded::new(vec![]),
+            None,
+        )
+        .unwrap();
+        let ex = common::max_abs_diff(&x0, &g[&format!("{name}_x0")]);
+        let back = common::max_abs_diff(&x0, &g["init_image"]);
+        println!("{name}: latent max err {el:.2e}, reconstruction max err {ex:.2e} (vs the image itself {back:.2e})");
+        assert!(el <= 1e-4 && ex <= 1e-4, "{name}: {el} {ex}");
+        n_cases += 1;
+    }
+    assert_eq!(n_cases, 2);
+}

@@ -33,7 +33,12 @@ pub fn ddim_step(
     let (x0, eps) = x0_and_eps(model_output, sample, ab_t, p.prediction)?;
     // diffusers keeps the unclipped eps (use_clipped_model_output = False).
     let x0 = clip(x0, p.clip)?;
-    let std = p.eta * ddim_variance(ab_t, ab_prev).sqrt();
+    // Only with eta > 0: going upwards (inversion) the variance is negative, its root NaN.
+    let std = if p.eta > 0.0 {
+        p.eta * ddim_variance(ab_t, ab_prev).sqrt()
+    } else {
+        0.0
+    };
     // Rounding can push 1 - abar_prev - std^2 a hair below 0 at eta = 1.
     let dir = (1.0 - ab_prev - std * std).max(0.0).sqrt();
     let mut prev = lincomb(&[(ab_prev.sqrt(), &x0), (dir, &eps)])?;

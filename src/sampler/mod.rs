@@ -11,6 +11,7 @@ pub mod dpm_solver;
 pub mod euler;
 pub mod guidance;
 pub mod heun;
+pub mod inversion;
 pub mod noise;
 pub mod pndm;
 pub mod predict;
