@@ -1,6 +1,6 @@
 //! Guided generation against diffusers 0.42.1 (tests/data/guided_chains.safetensors and
 //! unet_class/): the class-conditional UNet2DModel, classifier-free guidance chains and
-//! img2img (SDEdit) chains, with the analytic class-conditional denoiser; DDPM's img2img
+//! img2img (SDEdit) and RePaint chains, with the analytic class-conditional denoiser; DDPM's img2img
 //! replays diffusers' recorded noise through the NoiseSource seam.
 mod common;
 
@@ -256,4 +256,70 @@ fn ddim_inversion_round_trips_like_diffusers() {
         n_cases += 1;
     }
     assert_eq!(n_cases, 2);
+}
+
+#[test]
+fn repaint_chains_match_diffusers() {
+    use diffuse::sampler::repaint::{inpaint, RePaint, RePaintConfig};
+    let g = common::load_golden(FILE);
+    let m: Vec<f32> = common::load_golden("sampler_chains_more.safetensors")["m"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let meta = common::golden_metadata(FILE);
+    let configs: HashMap<String, serde_json::Value> = serde_json::from_str(
+        &diffuse::sampler::config::sanitize_python_json(&meta["configs"]),
+    )
+    .unwrap();
+    let mut names: Vec<&String> = configs
+        .keys()
+        .filter(|k| k.starts_with("repaint_"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2);
+    for name in names {
+        let v = &configs[name];
+        let sc = SchedulerConfig::from_json(&v["config"].to_string()).unwrap();
+        let rc = RePaintConfig {
+            steps: v["steps"].as_u64().unwrap() as usize,
+            jump_length: v["jump_length"].as_u64().unwrap() as usize,
+            jump_n_sample: v["jump_n_sample"].as_u64().unwrap() as usize,
+            eta: v["eta"].as_f64().unwrap(),
+        };
+        let (ab, ab64) = table(&g, &sc);
+        // diffusers' betas are its f32 ones; ours rounded to f32 agree within an ulp.
+        let schedule =
+            diffuse::core::schedule::Schedule::new(&sc.schedule_config().unwrap()).unwrap();
+        let betas: Vec<f64> = schedule.betas.iter().map(|b| *b as f32 as f64).collect();
+        let rp = RePaint::with_tables(&rc, &sc, &ab64, &betas).unwrap();
+        let want_t: Vec<usize> = ints(&g[&format!("{name}_timesteps")])
+            .into_iter()
+            .map(|x| x as usize)
+            .collect();
+        assert_eq!(rp.timesteps(), &want_t[..], "{name}");
+        assert_eq!(rc.timesteps().len(), want_t.len(), "{name}");
+        let mut model = common::sigma_model(vec![m.clone()], ab.clone(), sc.prediction_type);
+        let z = &g[&format!("{name}_noise")];
+        let mut noise = Recorded::from_stacked(z).unwrap();
+        let x0 = inpaint(
+            &rp,
+            &mut model,
+            &g["x_T"],
+            &g["init_image"],
+            &g["mask"],
+            &mut noise,
+            None,
+        )
+        .unwrap();
+        assert_eq!(noise.used(), z.dim(0).unwrap(), "{name}: every draw used");
+        let e = common::max_abs_diff(&x0, &g[&format!("{name}_x0")]);
+        // Where the mask keeps, the result is the init image (noised to level 0: itself).
+        let mask = &g["mask"];
+        let kept =
+            common::max_abs_diff(&(&x0 * mask).unwrap(), &(&g["init_image"] * mask).unwrap());
+        println!("{name}: max err {e:.2e}, kept pixels off the image by {kept:.2e}");
+        assert!(e <= 1e-4, "{name}: {e}");
+        assert!(kept <= 1e-6, "{name}: {kept}");
+    }
 }

@@ -342,12 +342,24 @@ impl ForwardProcess {
         self.schedule.check_t(t)?;
         let mut x = x0.clone();
         for s in 0..=t {
-            let beta = self.schedule.betas[s];
             let eps = rng
                 .randn(x.shape().clone(), x.device())?
                 .to_dtype(x.dtype())?;
-            x = ((x * (1.0 - beta).sqrt())? + (eps * beta.sqrt())?)?;
+            x = markov_step(&x, self.schedule.betas[s], &eps)?;
         }
         Ok(x)
     }
+}
+
+/// One step of the forward Markov chain, q(x_s | x_{s-1}): x_s = sqrt(1 - beta_s) x_{s-1} +
+/// sqrt(beta_s) eps. RePaint's "undo" moves are these single steps.
+pub fn markov_step(x: &Tensor, beta: f64, eps: &Tensor) -> Result<Tensor> {
+    if x.dims() != eps.dims() {
+        return Err(Error::invalid(format!(
+            "sample {:?} and noise {:?} differ in shape",
+            x.dims(),
+            eps.dims()
+        )));
+    }
+    Ok((x.affine((1.0 - beta).sqrt(), 0.0)? + eps.affine(beta.sqrt(), 0.0)?)?)
 }

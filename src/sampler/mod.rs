@@ -15,6 +15,7 @@ pub mod inversion;
 pub mod noise;
 pub mod pndm;
 pub mod predict;
+pub mod repaint;
 pub mod sampling;
 pub mod scheduler;
 pub mod sigmas;
