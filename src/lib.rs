@@ -11,6 +11,7 @@
 //!
 //! The `diffuse` binary parses arguments into the commands' requests and reports errors.
 pub mod commands;
+pub mod conditioning;
 pub mod core;
 pub mod data;
 pub mod device;

@@ -14,7 +14,8 @@ pub struct SampleCmd {
     /// diffusers' class names, any case.
     #[arg(long, value_enum, ignore_case = true, hide_possible_values = true, long_help = sampler_help())]
     sampler: Option<SamplerKind>,
-    /// Sampler (inference) steps [default: per sampler, see --sampler; T for ddpm].
+    /// Sampler (inference) steps [default: per sampler, see --sampler; T for ddpm; 100 for
+    /// RePaint].
     #[arg(long)]
     steps: Option<usize>,
     /// Karras et al.'s sigma ladder (diffusers' use_karras_sigmas) for samplers with sigmas:
@@ -39,15 +40,26 @@ pub struct SampleCmd {
     #[arg(long, value_name = "FILE")]
     init: Option<PathBuf>,
     /// With --init: the share of the steps run, in (0, 1] (diffusers' strength; 1 ignores
-    /// the image's content but not its noise level).
+    /// the image's content but not its noise level) [default: 0.8].
     #[arg(
         long,
-        default_value_t = 0.8,
         requires = "init",
-        allow_negative_numbers = true
+        conflicts_with = "mask",
+        allow_negative_numbers = true,
+        value_name = "S"
     )]
-    strength: f64,
-    /// DDIM noise weight in [0, 1] (0: deterministic DDIM, 1: DDPM-like).
+    strength: Option<f64>,
+    /// Inpaint --init with RePaint: a mask image of the same size (white keeps, black is
+    /// redrawn) or a region to redraw: left, right, top, bottom, center.
+    #[arg(long, value_name = "FILE|REGION", requires = "init", conflicts_with_all = ["sampler", "karras"])]
+    mask: Option<String>,
+    /// RePaint: inference steps gone back up at each jump [default: 10].
+    #[arg(long, requires = "mask", value_name = "N")]
+    jump_length: Option<usize>,
+    /// RePaint: passes through each jump point (1: no jumps) [default: 5].
+    #[arg(long, requires = "mask", value_name = "N")]
+    jump_n_sample: Option<usize>,
+    /// DDIM (and RePaint) noise weight in [0, 1] (0: deterministic DDIM, 1: DDPM-like).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     eta: f64,
     /// Override the scheduler config's timestep spacing.
@@ -113,6 +125,9 @@ fn sampler_help() -> String {
     s
 }
 
+/// diffusers' img2img default strength.
+const DEFAULT_STRENGTH: f64 = 0.8;
+
 pub fn run(c: SampleCmd) -> anyhow::Result<()> {
     let req = SampleRequest {
         model: c.model,
@@ -123,7 +138,10 @@ pub fn run(c: SampleCmd) -> anyhow::Result<()> {
         class: c.class,
         guidance: c.guidance,
         init: c.init,
-        strength: c.strength,
+        strength: c.strength.unwrap_or(DEFAULT_STRENGTH),
+        mask: c.mask,
+        jump_length: c.jump_length.unwrap_or(sample::REPAINT_JUMP_LENGTH),
+        jump_n_sample: c.jump_n_sample.unwrap_or(sample::REPAINT_JUMP_N_SAMPLE),
         spacing: c.timestep_spacing,
         clip_sample: c.clip_sample.then_some(true),
         prediction: c.prediction,

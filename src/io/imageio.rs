@@ -187,3 +187,31 @@ pub fn gif_bytes(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<Vec<
     }
     Ok(buf)
 }
+
+/// An image input for a model taking (C, H, W) images, as [1, C, H, W] in [-1, 1]: resized
+/// (shorter side) and centre-cropped, gray or RGB converted to the model's channels.
+pub fn load_for_model(
+    path: &Path,
+    shape: (usize, usize, usize),
+    device: &Device,
+) -> Result<Tensor> {
+    let (c, h, w) = shape;
+    if h != w {
+        return Err(Error::invalid(format!(
+            "image inputs need a square model (this one is {h}x{w})"
+        )));
+    }
+    let img = load_image(path, Some(h as u32), device)?;
+    let img = match (img.dim(0)?, c) {
+        (a, b) if a == b => img,
+        (3, 1) => img.mean_keepdim(0)?,
+        (1, 3) => img.repeat((3, 1, 1))?,
+        (a, b) => {
+            return Err(Error::format(
+                path,
+                format!("has {a} channels; the model takes {b}"),
+            ))
+        }
+    };
+    Ok(img.unsqueeze(0)?)
+}
