@@ -111,7 +111,7 @@ pub const REPAINT_JUMP_N_SAMPLE: usize = 5;
 /// How the samples are drawn: a sampler (from noise, or img2img from `start`), or RePaint.
 enum Plan {
     Sampler {
-        cfg: SamplerConfig,
+        cfg: Box<SamplerConfig>,
         /// Steps in the sampler's run.
         n: usize,
         start: usize,
@@ -248,7 +248,7 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
             };
             Plan::Sampler {
                 n: s.timesteps().len(),
-                cfg,
+                cfg: Box::new(cfg),
                 start,
             }
         }
