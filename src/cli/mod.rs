@@ -13,6 +13,8 @@ use std::path::PathBuf;
 mod data;
 mod eval;
 mod inspect;
+mod interpolate;
+mod invert;
 mod noise;
 mod sample;
 mod schedule;
@@ -45,6 +47,12 @@ enum Command {
     /// Run the learned reverse process (DDPM, DDIM, Euler, Heun, DPM-Solver++, UniPC, ...)
     /// and write images.
     Sample(Box<sample::SampleCmd>),
+    /// DDIM inversion: the latents x_T that DDIM maps back to the given images, and the
+    /// reconstruction.
+    Invert(invert::InvertCmd),
+    /// Walk between two images: invert both, interpolate their latents on the sphere, draw
+    /// each point; writes a strip and a GIF.
+    Interpolate(interpolate::InterpolateCmd),
     /// Score saved digit samples: FID and KID in a digit classifier's feature space, and the
     /// share of each predicted class.
     Eval(eval::EvalCmd),
@@ -183,6 +191,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(c) => data::run(c),
         Command::Train(c) => train::run(*c),
         Command::Sample(c) => sample::run(*c),
+        Command::Invert(c) => invert::run(c),
+        Command::Interpolate(c) => interpolate::run(c),
         Command::Eval(c) => eval::run(c),
     }
 }

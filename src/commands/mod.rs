@@ -4,6 +4,8 @@
 pub mod data;
 pub mod eval;
 pub mod inspect;
+pub mod interpolate;
+pub mod invert;
 pub mod noise;
 pub mod sample;
 pub mod schedule;

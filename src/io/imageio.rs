@@ -125,9 +125,13 @@ pub fn tensor_png_bytes(t: &Tensor, path: &Path) -> Result<Vec<u8>> {
     encode(&img, path, ImageFormat::Png)
 }
 
-/// Tile a batch [B,C,H,W] into a square-ish grid with `pad` pixels of padding.
+/// Tile a batch [B,C,H,W] into a square-ish grid with `pad` pixels of padding; a grid of one
+/// is the image itself (no frame), so it can go back in as an input.
 pub fn grid(batch: &Tensor, pad: u32) -> Result<RgbImage> {
     let b = batch.dim(0)?;
+    if b == 1 {
+        return tensor_to_rgb(&batch.get(0)?);
+    }
     grid_cols(batch, pad, (b as f64).sqrt().ceil().max(1.0) as u32)
 }
 

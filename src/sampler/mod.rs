@@ -19,6 +19,7 @@ pub mod repaint;
 pub mod sampling;
 pub mod scheduler;
 pub mod sigmas;
+pub mod slerp;
 pub mod timesteps;
 pub mod types;
 pub mod unipc;
