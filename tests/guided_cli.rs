@@ -374,3 +374,68 @@ fn class_conditional_training_writes_classes_and_a_null_class() {
     );
     assert!(c != 0 && !dir.path().join("r2").exists(), "{msg}");
 }
+
+#[test]
+fn class_folders_train_a_class_conditional_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pets");
+    for (class, shade) in [("dog", 200u8), ("cat", 40)] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..8u8 {
+            image::GrayImage::from_fn(30, 28, |x, _| {
+                image::Luma([shade.wrapping_add(x as u8 + i)])
+            })
+            .save(data.join(class).join(format!("{i}.png")))
+            .unwrap();
+        }
+    }
+    let train = |out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_diffuse"))
+            .args(["train", "--model-config"])
+            .arg(common::data_path("tiny28/config.json"))
+            .arg("--dataset")
+            .arg(&data)
+            .args(["--train-steps", "2"])
+            .args(["--batch-size", "8", "--sample-every", "0", "--num", "4"])
+            .args(["--device", "cpu", "--class-cond"])
+            .arg("--output")
+            .arg(out)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let out = dir.path().join("run");
+    let r = train(&out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let classes: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("classes.json")).unwrap()).unwrap();
+    assert_eq!(classes["names"], serde_json::json!(["cat", "dog"]));
+    assert_eq!(classes["null_class"], 2);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("unet/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["num_class_embeds"], 3);
+    let o = dir.path().join("dog.png");
+    let r = run(&[
+        "sample",
+        "--model",
+        out.to_str().unwrap(),
+        "--class",
+        "dog",
+        "-n",
+        "2",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "-o",
+        o.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // An image directly in the folder leaves it unlabelled: --class-cond is refused.
+    std::fs::copy(data.join("cat/0.png"), data.join("loose.png")).unwrap();
+    let bad = dir.path().join("bad");
+    let (c, msg) = common::one_line_failure(train(&bad), "loose image");
+    assert!(c != 0 && msg.contains("class subfolders"), "{msg}");
+    assert!(!bad.exists());
+}

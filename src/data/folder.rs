@@ -1,6 +1,10 @@
 //! A folder of PNG/JPEG images, searched recursively, each resized (shorter side) and centre
 //! cropped to `size`, gray or RGB to match the model's channels.
 //!
+//! Class folders (torchvision's ImageFolder layout): when every image lies below a subfolder
+//! of `dir`, the subfolders are the classes (sorted by name, label = index) and images below
+//! them are labelled; images directly in `dir` make the folder unlabelled.
+//!
 //! An unreadable file inside the folder is skipped with a warning and counted, not fatal:
 //! scraped image folders routinely hold a few truncated files, and losing a long run to one
 //! of them helps nobody. The count is logged and kept in the dataset; a folder where nothing
@@ -40,7 +44,61 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Load every image under `dir` as [N,C,size,size]; returns the data and the skipped count.
+/// Most classes a folder may have (labels are stored as bytes).
+pub const MAX_CLASSES: usize = 256;
+
+/// The first-level subfolder each image lies in (None: directly in `dir`).
+fn class_of<'a>(dir: &Path, file: &'a Path) -> Option<&'a std::ffi::OsStr> {
+    let rel = file.strip_prefix(dir).ok()?;
+    let mut parts = rel.components();
+    let first = parts.next()?;
+    parts.next().map(|_| first.as_os_str())
+}
+
+/// The classes of a class-folder dataset: its subfolders holding images, sorted.
+pub fn class_names(dir: &Path) -> Result<Vec<String>> {
+    let files = list_images(dir)?;
+    let mut names: Vec<String> = files
+        .iter()
+        .filter_map(|f| class_of(dir, f))
+        .map(|c| c.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Labels of `files` when every one lies in a class subfolder, else None.
+fn labels(dir: &Path, files: &[PathBuf]) -> Result<Option<Vec<u8>>> {
+    if files.iter().any(|f| class_of(dir, f).is_none()) {
+        return Ok(None);
+    }
+    let names = class_names(dir)?;
+    if names.len() > MAX_CLASSES {
+        return Err(Error::format(
+            dir,
+            format!(
+                "has {} class subfolders; at most {MAX_CLASSES}",
+                names.len()
+            ),
+        ));
+    }
+    Ok(Some(
+        files
+            .iter()
+            .map(|f| {
+                let c = class_of(dir, f).map(|c| c.to_string_lossy().into_owned());
+                names
+                    .iter()
+                    .position(|n| Some(n) == c.as_ref())
+                    .unwrap_or(0) as u8
+            })
+            .collect(),
+    ))
+}
+
+/// Load every image under `dir` as [N,C,size,size] (labelled if in class subfolders);
+/// returns the data and the skipped count.
 pub fn load(dir: &Path, size: u32, channels: usize) -> Result<(Loaded, usize)> {
     if channels != 1 && channels != 3 {
         return Err(Error::invalid(format!(
@@ -63,6 +121,7 @@ pub fn load(dir: &Path, size: u32, channels: usize) -> Result<(Loaded, usize)> {
             "no PNG or JPEG images found (searched recursively)",
         ));
     }
+    let all_labels = labels(dir, &files)?;
     let gray = channels == 1;
     let decoded: Vec<std::result::Result<Vec<f32>, String>> = files
         .par_iter()
@@ -79,9 +138,13 @@ pub fn load(dir: &Path, size: u32, channels: usize) -> Result<(Loaded, usize)> {
     let per = channels * size as usize * size as usize;
     let mut pixels = Vec::with_capacity(files.len() * per);
     let mut skipped = 0;
-    for (p, r) in files.iter().zip(decoded) {
+    let mut kept_labels = Vec::new();
+    for (i, (p, r)) in files.iter().zip(decoded).enumerate() {
         match r {
-            Ok(v) => pixels.extend(v),
+            Ok(v) => {
+                pixels.extend(v);
+                kept_labels.extend(all_labels.as_ref().map(|l| l[i]));
+            }
             Err(e) => {
                 skipped += 1;
                 tracing::warn!(file = %p.display(), "skipping unreadable image: {e}");
@@ -108,7 +171,7 @@ pub fn load(dir: &Path, size: u32, channels: usize) -> Result<(Loaded, usize)> {
         Loaded {
             dims: (n, channels, s, s),
             pixels,
-            labels: None,
+            labels: all_labels.map(|_| kept_labels),
             source: dir.display().to_string(),
         },
         skipped,

@@ -85,7 +85,8 @@ impl DatasetKind {
         matches!(self, Self::Cifar10 | Self::Folder(_))
     }
 
-    /// The names of the label values of a named set (None for folders).
+    /// The names of the label values of a named set (None for folders: their subfolders
+    /// name the classes, see `folder`).
     pub fn class_names(&self) -> Option<Vec<String>> {
         let names: &[&str] = match self {
             Self::Mnist => &[
@@ -188,6 +189,9 @@ pub struct Dataset {
     pub hflip: bool,
     /// Unreadable files skipped in a folder.
     pub skipped: usize,
+    /// What each label value means (named sets; folders whose images sit in class
+    /// subfolders).
+    pub class_names: Option<Vec<String>>,
 }
 
 impl Dataset {
@@ -217,6 +221,7 @@ impl Dataset {
             source: l.source,
             hflip,
             skipped,
+            class_names: None,
         })
     }
 
@@ -291,8 +296,13 @@ pub fn load(cfg: &DataConfig) -> Result<Dataset> {
             folder::load(dir, cfg.sample_size, cfg.in_channels)?
         }
     };
+    let class_names = match &kind {
+        DatasetKind::Folder(dir) if loaded.labels.is_some() => Some(folder::class_names(dir)?),
+        k => k.class_names(),
+    };
     let hflip = cfg.hflip.unwrap_or_else(|| kind.default_hflip());
     let mut ds = Dataset::from_loaded(loaded, kind.name(), hflip, skipped)?;
+    ds.class_names = class_names;
     if let Some(n) = cfg.limit {
         ds.truncate(n)?;
     }

@@ -13,7 +13,7 @@ pub mod optim;
 use crate::core::forward::ForwardProcess;
 use crate::core::rng::NoiseRng;
 use crate::core::schedule::{Schedule, ScheduleConfig};
-use crate::data::{self, BatchConfig, Batches, DataConfig, DatasetKind};
+use crate::data::{self, BatchConfig, Batches, DataConfig};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::sampler::{PredictionType, SamplerConfig, SamplerKind, SchedulerConfig};
@@ -391,14 +391,12 @@ pub fn train(
     }
     // Class conditioning: K classes from the data, the null class K after them.
     let classes = if cfg.class_cond {
-        let names = DatasetKind::parse(&cfg.dataset)?
-            .class_names()
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "--class-cond: {} has no class labels (mnist, fashion-mnist and cifar10 do)",
-                    ds.name
-                ))
-            })?;
+        let names = ds.class_names.clone().ok_or_else(|| {
+            Error::invalid(format!(
+                "--class-cond: {} has no class labels (mnist, fashion-mnist, cifar10, and folders whose images sit in class subfolders do)",
+                ds.name
+            ))
+        })?;
         if ds.labels.is_none() {
             return Err(Error::invalid(format!(
                 "--class-cond: {} came without labels",
