@@ -265,3 +265,49 @@ fn bad_inputs_are_usage_errors() {
     );
     assert!(e.is_usage() && e.to_string().contains("timesteps"), "{e}");
 }
+
+/// A class-conditional UNet we save is the one diffusers wrote: the same config keys and
+/// values, the same tensor names, shapes and values (class_embedding included), and the same
+/// outputs for the labels; so `UNet2DModel.from_pretrained` loads it as it loads its own.
+#[test]
+fn class_conditional_save_is_what_diffusers_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let (cfg, vm, _) = unet::load(&data_path("unet_class"), &dev).unwrap();
+    let out = tmp.path().join("saved");
+    unet::save(&out, &cfg, &vm).unwrap();
+    let read = |p: &Path| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (theirs, ours) = (
+        read(&data_path("unet_class/config.json")),
+        read(&out.join("config.json")),
+    );
+    for (k, v) in &theirs {
+        if k == "_diffusers_version" {
+            continue;
+        }
+        // JSON numbers compare as numbers (we write 1.0 where diffusers wrote 1).
+        match (ours.get(k), v) {
+            (Some(serde_json::Value::Number(a)), serde_json::Value::Number(b)) => {
+                assert_eq!(a.as_f64(), b.as_f64(), "config key {k}")
+            }
+            (a, b) => assert_eq!(a, Some(b), "config key {k}"),
+        }
+    }
+    let a = load_golden("unet_class/diffusion_pytorch_model.safetensors");
+    let b = candle_core::safetensors::load(out.join("diffusion_pytorch_model.safetensors"), &dev)
+        .unwrap();
+    assert_eq!(a.len(), b.len());
+    assert!(a.contains_key("class_embedding.weight"));
+    for (k, t) in &a {
+        assert_eq!(t.dims(), b[k].dims(), "{k}");
+        assert_eq!(max_abs_diff(t, &b[k]), 0.0, "{k}");
+    }
+    let (_, _, model) = unet::load(&out, &dev).unwrap();
+    let io = load_golden("unet_class/io.safetensors");
+    let y = model
+        .forward_cond(&io["x"], &io["timesteps"], Some(&io["class_labels"]), false)
+        .unwrap();
+    assert!(max_abs_diff(&y, &io["output"]) <= 1e-4);
+}
