@@ -175,7 +175,38 @@ fn specs(fx: &Fixtures) -> Vec<Spec> {
         ("--gif-frames", vec![s("0"), s("1"), s("1001")]),
         ("--save-tensors", vec![s("t.safetensors"), s(".")]),
         ("--device", vec![s("cpu"), s("cpu:2"), s("cuda:0")]),
+        ("--init", vec![s("in.png"), s("/no/in.png"), s("empty")]),
+        ("--strength", vec![s("0.5"), s("0"), s("1.5")]),
+        (
+            "--mask",
+            vec![s("left"), s("center"), s("in.png"), s("/no/mask.png")],
+        ),
+        ("--jump-length", vec![s("1"), s("0"), s("2"), s("100")]),
+        ("--jump-n-sample", vec![s("1"), s("2"), s("0"), s("101")]),
+        ("--class", vec![s("3"), s("all")]),
+        ("--guidance", vec![s("1"), s("2"), s("nan")]),
     ];
+    // invert and interpolate share their flags.
+    let edit_flags = |out_flag: &'static str| -> Vec<(&'static str, Vec<Option<&'static str>>)> {
+        vec![
+            (
+                "--model",
+                vec![s(&p(&fx.model)), s("/no/model"), s("in.png")],
+            ),
+            ("--steps", vec![s("0"), s("1"), s("3"), s("1001")]),
+            ("--refine", vec![s("0"), s("2"), s("21"), s("x")]),
+            ("--class", vec![s("3"), s("all")]),
+            ("--guidance", vec![s("1"), s("2"), s("nan")]),
+            ("-o", outs.clone()),
+            (
+                out_flag,
+                vec![s("r.png"), s("in.png"), s("/dev/null"), s(".")],
+            ),
+            ("--device", vec![s("cpu"), s("cuda:0")]),
+        ]
+    };
+    let mut interpolate_flags = edit_flags("--gif");
+    interpolate_flags.push(("--frames", vec![s("1"), s("2"), s("65"), s("x")]));
     let data_flags = vec![
         (
             "--dataset",
@@ -235,6 +266,29 @@ fn specs(fx: &Fixtures) -> Vec<Spec> {
                 kv("--num", "2"),
             ],
             flags: sample_flags,
+        },
+        Spec {
+            cmd: ms(&["invert"]),
+            base: vec![
+                ("in.png".into(), None),
+                kv("--model", &p(&fx.model)),
+                kv("--steps", "2"),
+                kv("--refine", "1"),
+                kv("-o", "l.safetensors"),
+            ],
+            flags: edit_flags("--reconstruction"),
+        },
+        Spec {
+            cmd: ms(&["interpolate"]),
+            base: vec![
+                ("in.png".into(), None),
+                ("in.png".into(), None),
+                kv("--model", &p(&fx.model)),
+                kv("--steps", "2"),
+                kv("--refine", "0"),
+                kv("--frames", "3"),
+            ],
+            flags: interpolate_flags,
         },
         Spec {
             cmd: ms(&["data", "show"]),
@@ -362,8 +416,9 @@ fn random_flag_combinations_never_panic_or_leave_partial_outputs() {
                 "{what}: left outputs: {err}"
             );
         }
-        // in.png is noise's input; other commands may be told to write over it.
-        if spec.cmd[0] == "noise" {
+        // in.png is the input of noise, invert and interpolate; other commands may be told
+        // to write over it.
+        if ["noise", "invert", "interpolate"].contains(&spec.cmd[0].as_str()) {
             assert_eq!(
                 in_bytes,
                 std::fs::read(work.path().join("in.png")).unwrap(),

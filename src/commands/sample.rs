@@ -280,6 +280,12 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
         (Some(m), Some(p)) => Some(mask::load(m, p, shape.1, device)?),
         _ => None,
     };
+    // Said once everything is checked, so a failing command prints its error alone.
+    if let Plan::Sampler { cfg, .. } = &plan {
+        if cfg.eta != 0.0 && cfg.kind != SamplerKind::Ddim {
+            tracing::warn!("--eta applies to ddim only; {} ignores it", cfg.kind.name());
+        }
+    }
     let n_batches = req.num.div_ceil(bs);
     let scales = conditioning::scales(cond.as_ref(), &req.guidance, DEFAULT_GUIDANCE);
     let sweeps = scales.len();

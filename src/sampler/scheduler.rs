@@ -53,9 +53,6 @@ impl SamplerConfig {
                 self.eta
             )));
         }
-        if self.eta != 0.0 && self.kind != SamplerKind::Ddim {
-            tracing::warn!("eta applies to ddim only; {} ignores it", self.kind.name());
-        }
         if self.karras && !self.kind.has_sigmas() {
             let with: Vec<&str> = SamplerKind::ALL
                 .iter()
