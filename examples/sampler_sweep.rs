@@ -59,6 +59,8 @@ fn main() -> anyhow::Result<()> {
                 mask: None,
                 jump_length: sample::REPAINT_JUMP_LENGTH,
                 jump_n_sample: sample::REPAINT_JUMP_N_SAMPLE,
+                trace: None,
+                trace_steps: 10,
                 spacing: None,
                 clip_sample: None,
                 prediction: None,

@@ -185,6 +185,11 @@ fn specs(fx: &Fixtures) -> Vec<Spec> {
         ("--jump-n-sample", vec![s("1"), s("2"), s("0"), s("101")]),
         ("--class", vec![s("3"), s("all")]),
         ("--guidance", vec![s("1"), s("2"), s("nan")]),
+        (
+            "--trace",
+            vec![s("tr.png"), s("in.png"), s("/dev/null"), s(".")],
+        ),
+        ("--trace-steps", vec![s("0"), s("1"), s("3"), s("101")]),
     ];
     // invert and interpolate share their flags.
     let edit_flags = |out_flag: &'static str| -> Vec<(&'static str, Vec<Option<&'static str>>)> {

@@ -378,3 +378,96 @@ fn every_sampler_and_the_config_class() {
     );
     assert_eq!(common::max_abs_diff(&samples(&b), &samples(&c)), 0.0);
 }
+
+/// The x̂0 trace: one labelled row per chosen step with x_t and x̂0 of the first samples, as a
+/// PNG and a GIF; DDIM's last x̂0 is its final sample, pixel for pixel.
+#[test]
+fn trace_rows_show_x_t_and_the_prediction() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = common::data_path("unet_tiny");
+    let t = |n: &str| dir.path().join(n);
+    run_ok(&[
+        "sample",
+        "--model",
+        m.to_str().unwrap(),
+        "--sampler",
+        "ddim",
+        "--steps",
+        "5",
+        "-n",
+        "2",
+        "--device",
+        "cpu",
+        "-o",
+        t("s.png").to_str().unwrap(),
+        "--save-tensors",
+        t("s.st").to_str().unwrap(),
+        "--trace",
+        t("trace.png").to_str().unwrap(),
+        "--trace-steps",
+        "3",
+    ]);
+    // 16 px tiles upscaled x6 to 96; 2 samples x (x_t, x̂0) = 4 panels of 96 + 6 padding;
+    // rows of 96 + 2 x 6 padding + 24 for the label.
+    let img = image::open(t("trace.png")).unwrap().to_rgb8();
+    let (row_h, tile, pad) = (132u32, 96u32, 6u32);
+    assert_eq!(img.dimensions(), (4 * (tile + pad) + pad, 3 * row_h));
+    let last: Vec<f32> = samples(&t("s.st"))
+        .get(0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (x0, y0) = (pad + tile + pad, 2 * row_h + pad);
+    for y in 0..16u32 {
+        for x in 0..16u32 {
+            let want = ((last[(y * 16 + x) as usize].clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+            let got = img.get_pixel(x0 + 6 * x + 3, y0 + 6 * y + 3)[0];
+            assert_eq!(got, want, "pixel ({y}, {x})");
+        }
+    }
+    // The first row's x_t is the start noise: far from the final sample.
+    let mut far = 0.0;
+    for y in 0..16u32 {
+        for x in 0..16u32 {
+            let a = img.get_pixel(pad + 6 * x + 3, pad + 6 * y + 3)[0] as f64;
+            let b = img.get_pixel(x0 + 6 * x + 3, y0 + 6 * y + 3)[0] as f64;
+            far += (a - b).abs() / 256.0;
+        }
+    }
+    println!("first x_t vs last x̂0: mean |difference| {far:.1} grey levels");
+    assert!(far > 20.0, "{far}");
+    use image::AnimationDecoder;
+    let gif = image::codecs::gif::GifDecoder::new(std::io::BufReader::new(
+        std::fs::File::open(t("trace.gif")).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(gif.into_frames().count(), 3);
+    // --trace-steps needs --trace; 0 is refused.
+    let out = diffuse()
+        .args([
+            "sample",
+            "--model",
+            m.to_str().unwrap(),
+            "--trace-steps",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = diffuse()
+        .args(["sample", "--model", m.to_str().unwrap(), "--steps", "2"])
+        .args([
+            "--trace",
+            t("x.png").to_str().unwrap(),
+            "--trace-steps",
+            "0",
+        ])
+        .args(["-o", t("y.png").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (c, msg) = common::one_line_failure(out, "trace-steps 0");
+    assert!(c == 2 && msg.contains("--trace-steps"), "{msg}");
+    assert!(!t("x.png").exists() && !t("y.png").exists() && !t("x.gif").exists());
+}

@@ -90,6 +90,14 @@ pub struct SampleCmd {
     /// Frames in the GIF (at most 1000).
     #[arg(long, default_value_t = 25, requires = "gif")]
     gif_frames: usize,
+    /// Also write the x̂0 trace: for the first 4 samples, x_t beside the model's prediction of
+    /// x0 at --trace-steps steps (one row each) as this PNG, and as a GIF beside it (same
+    /// name, .gif).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Rows of the trace: steps spread evenly over the run, first and last included.
+    #[arg(long, default_value_t = 10, requires = "trace")]
+    trace_steps: usize,
     /// Also write every sample as safetensors (key "samples", [N,C,H,W] f32 in [-1, 1]).
     #[arg(long, value_name = "FILE")]
     save_tensors: Option<PathBuf>,
@@ -152,6 +160,8 @@ pub fn run(c: SampleCmd) -> anyhow::Result<()> {
         gif: c.gif,
         gif_frames: c.gif_frames,
         save_tensors: c.save_tensors,
+        trace: c.trace,
+        trace_steps: c.trace_steps,
         progress: true,
     };
     let device = c.dev.device()?;

@@ -55,6 +55,10 @@ pub struct SampleRequest {
     /// GIF frames over the trajectory.
     pub gif_frames: usize,
     pub save_tensors: Option<PathBuf>,
+    /// The x̂0 trace: x_t beside the model's x̂0 at `trace_steps` steps of the first few
+    /// samples, as a PNG here and a GIF beside it (same name, .gif).
+    pub trace: Option<PathBuf>,
+    pub trace_steps: usize,
     pub progress: bool,
 }
 
@@ -162,7 +166,60 @@ fn validate(req: &SampleRequest) -> Result<()> {
             req.strength
         )));
     }
+    limits::check_count(
+        "--trace-steps",
+        req.trace_steps,
+        MAX_TRACE_STEPS,
+        "one row per step",
+    )?;
     limits::check_gif_frames(req.gif_frames)
+}
+
+/// Rows of a trace, at most.
+pub const MAX_TRACE_STEPS: usize = 100;
+
+/// Samples shown in a trace: x_t and x̂0 side by side for each.
+pub const TRACE_SAMPLES: usize = 4;
+
+/// Where the trace GIF goes: beside the trace PNG.
+pub fn trace_gif(trace: &Path) -> PathBuf {
+    trace.with_extension("gif")
+}
+
+/// `k` step positions spread evenly over `n` steps, first and last included.
+fn spread(n: usize, k: usize) -> Vec<usize> {
+    if k >= n {
+        return (0..n).collect();
+    }
+    if k == 1 {
+        return vec![n - 1];
+    }
+    let mut v: Vec<usize> = (0..k)
+        .map(|j| ((j * (n - 1)) as f64 / (k - 1) as f64).round() as usize)
+        .collect();
+    v.dedup();
+    v
+}
+
+/// One trace row per recorded step: x_t and x̂0 of each traced sample, labelled.
+fn trace_rows(rows: &[(f64, Tensor, Tensor)]) -> Result<Vec<image::RgbImage>> {
+    rows.iter()
+        .map(|(t, x, x0)| {
+            let mut panels = Vec::new();
+            let mut labels = Vec::new();
+            for j in 0..x.dim(0)? {
+                panels.push(imageio::tensor_to_rgb(&x.get(j)?)?);
+                panels.push(imageio::tensor_to_rgb(&x0.get(j)?)?);
+                labels.push(if j == 0 {
+                    format!("t={}", (t * 10.0).round() / 10.0)
+                } else {
+                    "x_t".to_string()
+                });
+                labels.push("pred x0".to_string());
+            }
+            crate::io::plot::labelled_strip(&panels, &labels, 84)
+        })
+        .collect()
 }
 
 /// The safetensors header for one F32 tensor "samples" of `shape`, padded to 8 bytes as the
@@ -193,6 +250,9 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
     let mut outs: Vec<&Path> = vec![&req.output];
     outs.extend(req.gif.as_deref());
     outs.extend(req.save_tensors.as_deref());
+    let trace_gif_path = req.trace.as_deref().map(trace_gif);
+    outs.extend(req.trace.as_deref());
+    outs.extend(trace_gif_path.as_deref());
     let protected: Vec<&Path> = loc.root.as_deref().into_iter().collect();
     let mut inputs: Vec<&Path> = req.init.as_deref().into_iter().collect();
     inputs.extend(mask_spec.as_ref().and_then(|m| m.file()));
@@ -308,6 +368,9 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
     let mut kept: Vec<Vec<Tensor>> = vec![Vec::new(); sweeps];
     // Trajectory frames of the first batch only: the grid people look at.
     let mut frames: Vec<Tensor> = Vec::new();
+    // The trace of the first batch: (t, x_t, x̂0) of its first samples at the chosen steps.
+    let traced = spread(n_steps, req.trace_steps);
+    let mut trace: Vec<(f64, Tensor, Tensor)> = Vec::new();
     let mut tensors = match &req.save_tensors {
         Some(p) => {
             let mut st = output::Staged::begin(p)?;
@@ -325,6 +388,8 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
             let b = bs.min(req.num - bi * bs);
             let x_t = rng.randn((b, shape.0, shape.1, shape.2), device)?;
             let want_frames = wi == 0 && bi == 0 && req.gif.is_some();
+            let want_trace = wi == 0 && bi == 0 && req.trace.is_some();
+            let mut done = 0usize;
             // SDEdit: the init image noised to the start level by the core's closed form,
             // then the ordinary loop from there.
             let img2img = match (&plan, &init) {
@@ -349,6 +414,12 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
                 {
                     frames.push(info.sample.to_device(&Device::Cpu)?);
                 }
+                if want_trace && traced.contains(&done) {
+                    let k = b.min(TRACE_SAMPLES);
+                    let cpu = |x: &Tensor| x.narrow(0, 0, k)?.to_device(&Device::Cpu);
+                    trace.push((info.t, cpu(info.input)?, cpu(info.pred_original_sample)?));
+                }
+                done += 1;
                 Ok(())
             };
             let labels = cond
@@ -420,6 +491,19 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
         &req.output,
         &imageio::png_bytes(&imageio::upscale(&grid, 256), &req.output)?,
     )?;
+    if let (Some(png), Some(gif)) = (&req.trace, &trace_gif_path) {
+        let rows = trace_rows(&trace)?;
+        let first = rows
+            .first()
+            .ok_or_else(|| Error::Runtime("the trace recorded no step".into()))?;
+        let (w, h) = (first.width(), first.height());
+        let mut all = image::RgbImage::new(w, h * rows.len() as u32);
+        for (i, r) in rows.iter().enumerate() {
+            image::imageops::replace(&mut all, r, 0, (i as u32 * h) as i64);
+        }
+        outputs.add(png, &imageio::png_bytes(&all, png)?)?;
+        outputs.add(gif, &imageio::gif_bytes(&rows, 400, gif)?)?;
+    }
     if let Some(gif) = &req.gif {
         let imgs = frames
             .iter()

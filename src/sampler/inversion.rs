@@ -170,12 +170,13 @@ pub fn invert(
             let (_, eps) = x0_and_eps(&model(guess, &tt)?, guess, ab_to, inv.params.prediction)?;
             step = ddim_step(&eps, &x, ab_from, ab_to, &eps_params, None)?;
         }
-        x = step.prev_sample;
+        let input = std::mem::replace(&mut x, step.prev_sample);
         if let Some(cb) = on_step.as_deref_mut() {
             cb(&StepInfo {
                 index: i,
                 steps: timesteps.len(),
                 t: t as f64,
+                input: &input,
                 sample: &x,
                 pred_original_sample: &step.pred_original_sample,
             })?;

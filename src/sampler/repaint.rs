@@ -195,7 +195,8 @@ impl RePaint {
 
 /// Inpaint: from standard-normal `x_t` [B,..], keep `known` [B or 1,..] where `mask`
 /// ([B or 1, 1 or C, H, W], 1 keeps, 0 inpaints) is 1 and draw the rest. `on_step` sees every
-/// move, down or up (`pred_original_sample` is the last step down's).
+/// move, down or up (`input` is x before the move; `pred_original_sample` is the last step
+/// down's).
 pub fn inpaint(
     repaint: &RePaint,
     model: &mut Model,
@@ -219,6 +220,7 @@ pub fn inpaint(
     let mut x0 = x.clone();
     let mut t_last = ts[0] + 1;
     for (i, &t) in ts.iter().enumerate() {
+        let input = x.clone();
         if t < t_last {
             let tt = Tensor::from_vec(vec![t as f32; b], b, x.device())?;
             let out = model(&x, &tt)?;
@@ -234,6 +236,7 @@ pub fn inpaint(
                 index: i,
                 steps: ts.len(),
                 t: t as f64,
+                input: &input,
                 sample: &x,
                 pred_original_sample: &x0,
             })?;

@@ -11,6 +11,9 @@ pub struct StepInfo<'a> {
     pub steps: usize,
     /// The timestep the model was evaluated at (fractional for some samplers).
     pub t: f64,
+    /// The step's x_t as the model saw it (sigma-space samplers: scaled to unit variance by
+    /// `scale_model_input`, so every sampler's x_t shows alike).
+    pub input: &'a Tensor,
     /// The sample after this step.
     pub sample: &'a Tensor,
     pub pred_original_sample: &'a Tensor,
@@ -85,7 +88,8 @@ pub fn run_from(
     let mut x = x.clone();
     for (i, &t) in timesteps.iter().enumerate().skip(start) {
         let tt = Tensor::from_vec(vec![t as f32; b], b, x.device())?;
-        let out = model(&scheduler.scale_model_input(i, &x)?, &tt)?;
+        let input = scheduler.scale_model_input(i, &x)?;
+        let out = model(&input, &tt)?;
         let step = scheduler.step(i, &out, &x, rng)?;
         x = step.prev_sample;
         if let Some(cb) = on_step.as_deref_mut() {
@@ -93,6 +97,7 @@ pub fn run_from(
                 index: i,
                 steps: timesteps.len(),
                 t,
+                input: &input,
                 sample: &x,
                 pred_original_sample: &step.pred_original_sample,
             })?;
