@@ -123,3 +123,90 @@ fn real_digits_beat_noise_and_bad_files_are_named() {
         "{kid_noise} vs {kid_real}"
     );
 }
+
+/// `eval --loss-by-t` on a model trained for a few steps: one row per band covering [0, T),
+/// finite losses, the same numbers for the same seed and others for another, a decodable
+/// chart; bad settings are one line and no chart.
+#[test]
+fn loss_by_t_on_a_briefly_trained_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let r = diffuse()
+        .args(["train", "--model-config"])
+        .arg(common::data_path("tiny28/config.json"))
+        .arg("--output")
+        .arg(&run_dir)
+        .args(["--train-steps", "3", "--batch-size", "8", "--limit", "32"])
+        .args(["--sample-every", "0", "--num", "2", "--device", "cpu"])
+        .env("HF_HOME", dir.path().join("hf"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let lbt = |extra: &[&str], out: &str| {
+        diffuse()
+            .args(["eval", "--loss-by-t", "--model"])
+            .arg(&run_dir)
+            .args(["--batch-size", "32", "--device", "cpu"])
+            .args(extra)
+            .arg("-o")
+            .arg(dir.path().join(out))
+            .env("HF_HOME", dir.path().join("hf"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let rows = |out: std::process::Output| -> Vec<(usize, usize, f64, f64)> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                (
+                    f[0].parse().unwrap(),
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                    f[3].parse().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let small = ["-n", "48", "--buckets", "4"];
+    let a = rows(lbt(&small, "a.png"));
+    assert_eq!(
+        a.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+        vec![(0, 249), (250, 499), (500, 749), (750, 999)]
+    );
+    assert!(a
+        .iter()
+        .all(|r| r.2.is_finite() && r.2 > 0.0 && r.3.is_finite()));
+    let img = image::open(dir.path().join("a.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (900, 660));
+    assert_eq!(a, rows(lbt(&small, "b.png")), "same seed, same numbers");
+    let seeded: Vec<&str> = small.iter().copied().chain(["--seed", "1"]).collect();
+    assert_ne!(a, rows(lbt(&seeded, "c.png")));
+    for (extra, needle) in [
+        (&["--buckets", "0"][..], "--buckets 0"),
+        (&["--buckets", "1001"][..], "--buckets 1001"),
+        (&["-n", "0"][..], "--num must be at least 1"),
+    ] {
+        let (c, msg) = common::one_line_failure(lbt(extra, "bad.png"), needle);
+        assert_eq!(c, 2, "{msg}");
+        assert!(msg.contains(needle), "{msg}");
+        assert!(!dir.path().join("bad.png").exists());
+    }
+    let (c, msg) = common::one_line_failure(lbt(&small, "bad.txt"), "figure extension");
+    assert!(c != 0 && !dir.path().join("bad.txt").exists(), "{msg}");
+    // Samples and --loss-by-t are two modes.
+    let out = diffuse()
+        .args(["eval", "x.safetensors", "--loss-by-t", "--model", "m"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -29,9 +29,9 @@ pub struct DataArgs {
     /// bundled digits.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// train or test.
-    #[arg(long, default_value = "train", value_parser = parse_split)]
-    pub split: Split,
+    /// train or test [default: train; eval --loss-by-t: test].
+    #[arg(long, value_parser = parse_split)]
+    pub split: Option<Split>,
     /// Folder datasets: resize (shorter side) and centre crop to N x N (at most 4096).
     #[arg(long, default_value_t = 32)]
     pub size: u32,
@@ -58,7 +58,7 @@ impl DataArgs {
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(super::DEFAULT_DATA_DIR)),
-            split: self.split,
+            split: self.split.unwrap_or(Split::Train),
             sample_size: self.size,
             in_channels: self.channels,
             hflip: self.flip.value(),

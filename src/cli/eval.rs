@@ -2,19 +2,49 @@ use super::data::DataArgs;
 use super::DeviceArgs;
 use clap::Args;
 use diffuse::commands::eval::{self, EvalRequest};
+use diffuse::commands::loss_by_t::{self, LossByTRequest, DEFAULT_BANDS, DEFAULT_IMAGES};
+use diffuse::data::Split;
 use diffuse::eval::ClassifierConfig;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct EvalCmd {
     /// safetensors files from `diffuse sample --save-tensors` (key "samples", [N,1,28,28]).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "loss_by_t", conflicts_with = "loss_by_t")]
     samples: Vec<PathBuf>,
+    /// Instead: the denoising loss of --model on real images (the test split unless --split
+    /// says otherwise) in --buckets equal bands of t, the same t and noise for every model;
+    /// a table and a chart (-o).
+    #[arg(long, requires = "model")]
+    loss_by_t: bool,
+    /// The model for --loss-by-t: a directory from `diffuse train`, a diffusers directory or
+    /// a hub id.
+    #[arg(long, requires = "loss_by_t")]
+    model: Option<String>,
+    /// --loss-by-t: bands of t.
+    #[arg(long, default_value_t = DEFAULT_BANDS, requires = "loss_by_t")]
+    buckets: usize,
+    /// --loss-by-t: real images measured (each once per band).
+    #[arg(short = 'n', long, default_value_t = DEFAULT_IMAGES, requires = "loss_by_t")]
+    num: usize,
+    /// --loss-by-t: images per forward pass.
+    #[arg(long, default_value_t = 256, requires = "loss_by_t")]
+    batch_size: usize,
+    /// --loss-by-t: the chart (.png or .svg).
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        default_value = "loss_by_t.png",
+        requires = "loss_by_t"
+    )]
+    output: PathBuf,
     /// Labelled digits (mnist or fashion-mnist): the reference set and the feature
-    /// classifier's training data.
+    /// classifier's training data; for --loss-by-t, the real images.
     #[command(flatten)]
     data: DataArgs,
-    /// Seed of the feature classifier (scores compare only under the same seed).
+    /// Seed of the feature classifier (scores compare only under the same seed); for
+    /// --loss-by-t, of the timesteps and noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
@@ -24,6 +54,23 @@ pub struct EvalCmd {
 pub fn run(c: EvalCmd) -> anyhow::Result<()> {
     let mut data = c.data.config();
     data.hflip = Some(false);
+    let device = c.dev.device()?;
+    if c.loss_by_t {
+        data.split = c.data.split.unwrap_or(Split::Test);
+        let req = LossByTRequest {
+            model: c.model.unwrap_or_default(),
+            data,
+            num: c.num,
+            bands: c.buckets,
+            seed: c.seed,
+            batch_size: c.batch_size,
+            output: c.output,
+            progress: true,
+        };
+        let r = loss_by_t::run(&req, &device)?;
+        super::emit(&r.table())?;
+        return super::emit_written(&r.written);
+    }
     let req = EvalRequest {
         samples: c.samples,
         data,
@@ -32,6 +79,5 @@ pub fn run(c: EvalCmd) -> anyhow::Result<()> {
             ..ClassifierConfig::default()
         },
     };
-    let device = c.dev.device()?;
     super::emit(&eval::run(&req, &device)?.table())
 }

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod inspect;
 pub mod interpolate;
 pub mod invert;
+pub mod loss_by_t;
 pub mod noise;
 pub mod sample;
 pub mod schedule;

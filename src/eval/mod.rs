@@ -6,6 +6,7 @@
 //! this same classifier (same seed, same reference set).
 pub mod classifier;
 pub mod frechet;
+pub mod loss_by_t;
 
 pub use classifier::{Classifier, ClassifierConfig};
 pub use frechet::{frechet_distance, kernel_inception_distance, normalize, rms, FeatureStats};
