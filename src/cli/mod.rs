@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 mod data;
 mod eval;
+mod explore;
 mod inspect;
 mod interpolate;
 mod invert;
@@ -53,6 +54,9 @@ enum Command {
     /// Walk between two images: invert both, interpolate their latents on the sphere, draw
     /// each point; writes a strip and a GIF.
     Interpolate(interpolate::InterpolateCmd),
+    /// Write an interactive page (one self-contained HTML file): move t along a schedule and
+    /// watch alpha_bar, the coefficients, SNR and an image noised with one fixed draw.
+    Explore(explore::ExploreCmd),
     /// Score saved digit samples: FID and KID in a digit classifier's feature space, and the
     /// share of each predicted class.
     Eval(eval::EvalCmd),
@@ -194,5 +198,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Invert(c) => invert::run(c),
         Command::Interpolate(c) => interpolate::run(c),
         Command::Eval(c) => eval::run(c),
+        Command::Explore(c) => explore::run(c),
     }
 }

@@ -3,6 +3,7 @@
 //! library's job.
 pub mod data;
 pub mod eval;
+pub mod explore;
 pub mod inspect;
 pub mod interpolate;
 pub mod invert;
