@@ -26,7 +26,7 @@ awk -F'\t' '
   $1 ~ /_c[0-9]\.safetensors$/ {
     match($1, /w[^_]*_c[0-9]/); tag = substr($1, RSTART, RLENGTH)
     split(tag, p, "_c"); w = substr(p[1], 2); c = p[2]
-    split($5, sh, ","); acc[w, c] = sh[c + 1]; ws[w] = 1
+    split($NF, sh, ","); acc[w, c] = sh[c + 1]; ws[w] = 1
   }
   END {
     printf "guidance"; for (c = 0; c < 10; c++) printf "\t%d", c; printf "\tmean\n"

@@ -73,6 +73,7 @@ fn real_digits_beat_noise_and_bad_files_are_named() {
             pn.to_str().unwrap(),
             "--device",
             "cpu",
+            "--json",
         ])
         .output()
         .unwrap();
@@ -81,46 +82,59 @@ fn real_digits_beat_noise_and_bad_files_are_named() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    println!("{text}");
-    let acc: f64 = text
-        .split("accuracy ")
-        .nth(1)
-        .and_then(|s| s.split('%').next())
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let acc = report["classifier_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.95, "classifier accuracy {acc}");
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    let floor = &report["real"];
+    let (real, noise) = (&report["rows"][0], &report["rows"][1]);
+    assert_eq!(real["name"], pr.to_str().unwrap());
+    let shares: Vec<f64> = real["classes"]
+        .as_array()
         .unwrap()
-        .parse()
-        .unwrap();
-    assert!(acc > 95.0, "classifier accuracy {acc}");
-    let row = |name: &str| -> (f64, f64, Vec<f64>) {
-        let l = text.lines().find(|l| l.starts_with(name)).unwrap();
-        let f: Vec<&str> = l.split('\t').collect();
-        (
-            f[2].parse().unwrap(),
-            f[3].parse().unwrap(),
-            f[4].split(',').map(|v| v.parse().unwrap()).collect(),
-        )
-    };
-    let (fid_floor, _, _) = row("real (held-out)");
-    let (fid_real, kid_real, shares) = row(pr.to_str().unwrap());
-    let (fid_noise, kid_noise, _) = row(pn.to_str().unwrap());
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     // Real digits: about the floor (two real sets of 1000), each class near 10%.
     assert!(
-        fid_real < 3.0 * fid_floor + 0.05,
-        "{fid_real} vs floor {fid_floor}"
+        f(real, "fid") < 3.0 * f(floor, "fid") + 0.05,
+        "{} vs floor {}",
+        f(real, "fid"),
+        f(floor, "fid")
     );
     assert!(
         shares.iter().all(|s| (0.05..0.16).contains(s)),
         "{shares:?}"
     );
     assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
-    // Noise: far worse on both scores.
+    // Every class about equally often: entropy near log2 10 = 3.32 bits; the classifier is
+    // sure of real digits; both sets of real digits cover each other.
+    assert!(f(real, "class_entropy") > 3.25, "{real}");
+    assert!(f(real, "confidence") > 0.9, "{real}");
     assert!(
-        fid_noise > 20.0 * fid_real.max(0.01),
-        "{fid_noise} vs {fid_real}"
+        f(real, "precision") > 0.6 && f(real, "recall") > 0.6,
+        "{real}"
+    );
+    // Noise: far worse on both scores, and outside the real manifold.
+    assert!(
+        f(noise, "fid") > 20.0 * f(real, "fid").max(0.01),
+        "{noise} vs {real}"
     );
     assert!(
-        kid_noise > 20.0 * kid_real.abs().max(0.01),
-        "{kid_noise} vs {kid_real}"
+        f(noise, "kid") > 20.0 * f(real, "kid").abs().max(1e-5),
+        "{noise} vs {real}"
+    );
+    assert!(f(noise, "precision") < 0.05, "{noise}");
+    // The table for people says what the numbers are not.
+    let out = diffuse()
+        .args(["eval", pr.to_str().unwrap(), "--device", "cpu"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("precision\trecall") && text.contains("not Inception FID"),
+        "{text}"
     );
 }
 

@@ -39,6 +39,9 @@ pub struct EvalCmd {
         requires = "loss_by_t"
     )]
     output: PathBuf,
+    /// Print the report as JSON (for machines) instead of the table.
+    #[arg(long)]
+    json: bool,
     /// Labelled digits (mnist or fashion-mnist): the reference set and the feature
     /// classifier's training data; for --loss-by-t, the real images.
     #[command(flatten)]
@@ -68,6 +71,9 @@ pub fn run(c: EvalCmd) -> anyhow::Result<()> {
             progress: true,
         };
         let r = loss_by_t::run(&req, &device)?;
+        if c.json {
+            return super::emit(&(serde_json::to_string_pretty(&r)? + "\n"));
+        }
         super::emit(&r.table())?;
         return super::emit_written(&r.written);
     }
@@ -79,5 +85,9 @@ pub fn run(c: EvalCmd) -> anyhow::Result<()> {
             ..ClassifierConfig::default()
         },
     };
-    super::emit(&eval::run(&req, &device)?.table())
+    let report = eval::run(&req, &device)?;
+    if c.json {
+        return super::emit(&(serde_json::to_string_pretty(&report)? + "\n"));
+    }
+    super::emit(&report.table())
 }

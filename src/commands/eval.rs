@@ -4,6 +4,7 @@
 use crate::data::{self, DataConfig};
 use crate::error::{Error, Result};
 use crate::eval::classifier::{CLASSES, FEATURES};
+use crate::eval::manifold::{self, precision_recall};
 use crate::eval::{
     frechet_distance, kernel_inception_distance, normalize, rms, Classifier, ClassifierConfig,
     FeatureStats,
@@ -32,6 +33,14 @@ pub struct EvalRow {
     pub kid: f64,
     /// Share of each predicted class.
     pub classes: Vec<f64>,
+    /// Entropy of those shares in bits (log2 10 = 3.32: every class equally often).
+    pub class_entropy: f64,
+    /// Mean softmax probability of the predicted class: how digit-like the classifier finds them.
+    pub confidence: f64,
+    /// k-NN manifold precision and recall (k = 3) against as many reference images, on the
+    /// first `PR_MAX` of each.
+    pub precision: f64,
+    pub recall: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -43,6 +52,9 @@ pub struct EvalReport {
     pub real: EvalRow,
     pub rows: Vec<EvalRow>,
 }
+
+/// Rows of each set that precision and recall look at (their cost is quadratic).
+pub const PR_MAX: usize = 2000;
 
 fn score(
     clf: &Classifier,
@@ -60,15 +72,33 @@ fn score(
     let kid =
         kernel_inception_distance(&feats[..m * FEATURES], &ref_rows[..m * FEATURES], FEATURES)?;
     let mut counts = [0usize; CLASSES];
-    for p in clf.predict_all(images, 500)? {
+    let (predicted, conf) = clf.predict_confident(images, 500)?;
+    for p in predicted {
         counts[p as usize] += 1;
     }
+    let classes: Vec<f64> = counts.iter().map(|c| *c as f64 / n as f64).collect();
+    let class_entropy = -classes
+        .iter()
+        .filter(|p| **p > 0.0)
+        .map(|p| p * p.log2())
+        .sum::<f64>();
+    let pr = n.min(ref_rows.len() / FEATURES).min(PR_MAX);
+    let (precision, recall) = precision_recall(
+        &ref_rows[..pr * FEATURES],
+        &feats[..pr * FEATURES],
+        FEATURES,
+        manifold::K,
+    )?;
     Ok(EvalRow {
         name: name.to_string(),
         n,
         fid: frechet_distance(&stats, reference)?,
         kid,
-        classes: counts.iter().map(|c| *c as f64 / n as f64).collect(),
+        classes,
+        class_entropy,
+        confidence: conf.iter().map(|c| *c as f64).sum::<f64>() / n as f64,
+        precision,
+        recall,
     })
 }
 
@@ -176,18 +206,23 @@ impl EvalReport {
             100.0 * self.classifier_accuracy,
             FEATURES
         );
-        s.push_str("set\tn\tfid\tkid_x1000\tclass_shares(0-9)\n");
+        s.push_str("set\tn\tfid\tkid_x1000\tprecision\trecall\tconfidence\tclass_entropy_bits\tclass_shares(0-9)\n");
         for r in std::iter::once(&self.real).chain(&self.rows) {
             let shares: Vec<String> = r.classes.iter().map(|c| format!("{c:.3}")).collect();
             s.push_str(&format!(
-                "{}\t{}\t{:.3}\t{:.3}\t{}\n",
+                "{}\t{}\t{:.3}\t{:.3}\t{:.3}\t{:.3}\t{:.3}\t{:.3}\t{}\n",
                 r.name,
                 r.n,
                 r.fid,
                 1000.0 * r.kid,
+                r.precision,
+                r.recall,
+                r.confidence,
+                r.class_entropy,
                 shares.join(",")
             ));
         }
+        s.push_str("# not Inception FID: comparable only between runs of this classifier (same seed, same reference), never with papers' numbers\n");
         s
     }
 }

@@ -119,6 +119,19 @@ impl Classifier {
         Ok(out)
     }
 
+    /// Predictions and their softmax probability for many images, in batches.
+    pub fn predict_confident(&self, images: &Tensor, batch: usize) -> Result<(Vec<u32>, Vec<f32>)> {
+        let n = images.dim(0)?;
+        let (mut classes, mut conf) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for s in (0..n).step_by(batch.max(1)) {
+            let logits = self.logits(&images.narrow(0, s, batch.min(n - s))?)?;
+            let p = candle_nn::ops::softmax_last_dim(&logits)?;
+            classes.extend(p.argmax(D::Minus1)?.to_vec1::<u32>()?);
+            conf.extend(p.max(D::Minus1)?.to_vec1::<f32>()?);
+        }
+        Ok((classes, conf))
+    }
+
     /// Predictions for many images, in batches.
     pub fn predict_all(&self, images: &Tensor, batch: usize) -> Result<Vec<u32>> {
         let n = images.dim(0)?;

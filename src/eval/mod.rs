@@ -7,6 +7,7 @@
 pub mod classifier;
 pub mod frechet;
 pub mod loss_by_t;
+pub mod manifold;
 
 pub use classifier::{Classifier, ClassifierConfig};
 pub use frechet::{frechet_distance, kernel_inception_distance, normalize, rms, FeatureStats};

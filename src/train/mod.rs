@@ -397,11 +397,19 @@ pub fn train(
                 ds.name
             ))
         })?;
-        if ds.labels.is_none() {
+        let Some(labels) = &ds.labels else {
             return Err(Error::invalid(format!(
                 "--class-cond: {} came without labels",
                 ds.name
             )));
+        };
+        // Checked once here: the model does not read labels back on a GPU.
+        let top = labels.to_dtype(DType::U32)?.max(0)?.to_scalar::<u32>()? as usize;
+        if top >= names.len() {
+            return Err(Error::format(
+                std::path::Path::new(&ds.source),
+                format!("holds label {top}, outside its {} classes", names.len()),
+            ));
         }
         ucfg.num_class_embeds = Some(names.len() + 1);
         Some(crate::pipeline::Classes {

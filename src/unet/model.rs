@@ -181,12 +181,17 @@ impl UNet2DModel {
                         l.elem_count()
                     )));
                 }
-                let k = self.cfg.num_class_embeds.unwrap_or(0) as u32;
-                let v: Vec<u32> = l.to_device(&candle_core::Device::Cpu)?.to_vec1()?;
-                if let Some(bad) = v.iter().find(|c| **c >= k) {
-                    return Err(Error::invalid(format!(
-                        "class label {bad} is outside [0, {k})"
-                    )));
+                // Checked here on the CPU only, where reading the labels is free; on a GPU it
+                // would stall every forward pass. Labels reaching a GPU model come from
+                // classes.json (`Classes::resolve`) or a dataset's K classes, both checked
+                // where they enter.
+                if l.device().is_cpu() {
+                    let k = self.cfg.num_class_embeds.unwrap_or(0) as u32;
+                    if let Some(bad) = l.to_vec1::<u32>()?.iter().find(|c| **c >= k) {
+                        return Err(Error::invalid(format!(
+                            "class label {bad} is outside [0, {k})"
+                        )));
+                    }
                 }
                 Ok(Some(e.forward(&l)?))
             }
