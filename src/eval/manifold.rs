@@ -51,7 +51,8 @@ fn coverage(query: &[f32], support: &[f32], r: &[f32], d: usize) -> f64 {
 /// (precision, recall) of `fake` against `real`, feature rows of `d` floats each.
 pub fn precision_recall(real: &[f32], fake: &[f32], d: usize, k: usize) -> Result<(f64, f64)> {
     let (n, m) = (real.len() / d, fake.len() / d);
-    if d == 0 || real.len() % d != 0 || fake.len() % d != 0 || n <= k || m <= k {
+    if d == 0 || !real.len().is_multiple_of(d) || !fake.len().is_multiple_of(d) || n <= k || m <= k
+    {
         return Err(Error::invalid(format!(
             "precision/recall need more than k = {k} rows in each set (got {n} and {m})"
         )));
