@@ -21,11 +21,7 @@ struct Case {
 }
 
 fn cases(prefix: &str) -> Vec<Case> {
-    let meta = common::golden_metadata(FILE);
-    let configs: HashMap<String, serde_json::Value> = serde_json::from_str(
-        &diffuse::sampler::config::sanitize_python_json(&meta["configs"]),
-    )
-    .unwrap();
+    let configs = configs();
     let mut out: Vec<Case> = configs
         .into_iter()
         .filter(|(k, _)| k.starts_with(prefix))
@@ -48,6 +44,25 @@ fn cases(prefix: &str) -> Vec<Case> {
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// The unconditional denoiser's mean `m` of the second golden set (stored in
+/// sampler_chains_more.safetensors; the img2img, RePaint and inversion cases use it).
+fn mean_m() -> Vec<f32> {
+    common::load_golden("sampler_chains_more.safetensors")["m"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Each case's settings, from the file's metadata.
+fn configs() -> HashMap<String, serde_json::Value> {
+    let meta = common::golden_metadata(FILE);
+    serde_json::from_str(&diffuse::sampler::config::sanitize_python_json(
+        &meta["configs"],
+    ))
+    .unwrap()
 }
 
 fn rows(t: &Tensor) -> Vec<Vec<f32>> {
@@ -160,11 +175,7 @@ fn classifier_free_guidance_chains_match_diffusers() {
 #[test]
 fn img2img_chains_match_diffusers() {
     let g = common::load_golden(FILE);
-    let m: Vec<f32> = common::load_golden("sampler_chains_more.safetensors")["m"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let m = mean_m();
     let cs = cases("img2img_");
     assert_eq!(cs.len(), 3);
     for c in cs {
@@ -198,16 +209,8 @@ fn img2img_chains_match_diffusers() {
 #[test]
 fn ddim_inversion_round_trips_like_diffusers() {
     let g = common::load_golden(FILE);
-    let m: Vec<f32> = common::load_golden("sampler_chains_more.safetensors")["m"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let meta = common::golden_metadata(FILE);
-    let configs: HashMap<String, serde_json::Value> = serde_json::from_str(
-        &diffuse::sampler::config::sanitize_python_json(&meta["configs"]),
-    )
-    .unwrap();
+    let m = mean_m();
+    let configs = configs();
     let mut n_cases = 0;
     for (name, v) in configs.iter().filter(|(k, _)| k.starts_with("invert_")) {
         let steps = v["steps"].as_u64().unwrap() as usize;
@@ -262,16 +265,8 @@ fn ddim_inversion_round_trips_like_diffusers() {
 fn repaint_chains_match_diffusers() {
     use diffuse::sampler::repaint::{inpaint, RePaint, RePaintConfig};
     let g = common::load_golden(FILE);
-    let m: Vec<f32> = common::load_golden("sampler_chains_more.safetensors")["m"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let meta = common::golden_metadata(FILE);
-    let configs: HashMap<String, serde_json::Value> = serde_json::from_str(
-        &diffuse::sampler::config::sanitize_python_json(&meta["configs"]),
-    )
-    .unwrap();
+    let m = mean_m();
+    let configs = configs();
     let mut names: Vec<&String> = configs
         .keys()
         .filter(|k| k.starts_with("repaint_"))
@@ -331,16 +326,8 @@ fn repaint_chains_match_diffusers() {
 fn refined_inversion_reconstructs_the_image() {
     use diffuse::sampler::inversion::{ddim_config, invert};
     let g = common::load_golden(FILE);
-    let m: Vec<f32> = common::load_golden("sampler_chains_more.safetensors")["m"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let meta = common::golden_metadata(FILE);
-    let configs: HashMap<String, serde_json::Value> = serde_json::from_str(
-        &diffuse::sampler::config::sanitize_python_json(&meta["configs"]),
-    )
-    .unwrap();
+    let m = mean_m();
+    let configs = configs();
     let mut n_cases = 0;
     for (name, v) in configs.iter().filter(|(k, _)| k.starts_with("invert_")) {
         let steps = v["steps"].as_u64().unwrap() as usize;

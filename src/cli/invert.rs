@@ -1,7 +1,43 @@
 use super::DeviceArgs;
 use clap::Args;
-use diffuse::commands::invert::{self, InvertRequest, DEFAULT_INVERT_STEPS, DEFAULT_REFINE};
+use diffuse::commands::invert::{
+    self, EditSettings, InvertRequest, DEFAULT_INVERT_STEPS, DEFAULT_REFINE,
+};
 use std::path::PathBuf;
+
+/// The flags `invert` and `interpolate` share.
+#[derive(Args, Debug)]
+pub struct EditArgs {
+    /// A directory written by `diffuse train`, a diffusers model directory, or a hub id.
+    #[arg(long)]
+    model: String,
+    /// DDIM steps of the inversion(s) and of each drawing.
+    #[arg(long, default_value_t = DEFAULT_INVERT_STEPS)]
+    steps: usize,
+    /// Fixed-point iterations per inversion step, each one more model evaluation: they make
+    /// the step the exact inverse of DDIM's step down (0: diffusers' DDIMInverseScheduler).
+    #[arg(long, default_value_t = DEFAULT_REFINE)]
+    refine: usize,
+    /// Class-conditional models: the class [default: the null class].
+    #[arg(long)]
+    class: Option<String>,
+    /// Classifier-free guidance scale of both directions [default: 1, which reconstructs
+    /// best].
+    #[arg(long, allow_negative_numbers = true)]
+    guidance: Option<f64>,
+}
+
+impl EditArgs {
+    pub fn settings(self) -> EditSettings {
+        EditSettings {
+            model: self.model,
+            steps: self.steps,
+            refine: self.refine,
+            class: self.class,
+            guidance: self.guidance.into_iter().collect(),
+        }
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct InvertCmd {
@@ -9,23 +45,8 @@ pub struct InvertCmd {
     /// model's), at most 256.
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
-    /// A directory written by `diffuse train`, a diffusers model directory, or a hub id.
-    #[arg(long)]
-    model: String,
-    /// DDIM steps of the inversion and of the reconstruction.
-    #[arg(long, default_value_t = DEFAULT_INVERT_STEPS)]
-    steps: usize,
-    /// Fixed-point iterations per inversion step, each one more model evaluation: they make
-    /// the step the exact inverse of DDIM's step down (0: diffusers' DDIMInverseScheduler).
-    #[arg(long, default_value_t = DEFAULT_REFINE)]
-    refine: usize,
-    /// Class-conditional models: the class to invert under [default: the null class].
-    #[arg(long)]
-    class: Option<String>,
-    /// Classifier-free guidance scale of both directions [default: 1, which reconstructs
-    /// best].
-    #[arg(long, allow_negative_numbers = true)]
-    guidance: Option<f64>,
+    #[command(flatten)]
+    edit: EditArgs,
     /// The latents x_T (safetensors, key "latent", [N, C, H, W]).
     #[arg(short, long, value_name = "FILE", default_value = "latent.safetensors")]
     output: PathBuf,
@@ -38,12 +59,8 @@ pub struct InvertCmd {
 
 pub fn run(c: InvertCmd) -> anyhow::Result<()> {
     let req = InvertRequest {
-        model: c.model,
         images: c.images,
-        steps: c.steps,
-        refine: c.refine,
-        class: c.class,
-        guidance: c.guidance.into_iter().collect(),
+        edit: c.edit.settings(),
         output: c.output,
         reconstruction: c.reconstruction,
         progress: true,

@@ -1,9 +1,9 @@
 //! `diffuse interpolate`: invert two images with DDIM, walk between their latents along the
 //! sphere (slerp), and draw each point with DDIM; writes a strip and a GIF.
-use super::invert::Editor;
+use super::invert::{EditSettings, Editor};
 use crate::error::{Error, Result};
 use crate::io::imageio;
-use crate::io::output::{self, Outputs};
+use crate::io::output::Outputs;
 use crate::progress::Progress;
 use crate::sampler::slerp::slerp;
 use candle_core::{Device, Tensor};
@@ -16,15 +16,11 @@ pub const MAX_FRAMES: usize = 64;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InterpolateRequest {
-    pub model: String,
     pub from: PathBuf,
     pub to: PathBuf,
     pub frames: usize,
-    pub steps: usize,
-    /// Fixed-point refinements per inversion step (see `invert`).
-    pub refine: usize,
-    pub class: Option<String>,
-    pub guidance: Vec<f64>,
+    #[serde(flatten)]
+    pub edit: EditSettings,
     /// The strip (one row, `from` to `to`).
     pub output: PathBuf,
     /// The walk animated there and back.
@@ -41,18 +37,7 @@ pub fn run(req: &InterpolateRequest, device: &Device) -> Result<Vec<PathBuf>> {
     }
     let outs: Vec<&Path> = vec![&req.output, &req.gif];
     let inputs: Vec<&Path> = vec![&req.from, &req.to];
-    output::check_outputs(&outs, &inputs, &[])?;
-    let ed = Editor::load(
-        &req.model,
-        req.steps,
-        req.refine,
-        req.class.as_deref(),
-        &req.guidance,
-        device,
-    )?;
-    if let Some(root) = &ed.loc.root {
-        output::check_outputs(&outs, &inputs, &[root.as_path()])?;
-    }
+    let ed = Editor::open(&req.edit, &outs, &inputs, device)?;
     let x0 = ed.images(&[req.from.clone(), req.to.clone()])?;
     let mut pb = Progress::new(
         "interpolate",

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::io::imageio;
 use crate::io::output::{self, Outputs};
 use crate::limits;
-use crate::pipeline::{self, ModelLocation};
+use crate::pipeline;
 use crate::progress::Progress;
 use crate::sampler::inversion;
 use crate::sampler::{self, NoiseSource, Recorded, SamplerConfig};
@@ -31,10 +31,11 @@ pub const MAX_REFINE: usize = 20;
 /// At most this many images per inversion: one batch.
 pub const MAX_IMAGES: usize = 256;
 
+/// What every editing command shares: the model, and how to invert and draw with it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct InvertRequest {
+pub struct EditSettings {
     pub model: String,
-    pub images: Vec<PathBuf>,
+    /// DDIM steps of the inversion and of each drawing.
     pub steps: usize,
     /// Fixed-point refinements per inversion step (0: diffusers' DDIMInverseScheduler).
     pub refine: usize,
@@ -42,6 +43,13 @@ pub struct InvertRequest {
     pub class: Option<String>,
     /// Guidance scale of both directions (empty: 1; other scales reconstruct less well).
     pub guidance: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InvertRequest {
+    pub images: Vec<PathBuf>,
+    #[serde(flatten)]
+    pub edit: EditSettings,
     /// The latents, safetensors key "latent" [N, C, H, W].
     pub output: PathBuf,
     /// A grid of the reconstructions.
@@ -61,7 +69,6 @@ pub struct Inverted {
 /// A model loaded for DDIM editing: its UNet, conditioning, guidance and the DDIM settings
 /// that inversion and generation share.
 pub struct Editor {
-    pub loc: ModelLocation,
     model: UNet2DModel,
     /// (C, H, W) of the model's images.
     pub shape: (usize, usize, usize),
@@ -73,25 +80,27 @@ pub struct Editor {
 }
 
 impl Editor {
-    /// Load `model` for `steps` DDIM steps, steered by `class` and `guidance` (one scale).
-    pub fn load(
-        model: &str,
-        steps: usize,
-        refine: usize,
-        class: Option<&str>,
-        guidance: &[f64],
+    /// Load the model `edit` names, after checking the command's outputs (none may be an
+    /// input or lie inside the model's directory) so nothing is loaded for a doomed run.
+    pub fn open(
+        edit: &EditSettings,
+        outputs: &[&Path],
+        inputs: &[&Path],
         device: &Device,
     ) -> Result<Self> {
-        if refine > MAX_REFINE {
+        if edit.refine > MAX_REFINE {
             return Err(Error::invalid(format!(
-                "--refine {refine} is above the limit of {MAX_REFINE} (6 already reconstruct MNIST digits to within 8-bit rounding)"
+                "--refine {} is above the limit of {MAX_REFINE} (6 already reconstruct MNIST digits to within 8-bit rounding)",
+                edit.refine
             )));
         }
-        if guidance.len() > 1 || guidance.iter().any(|w| !w.is_finite()) {
+        if edit.guidance.len() > 1 || edit.guidance.iter().any(|w| !w.is_finite()) {
             return Err(Error::invalid("editing takes one finite --guidance scale"));
         }
-        let loc = pipeline::locate(model)?;
-        let config = inversion::ddim_config(&loc.scheduler()?, steps);
+        let loc = pipeline::locate(&edit.model)?;
+        let protected: Vec<&Path> = loc.root.as_deref().into_iter().collect();
+        output::check_outputs(outputs, inputs, &protected)?;
+        let config = inversion::ddim_config(&loc.scheduler()?, edit.steps);
         config.validate()?;
         // Both directions' steps checked before the model loads.
         sampler::build(&config)?;
@@ -99,21 +108,20 @@ impl Editor {
         let model = unet::frozen(&ucfg, &vm, device)?;
         let shape = ucfg.image_shape()?;
         let cond = Conditioning::new(
-            class,
-            guidance,
+            edit.class.as_deref(),
+            &edit.guidance,
             &loc,
             model.num_class_embeds(),
             NoClass::Null,
         )?;
-        let w = conditioning::scales(cond.as_ref(), guidance, 1.0)[0];
+        let w = conditioning::scales(cond.as_ref(), &edit.guidance, 1.0)[0];
         Ok(Self {
-            loc,
             model,
             shape,
             cond,
             w,
             config,
-            refine,
+            refine: edit.refine,
             device: device.clone(),
         })
     }
@@ -201,18 +209,7 @@ pub fn run(req: &InvertRequest, device: &Device) -> Result<Inverted> {
     validate(req)?;
     let outs: Vec<&Path> = vec![&req.output, &req.reconstruction];
     let inputs: Vec<&Path> = req.images.iter().map(|p| p.as_path()).collect();
-    output::check_outputs(&outs, &inputs, &[])?;
-    let ed = Editor::load(
-        &req.model,
-        req.steps,
-        req.refine,
-        req.class.as_deref(),
-        &req.guidance,
-        device,
-    )?;
-    if let Some(root) = &ed.loc.root {
-        output::check_outputs(&outs, &inputs, &[root.as_path()])?;
-    }
+    let ed = Editor::open(&req.edit, &outs, &inputs, device)?;
     let x0 = ed.images(&req.images)?;
     let total = ed.inversion_evals() + ed.steps();
     let mut pb = Progress::new("invert", "step", total as u64, 0, req.progress);
@@ -225,7 +222,7 @@ pub fn run(req: &InvertRequest, device: &Device) -> Result<Inverted> {
     let meta = HashMap::from([
         ("sampler".to_string(), "ddim".to_string()),
         ("steps".to_string(), ed.steps().to_string()),
-        ("model".to_string(), req.model.clone()),
+        ("model".to_string(), req.edit.model.clone()),
     ]);
     let mut outputs = Outputs::new();
     let latents = latents.to_device(&Device::Cpu)?;

@@ -5,13 +5,13 @@
 //! the forward process (the core's `markov_step`), so the model can harmonise the two parts.
 use super::ddim::{ddim_step, DdimParams};
 use super::noise::NoiseSource;
-use super::sampling::{Model, OnStep, StepInfo};
+use super::sampling::{check_start, Model, OnStep, StepInfo};
 use super::types::StepOutput;
 use super::SchedulerConfig;
 use crate::core::forward::{closed_form, markov_step};
 use crate::core::schedule::Schedule;
 use crate::error::{Error, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// RePaint's settings (diffusers' `set_timesteps(n, jump_length, jump_n_sample)` and `eta`).
@@ -206,13 +206,7 @@ pub fn inpaint(
     noise: &mut dyn NoiseSource,
     mut on_step: Option<&mut OnStep>,
 ) -> Result<Tensor> {
-    if x_t.dtype() != DType::F32 || x_t.rank() == 0 {
-        return Err(Error::invalid(format!(
-            "start sample must be an f32 batch [B, ...], got {:?} {:?}",
-            x_t.dtype(),
-            x_t.dims()
-        )));
-    }
+    check_start(x_t)?;
     let known = known.broadcast_as(x_t.shape())?.contiguous()?;
     let b = x_t.dim(0)?;
     let ts = repaint.timesteps();

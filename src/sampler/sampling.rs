@@ -23,6 +23,18 @@ pub struct StepInfo<'a> {
 pub type Model<'m> = dyn FnMut(&Tensor, &Tensor) -> Result<Tensor> + 'm;
 pub type OnStep<'c> = dyn FnMut(&StepInfo) -> Result<()> + 'c;
 
+/// A loop's start must be an f32 batch [B, ...].
+pub(crate) fn check_start(x: &Tensor) -> Result<()> {
+    if x.dtype() != DType::F32 || x.rank() == 0 {
+        return Err(Error::invalid(format!(
+            "start sample must be an f32 batch [B, ...], got {:?} {:?}",
+            x.dtype(),
+            x.dims()
+        )));
+    }
+    Ok(())
+}
+
 /// Sample from `x_t` (standard-normal start noise, f32 [B,..]; scaled here by the sampler's
 /// `init_noise_sigma`) with the sampler `config` describes.
 pub fn sample(
@@ -44,13 +56,7 @@ pub fn run(
     rng: &mut dyn NoiseSource,
     on_step: Option<&mut OnStep>,
 ) -> Result<Tensor> {
-    if x_t.dtype() != DType::F32 || x_t.rank() == 0 {
-        return Err(Error::invalid(format!(
-            "start sample must be an f32 batch [B, ...], got {:?} {:?}",
-            x_t.dtype(),
-            x_t.dims()
-        )));
-    }
+    check_start(x_t)?;
     let sigma0 = scheduler.init_noise_sigma();
     let x = if sigma0 == 1.0 {
         x_t.clone()
@@ -70,13 +76,7 @@ pub fn run_from(
     rng: &mut dyn NoiseSource,
     mut on_step: Option<&mut OnStep>,
 ) -> Result<Tensor> {
-    if x.dtype() != DType::F32 || x.rank() == 0 {
-        return Err(Error::invalid(format!(
-            "start sample must be an f32 batch [B, ...], got {:?} {:?}",
-            x.dtype(),
-            x.dims()
-        )));
-    }
+    check_start(x)?;
     let b = x.dim(0)?;
     let timesteps = scheduler.timesteps().to_vec();
     if start >= timesteps.len() {
