@@ -3,12 +3,9 @@
 //! and the share of each predicted class.
 use crate::data::{self, DataConfig};
 use crate::error::{Error, Result};
-use crate::eval::classifier::{CLASSES, FEATURES};
-use crate::eval::manifold::{self, precision_recall};
-use crate::eval::{
-    frechet_distance, kernel_inception_distance, normalize, rms, Classifier, ClassifierConfig,
-    FeatureStats,
-};
+use crate::eval::classifier::FEATURES;
+pub use crate::eval::evaluator::EvalRow;
+use crate::eval::{ClassifierConfig, Evaluator};
 use crate::limits;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -23,26 +20,6 @@ pub struct EvalRequest {
     pub classifier: ClassifierConfig,
 }
 
-/// One evaluated set.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EvalRow {
-    pub name: String,
-    pub n: usize,
-    pub fid: f64,
-    /// Unbiased KID (x 1000 when printed) against as many reference images.
-    pub kid: f64,
-    /// Share of each predicted class.
-    pub classes: Vec<f64>,
-    /// Entropy of those shares in bits (log2 10 = 3.32: every class equally often).
-    pub class_entropy: f64,
-    /// Mean softmax probability of the predicted class: how digit-like the classifier finds them.
-    pub confidence: f64,
-    /// k-NN manifold precision and recall (k = 3) against as many reference images, on the
-    /// first `PR_MAX` of each.
-    pub precision: f64,
-    pub recall: f64,
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalReport {
     pub dataset: String,
@@ -51,55 +28,6 @@ pub struct EvalReport {
     /// The held-out real images scored like a sample set: the floor at that n.
     pub real: EvalRow,
     pub rows: Vec<EvalRow>,
-}
-
-/// Rows of each set that precision and recall look at (their cost is quadratic).
-pub const PR_MAX: usize = 2000;
-
-fn score(
-    clf: &Classifier,
-    name: &str,
-    images: &Tensor,
-    reference: &FeatureStats,
-    ref_rows: &[f32],
-    scale: f64,
-) -> Result<EvalRow> {
-    let n = images.dim(0)?;
-    let mut feats = clf.features_of(images, 500)?;
-    normalize(&mut feats, scale);
-    let stats = FeatureStats::from_rows(&feats, FEATURES)?;
-    let m = n.min(ref_rows.len() / FEATURES);
-    let kid =
-        kernel_inception_distance(&feats[..m * FEATURES], &ref_rows[..m * FEATURES], FEATURES)?;
-    let mut counts = [0usize; CLASSES];
-    let (predicted, conf) = clf.predict_confident(images, 500)?;
-    for p in predicted {
-        counts[p as usize] += 1;
-    }
-    let classes: Vec<f64> = counts.iter().map(|c| *c as f64 / n as f64).collect();
-    let class_entropy = -classes
-        .iter()
-        .filter(|p| **p > 0.0)
-        .map(|p| p * p.log2())
-        .sum::<f64>();
-    let pr = n.min(ref_rows.len() / FEATURES).min(PR_MAX);
-    let (precision, recall) = precision_recall(
-        &ref_rows[..pr * FEATURES],
-        &feats[..pr * FEATURES],
-        FEATURES,
-        manifold::K,
-    )?;
-    Ok(EvalRow {
-        name: name.to_string(),
-        n,
-        fid: frechet_distance(&stats, reference)?,
-        kid,
-        classes,
-        class_entropy,
-        confidence: conf.iter().map(|c| *c as f64).sum::<f64>() / n as f64,
-        precision,
-        recall,
-    })
 }
 
 /// Load a samples file: `samples` [N, 1, 28, 28], clamped to [-1, 1].
@@ -158,39 +86,23 @@ pub fn run(req: &EvalRequest, device: &Device) -> Result<EvalReport> {
         .iter()
         .map(|p| load_samples(p, device))
         .collect::<Result<Vec<_>>>()?;
-    let (clf, acc) = Classifier::train(&ds.images, &labels, &req.classifier, device)?;
+    let ev = Evaluator::new(&ds.images, &labels, &req.classifier, device)?;
     tracing::info!(
         "classifier: {:.2}% on {} held-out images",
-        100.0 * acc,
+        100.0 * ev.accuracy,
         req.classifier.held_out
     );
-    let images = ds.images.to_device(device)?;
-    let mut ref_rows = clf.features_of(&images, 500)?;
-    let scale = rms(&ref_rows);
-    normalize(&mut ref_rows, scale);
-    let reference = FeatureStats::from_rows(&ref_rows, FEATURES)?;
-    let n = ds.len();
-    let held = images.narrow(0, n - req.classifier.held_out, req.classifier.held_out)?;
-    let real = score(&clf, "real (held-out)", &held, &reference, &ref_rows, scale)?;
+    let real = ev.floor()?;
     let rows = req
         .samples
         .iter()
         .zip(&sets)
-        .map(|(p, x)| {
-            score(
-                &clf,
-                &p.display().to_string(),
-                x,
-                &reference,
-                &ref_rows,
-                scale,
-            )
-        })
+        .map(|(p, x)| ev.score(&p.display().to_string(), x))
         .collect::<Result<Vec<_>>>()?;
     Ok(EvalReport {
         dataset: ds.name,
-        reference: n,
-        classifier_accuracy: acc,
+        reference: ds.images.dim(0)?,
+        classifier_accuracy: ev.accuracy,
         real,
         rows,
     })

@@ -5,9 +5,11 @@
 //! "FID" of many diffusion papers' appendices). Numbers are comparable only between runs of
 //! this same classifier (same seed, same reference set).
 pub mod classifier;
+pub mod evaluator;
 pub mod frechet;
 pub mod loss_by_t;
 pub mod manifold;
 
 pub use classifier::{Classifier, ClassifierConfig};
+pub use evaluator::{EvalRow, Evaluator};
 pub use frechet::{frechet_distance, kernel_inception_distance, normalize, rms, FeatureStats};

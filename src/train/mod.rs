@@ -70,6 +70,10 @@ pub struct TrainConfig {
     pub cond_drop: f64,
     /// Guidance scale of the class-conditional sample grids.
     pub grid_guidance: f64,
+    /// Score the EMA model every N steps (0: never) with `diffuse eval`'s classifier on
+    /// `eval_num` samples: eval.csv, a panel of loss.png, and the best model so far in best/.
+    pub eval_every: usize,
+    pub eval_num: usize,
     pub progress: bool,
 }
 
@@ -103,6 +107,8 @@ impl Default for TrainConfig {
             class_cond: false,
             cond_drop: 0.1,
             grid_guidance: 2.0,
+            eval_every: 0,
+            eval_num: 500,
             progress: true,
         }
     }
@@ -126,7 +132,7 @@ pub enum Start {
 }
 
 /// The entries a run writes in its output directory (what `--force` removes).
-pub const RUN_ENTRIES: [&str; 8] = [
+pub const RUN_ENTRIES: [&str; 10] = [
     "unet",
     "classes.json",
     "scheduler",
@@ -135,11 +141,16 @@ pub const RUN_ENTRIES: [&str; 8] = [
     "loss.csv",
     "loss.png",
     "samples",
+    "eval.csv",
+    BEST_DIR,
 ];
+
+/// Where `--eval-every` keeps the best model so far (a pipeline directory).
+pub const BEST_DIR: &str = "best";
 
 /// Settings that may differ between a checkpoint and the run resuming it: they change how
 /// long the run goes, how it is logged and where things are, not what it optimises.
-pub const RESUMABLE_CHANGES: [&str; 13] = [
+pub const RESUMABLE_CHANGES: [&str; 15] = [
     "lr",
     "grid_guidance",
     "steps",
@@ -152,6 +163,8 @@ pub const RESUMABLE_CHANGES: [&str; 13] = [
     "log_every",
     "sample_steps",
     "num_samples",
+    "eval_every",
+    "eval_num",
     "progress",
 ];
 
@@ -430,6 +443,11 @@ pub fn train(
     let grid_sampler = grid_sampler_config(cfg);
     grid_sampler.validate()?;
     drop(crate::sampler::build(&grid_sampler)?);
+    let eval_sampler = eval_sampler_config(cfg);
+    let evaluator = match cfg.eval_every {
+        0 => None,
+        _ => Some(evaluator(cfg, &ds, device)?),
+    };
 
     let (vm, model) = unet::init(&ucfg, cfg.seed, device)?;
     let vars = sorted_vars(&vm);
@@ -488,6 +506,7 @@ pub fn train(
 
     let mut pb = Progress::new("train", "step", total as u64, step as u64, cfg.progress);
     let mut log = LossLog::open(&cfg.out.join("loss.csv"), step)?;
+    let mut evals = EvalLog::open(&cfg.out.join("eval.csv"), step, evaluator.is_some())?;
     let mut loss_acc: Option<Tensor> = None;
     let (mut acc_n, mut t_log, mut smooth) = (0usize, Instant::now(), f64::NAN);
     let mut last_loss = f64::NAN;
@@ -600,7 +619,7 @@ pub fn train(
             )?;
             export(&cfg.out, cfg, &ucfg, &ema, classes.as_ref())?;
             last_ckpt = Some(step);
-            log.plot(&cfg.out.join("loss.png"))?;
+            log.plot(&cfg.out.join("loss.png"), &evals.rows)?;
         }
         let want_samples =
             (cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every)) || step == total;
@@ -622,6 +641,48 @@ pub fn train(
                 path.display(),
                 crate::progress::duration(t0.elapsed())
             ));
+        }
+        let want_eval =
+            cfg.eval_every > 0 && (step.is_multiple_of(cfg.eval_every) || step == total);
+        if let (true, false, Some(ev)) = (want_eval, stop, evaluator.as_ref()) {
+            let t0 = Instant::now();
+            let x = sample_ema(
+                &eval_sampler,
+                cfg,
+                cfg.eval_num,
+                4321,
+                classes.as_ref(),
+                &ucfg,
+                &ema,
+                device,
+            )?;
+            // Clamped to [-1, 1] as `diffuse eval` reads samples.
+            let x = x.to_device(&Device::Cpu)?.clamp(-1f32, 1f32)?;
+            let r = ev.score(&format!("step {step}"), &x)?;
+            let best = evals.best();
+            evals.push(EvalPoint {
+                step,
+                fid: r.fid,
+                kid: r.kid,
+                precision: r.precision,
+                recall: r.recall,
+            })?;
+            let mut say = format!(
+                "step {step}: FID {:.3}, KID x1000 {:.2}, precision {:.3}, recall {:.3} ({} samples, DPM-Solver++ {}, {})",
+                r.fid,
+                1000.0 * r.kid,
+                r.precision,
+                r.recall,
+                cfg.eval_num,
+                eval_sampler.steps,
+                crate::progress::duration(t0.elapsed())
+            );
+            if best.is_none_or(|b| r.fid < b.fid) {
+                export(&cfg.out.join(BEST_DIR), cfg, &ucfg, &ema, classes.as_ref())?;
+                say.push_str(&format!("; best so far, kept in {}/", BEST_DIR));
+            }
+            pb.say(&say);
+            log.plot(&cfg.out.join("loss.png"), &evals.rows)?;
         }
         if stop {
             pb.abandon();
@@ -676,6 +737,104 @@ fn grid_sampler_config(cfg: &TrainConfig) -> SamplerConfig {
     }
 }
 
+/// The evaluations' sampler: our models' default, DPM-Solver++ 2M with 20 steps (at most T).
+fn eval_sampler_config(cfg: &TrainConfig) -> SamplerConfig {
+    let sc = scheduler_config(cfg);
+    SamplerConfig {
+        kind: SamplerKind::DpmSolverPP,
+        steps: SamplerKind::DpmSolverPP
+            .default_steps()
+            .min(sc.num_train_timesteps)
+            .max(1),
+        eta: 0.0,
+        karras: false,
+        scheduler: sc,
+    }
+}
+
+/// `diffuse eval`'s classifier and reference for `--eval-every`, trained once on the
+/// training digits.
+fn evaluator(
+    cfg: &TrainConfig,
+    ds: &data::Dataset,
+    device: &Device,
+) -> Result<crate::eval::Evaluator> {
+    if ds.image_dims() != (1, 28, 28) {
+        return Err(Error::invalid(format!(
+            "--eval-every scores 28x28 gray digits (mnist, fashion-mnist) with diffuse eval's classifier; {} has {:?} images",
+            ds.name,
+            ds.image_dims()
+        )));
+    }
+    crate::limits::check_count(
+        "--eval-num",
+        cfg.eval_num,
+        10_000,
+        "FID settles long before",
+    )?;
+    if cfg.eval_num < 2 {
+        return Err(Error::invalid("--eval-num must be at least 2"));
+    }
+    let labels: Vec<u32> = ds
+        .labels
+        .as_ref()
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "--eval-every needs labelled digits; {} has no labels",
+                ds.name
+            ))
+        })?
+        .to_dtype(DType::U32)?
+        .to_vec1()?;
+    let ccfg = crate::eval::ClassifierConfig::default();
+    if ds.len() <= ccfg.held_out + 1000 {
+        return Err(Error::invalid(format!(
+            "--eval-every needs more than {} labelled digits to train its classifier; {} has {}",
+            ccfg.held_out + 1000,
+            ds.name,
+            ds.len()
+        )));
+    }
+    tracing::info!(target: crate::progress::TARGET, "--eval-every: training the evaluation classifier once (about a minute)");
+    crate::eval::Evaluator::new(&ds.images, &labels, &ccfg, device)
+}
+
+/// `n` samples (seed `seed`) from the EMA weights; class-conditional models draw the classes
+/// in order with the grids' guidance.
+#[allow(clippy::too_many_arguments)]
+fn sample_ema(
+    scfg: &SamplerConfig,
+    cfg: &TrainConfig,
+    n: usize,
+    seed: u64,
+    classes: Option<&crate::pipeline::Classes>,
+    ucfg: &UNetConfig,
+    ema: &ema::Ema,
+    device: &Device,
+) -> Result<Tensor> {
+    let model = unet::frozen(ucfg, &ema_varmap(ema)?, device)?;
+    let mut rng = NoiseRng::new(seed);
+    let (c, h, w) = ucfg.image_shape()?;
+    let x_t = rng.randn((n, c, h, w), device)?;
+    match classes {
+        Some(cl) => {
+            let k = cl.names.len();
+            let labels: Vec<u32> = (0..n).map(|j| (j * k / n) as u32).collect();
+            let labels = Tensor::from_slice(&labels, n, device)?;
+            let mut cond =
+                |x: &Tensor, t: &Tensor, l: &Tensor| model.forward_cond(x, t, Some(l), false);
+            let null = cl.null_class.unwrap_or(k) as u32;
+            let mut f =
+                crate::sampler::guidance::guided(&mut cond, &labels, null, cfg.grid_guidance)?;
+            crate::sampler::sample(&mut f, &x_t, scfg, &mut rng, None)
+        }
+        None => {
+            let mut f = |x: &Tensor, t: &Tensor| model.forward(x, t, false);
+            crate::sampler::sample(&mut f, &x_t, scfg, &mut rng, None)
+        }
+    }
+}
+
 /// A grid of `num_samples` samples (fixed seed) from the EMA weights; class-conditional
 /// models draw the classes in order (one row each when they divide evenly) with guidance.
 fn sample_grid(
@@ -687,34 +846,96 @@ fn sample_grid(
     device: &Device,
 ) -> Result<image::RgbImage> {
     let n = cfg.num_samples;
-    let model = unet::frozen(ucfg, &ema_varmap(ema)?, device)?;
-    let mut rng = NoiseRng::new(1234);
-    let (c, h, w) = ucfg.image_shape()?;
-    let x_t = rng.randn((n, c, h, w), device)?;
-    let x0 = match classes {
+    let x0 = sample_ema(scfg, cfg, n, 1234, classes, ucfg, ema, device)?.to_device(&Device::Cpu)?;
+    match classes {
         Some(cl) => {
             let k = cl.names.len();
-            let labels: Vec<u32> = (0..n).map(|j| (j * k / n) as u32).collect();
-            let labels = Tensor::from_slice(&labels, n, device)?;
-            let mut cond =
-                |x: &Tensor, t: &Tensor, l: &Tensor| model.forward_cond(x, t, Some(l), false);
-            let null = cl.null_class.unwrap_or(k) as u32;
-            let mut f =
-                crate::sampler::guidance::guided(&mut cond, &labels, null, cfg.grid_guidance)?;
-            let x0 = crate::sampler::sample(&mut f, &x_t, scfg, &mut rng, None)?;
             let cols = if n.is_multiple_of(k) {
                 n / k
             } else {
                 (n as f64).sqrt().ceil() as usize
             };
-            return crate::io::imageio::grid_cols(&x0.to_device(&Device::Cpu)?, 2, cols as u32);
+            crate::io::imageio::grid_cols(&x0, 2, cols as u32)
         }
-        None => {
-            let mut f = |x: &Tensor, t: &Tensor| model.forward(x, t, false);
-            crate::sampler::sample(&mut f, &x_t, scfg, &mut rng, None)?
+        None => crate::io::imageio::grid(&x0, 2),
+    }
+}
+
+/// One `--eval-every` point.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalPoint {
+    pub step: usize,
+    pub fid: f64,
+    pub kid: f64,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// eval.csv: one row per evaluation (its own file: evaluations are rare and loss rows
+/// frequent, so each file keeps one cadence and one header).
+struct EvalLog {
+    path: PathBuf,
+    rows: Vec<EvalPoint>,
+    active: bool,
+}
+
+impl EvalLog {
+    fn open(path: &Path, step: usize, active: bool) -> Result<Self> {
+        let mut rows = Vec::new();
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for line in text.lines().skip(1) {
+                let f: Vec<f64> = line.split(',').filter_map(|x| x.parse().ok()).collect();
+                if f.len() == 5 && (f[0] as usize) <= step {
+                    rows.push(EvalPoint {
+                        step: f[0] as usize,
+                        fid: f[1],
+                        kid: f[2],
+                        precision: f[3],
+                        recall: f[4],
+                    });
+                }
+            }
         }
-    };
-    crate::io::imageio::grid(&x0.to_device(&Device::Cpu)?, 2)
+        let log = Self {
+            path: path.to_path_buf(),
+            rows,
+            active,
+        };
+        if active || !log.rows.is_empty() {
+            log.write()?;
+        }
+        Ok(log)
+    }
+
+    /// The evaluation with the lowest FID so far.
+    fn best(&self) -> Option<EvalPoint> {
+        self.rows
+            .iter()
+            .copied()
+            .min_by(|a, b| a.fid.total_cmp(&b.fid))
+    }
+
+    fn push(&mut self, p: EvalPoint) -> Result<()> {
+        self.rows.push(p);
+        self.write()
+    }
+
+    fn write(&self) -> Result<()> {
+        if !self.active && self.rows.is_empty() {
+            return Ok(());
+        }
+        crate::io::output::write_atomic(&self.path, |w| {
+            writeln!(w, "step,fid,kid,precision,recall")?;
+            for r in &self.rows {
+                writeln!(
+                    w,
+                    "{},{:?},{:?},{:?},{:?}",
+                    r.step, r.fid, r.kid, r.precision, r.recall
+                )?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// loss.csv (appended, atomically rewritten on resume) and loss.png.
@@ -776,7 +997,7 @@ impl LossLog {
         })
     }
 
-    fn plot(&self, path: &Path) -> Result<()> {
+    fn plot(&self, path: &Path, evals: &[EvalPoint]) -> Result<()> {
         if self.rows.len() < 2 {
             return Ok(());
         }
@@ -787,23 +1008,32 @@ impl LossLog {
             m = beta * m + (1.0 - beta) * r.loss;
             smooth.push((r.step as f64, m / (1.0 - beta.powi(i as i32 + 1))));
         }
-        crate::io::plot::write_figure(
-            path,
-            "step",
-            &[crate::io::plot::Panel {
-                title: "training loss".into(),
-                y_label: "MSE".into(),
-                series: vec![
-                    crate::io::plot::Series {
-                        name: "loss".into(),
-                        points: self.rows.iter().map(|r| (r.step as f64, r.loss)).collect(),
-                    },
-                    crate::io::plot::Series {
-                        name: "smoothed".into(),
-                        points: smooth,
-                    },
-                ],
-            }],
-        )
+        let mut panels = vec![crate::io::plot::Panel {
+            title: "training loss".into(),
+            y_label: "MSE".into(),
+            series: vec![
+                crate::io::plot::Series {
+                    name: "loss".into(),
+                    points: self.rows.iter().map(|r| (r.step as f64, r.loss)).collect(),
+                },
+                crate::io::plot::Series {
+                    name: "smoothed".into(),
+                    points: smooth,
+                },
+            ],
+        }];
+        if !evals.is_empty() {
+            panels.push(crate::io::plot::Panel {
+                title:
+                    "FID of the EMA model (diffuse eval's classifier features; not Inception FID)"
+                        .into(),
+                y_label: "FID".into(),
+                series: vec![crate::io::plot::Series {
+                    name: "FID".into(),
+                    points: evals.iter().map(|e| (e.step as f64, e.fid)).collect(),
+                }],
+            });
+        }
+        crate::io::plot::write_figure(path, "step", &panels)
     }
 }
