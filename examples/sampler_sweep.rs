@@ -92,6 +92,9 @@ fn main() -> anyhow::Result<()> {
                 ..DataConfig::default()
             },
             classifier: ClassifierConfig::default(),
+            model: None,
+            num: 0,
+            progress: false,
         },
         &device,
     )?;

@@ -126,16 +126,61 @@ fn real_digits_beat_noise_and_bad_files_are_named() {
         "{noise} vs {real}"
     );
     assert!(f(noise, "precision") < 0.05, "{noise}");
-    // The table for people says what the numbers are not.
-    let out = diffuse()
-        .args(["eval", pr.to_str().unwrap(), "--device", "cpu"])
+    // The table for people says what the numbers are not; --model draws its own samples (a
+    // class-conditional model: every class equally often, with its accuracy on them).
+    let run_dir = dir.path().join("cond");
+    let r = diffuse()
+        .args(["train", "--model-config"])
+        .arg(common::data_path("tiny28/config.json"))
+        .arg("--output")
+        .arg(&run_dir)
+        .args([
+            "--train-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--limit",
+            "64",
+            "--class-cond",
+        ])
+        .args(["--sample-every", "0", "--num", "2", "--device", "cpu"])
+        .current_dir(dir.path())
         .output()
         .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let out = diffuse()
+        .args([
+            "eval",
+            pr.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "-n",
+            "20",
+            "--model",
+        ])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
+    println!("{text}");
     assert!(
         text.contains("precision\trecall") && text.contains("not Inception FID"),
         "{text}"
     );
+    let drawn: Vec<&str> = text
+        .lines()
+        .find(|l| l.contains("(its default sampler)"))
+        .unwrap()
+        .split('\t')
+        .collect();
+    assert_eq!(drawn[1], "20");
+    let acc: f64 = drawn[8].parse().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{acc}");
 }
 
 /// `eval --loss-by-t` on a model trained for a few steps: one row per band covering [0, T),

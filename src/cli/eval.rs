@@ -10,23 +10,26 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct EvalCmd {
     /// safetensors files from `diffuse sample --save-tensors` (key "samples", [N,1,28,28]).
-    #[arg(required_unless_present = "loss_by_t", conflicts_with = "loss_by_t")]
+    #[arg(required_unless_present_any = ["loss_by_t", "model"], conflicts_with = "loss_by_t")]
     samples: Vec<PathBuf>,
     /// Instead: the denoising loss of --model on real images (the test split unless --split
     /// says otherwise) in --buckets equal bands of t, the same t and noise for every model;
     /// a table and a chart (-o).
     #[arg(long, requires = "model")]
     loss_by_t: bool,
-    /// The model for --loss-by-t: a directory from `diffuse train`, a diffusers directory or
-    /// a hub id.
-    #[arg(long, requires = "loss_by_t")]
+    /// A model (a directory from `diffuse train`, a diffusers directory or a hub id): draw -n
+    /// samples with its default sampler and score them too (a class-conditional model draws
+    /// every class equally often, and its accuracy on them is reported); with --loss-by-t,
+    /// the model measured.
+    #[arg(long)]
     model: Option<String>,
     /// --loss-by-t: bands of t.
     #[arg(long, default_value_t = DEFAULT_BANDS, requires = "loss_by_t")]
     buckets: usize,
-    /// --loss-by-t: real images measured (each once per band).
-    #[arg(short = 'n', long, default_value_t = DEFAULT_IMAGES, requires = "loss_by_t")]
-    num: usize,
+    /// Samples drawn from --model [default: 1000]; with --loss-by-t, real images measured
+    /// (each once per band) [default: 512].
+    #[arg(short = 'n', long)]
+    num: Option<usize>,
     /// --loss-by-t: images per forward pass.
     #[arg(long, default_value_t = 256, requires = "loss_by_t")]
     batch_size: usize,
@@ -63,7 +66,7 @@ pub fn run(c: EvalCmd) -> anyhow::Result<()> {
         let req = LossByTRequest {
             model: c.model.unwrap_or_default(),
             data,
-            num: c.num,
+            num: c.num.unwrap_or(DEFAULT_IMAGES),
             bands: c.buckets,
             seed: c.seed,
             batch_size: c.batch_size,
@@ -84,6 +87,9 @@ pub fn run(c: EvalCmd) -> anyhow::Result<()> {
             seed: c.seed,
             ..ClassifierConfig::default()
         },
+        model: c.model,
+        num: c.num.unwrap_or(eval::DEFAULT_MODEL_SAMPLES),
+        progress: true,
     };
     let report = eval::run(&req, &device)?;
     if c.json {

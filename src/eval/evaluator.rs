@@ -26,6 +26,8 @@ pub struct EvalRow {
     /// first `PR_MAX` of each.
     pub precision: f64,
     pub recall: f64,
+    /// Class-conditional samples: the share the classifier reads as the class asked for.
+    pub class_accuracy: Option<f64>,
 }
 
 /// Rows of each set that precision and recall look at (their cost is quadratic).
@@ -112,6 +114,21 @@ impl Evaluator {
             confidence: conf.iter().map(|c| *c as f64).sum::<f64>() / n as f64,
             precision,
             recall,
+            class_accuracy: None,
         })
+    }
+
+    /// The share of `images` the classifier reads as the class `asked` for each.
+    pub fn accuracy_on(&self, images: &Tensor, asked: &[u32]) -> Result<f64> {
+        let got = self.clf.predict_all(images, 500)?;
+        if got.len() != asked.len() {
+            return Err(crate::error::Error::invalid(format!(
+                "{} classes asked for {} images",
+                asked.len(),
+                got.len()
+            )));
+        }
+        let hits = got.iter().zip(asked).filter(|(g, a)| g == a).count();
+        Ok(hits as f64 / got.len().max(1) as f64)
     }
 }
