@@ -10,7 +10,9 @@
 # 1. correctness on the device (tests/device.rs: golden UNet, q_sample vs CPU, golden
 #    sampler chains, 50 training steps vs the CPU and the checkpoint back on the CPU);
 # 2. speed: train step images/s (mnist preset batch 64, cifar10 preset batch 128) and
-#    DDIM-50 sampling of 256 images, ours and diffusers' UNet2DModel (eager, torch.compile).
+#    DDIM-50 sampling of 256 images, ours and diffusers' UNet2DModel (eager, torch.compile);
+# 3. the steering and editing commands (RePaint, trace, invert, interpolate, loss by t) on
+#    the device, each with its one-line result and time.
 set -uo pipefail
 dev=${1:-cuda}
 out=${OUT:-gpu-report}
@@ -19,7 +21,7 @@ report="$out/report.md"
 tmp=$(mktemp -d)
 for f in gpu/*.xz; do [ -e "$f" ] && xz -dkf "$f"; done
 chmod +x gpu/diffuse gpu/device-test 2>/dev/null
-bin=gpu/diffuse
+bin=${DIFFUSE_BIN:-gpu/diffuse}
 [ -x "$bin" ] || bin=target/release/diffuse
 tests=gpu/device-test
 say() { echo "$*" | tee -a "$report"; }
@@ -93,5 +95,28 @@ if [ "$dev" = cuda ] && ls gpu/wheels/*.whl >/dev/null 2>&1; then
     done
   done
 fi
+
+say ""
+say "## 3. Steering and editing on the device (smoke: the mnist-b64 model above)"
+say "| command | result | seconds |"
+say "|---|---|---|"
+edit() { # name, then the diffuse arguments
+  local name=$1; shift
+  local t1=$(date +%s.%N)
+  if out=$(timeout 90 $bin "$@" --device "$dev" 2>&1); then
+    local t2=$(date +%s.%N)
+    say "| $name | ok: $(echo "$out" | grep -v '^wrote' | tail -1 | tr '|' '/') | $(python3 -c "print(f'{$t2 - $t1:.2f}')") |"
+  else
+    say "| $name | failed: $(echo "$out" | tail -1 | tr '|' '/') | |"
+  fi
+}
+m="$tmp/mnist-b64"
+$bin data show --split test -n 1 --seed 1 -o "$tmp/a.png" >/dev/null 2>&1
+$bin data show --split test -n 1 --seed 2 -o "$tmp/b.png" >/dev/null 2>&1
+edit "RePaint, center, 50 steps" sample --model "$m" --init "$tmp/a.png" --mask center -n 64 --steps 50 --jump-length 10 --jump-n-sample 3 -o "$tmp/rp.png"
+edit "x0 trace, DPM-Solver++ 20" sample --model "$m" -n 16 --trace "$tmp/trace.png" -o "$tmp/tr.png"
+edit "invert 2 digits, 50 steps, refine 6" invert "$tmp/a.png" "$tmp/b.png" --model "$m" -o "$tmp/l.safetensors" --reconstruction "$tmp/rec.png"
+edit "interpolate, 8 frames" interpolate "$tmp/a.png" "$tmp/b.png" --model "$m" --steps 20 --refine 2 -o "$tmp/i.png" --gif "$tmp/i.gif"
+edit "loss by t, 512 digits" eval --loss-by-t --model "$m" -o "$tmp/lbt.png"
 rm -rf "$tmp"
 echo "report: $report"
