@@ -93,6 +93,18 @@ impl Conditioning {
         }))
     }
 
+    /// Every class in order (what `--class all` asks for), guided against `classes`' null
+    /// class: training's sample grids and evaluations.
+    pub fn in_order(classes: Classes) -> Self {
+        let null = classes.null_class.map(|n| n as u32);
+        Self {
+            classes,
+            fixed: None,
+            all: true,
+            null,
+        }
+    }
+
     /// Labels of samples `start..start + b` of `num`.
     pub fn labels(&self, start: usize, b: usize, num: usize, rng: &mut NoiseRng) -> Vec<u32> {
         let k = self.classes.names.len();

@@ -6,7 +6,6 @@ use crate::core::rng::NoiseRng;
 use crate::core::schedule::{Schedule, ScheduleConfig};
 use crate::error::{Error, Result};
 use crate::io::{imageio, output};
-use crate::limits;
 use base64::Engine;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -97,7 +96,6 @@ pub fn page(req: &ExploreRequest) -> Result<String> {
 }
 
 pub fn run(req: &ExploreRequest) -> Result<Vec<PathBuf>> {
-    limits::check_image_side(req.size)?;
     let inputs: Vec<&Path> = req.image.as_deref().into_iter().collect();
     output::check_outputs(&[&req.output], &inputs, &[])?;
     let html = page(req)?;

@@ -4,7 +4,7 @@ use crate::core::forward::ForwardProcess;
 use crate::core::schedule::Schedule;
 use crate::data::{self, DataConfig};
 use crate::error::{Error, Result};
-use crate::eval::loss_by_t::{loss_by_t, Band};
+use crate::eval::loss_by_t::{check_bands, loss_by_t, Band};
 use crate::io::output;
 use crate::io::plot::{self, Panel, Series};
 use crate::limits;
@@ -73,13 +73,8 @@ pub fn run(req: &LossByTRequest, device: &Device) -> Result<LossByT> {
     output::check_outputs(&[&req.output], &[], &protected)?;
     let sc = loc.scheduler()?;
     let fp = ForwardProcess::new(Schedule::new(&sc.schedule_config()?)?, device)?;
-    if req.bands == 0 || req.bands > fp.schedule.len() {
-        return Err(Error::invalid(format!(
-            "--buckets {} must be in [1, {}] (one timestep per band at most)",
-            req.bands,
-            fp.schedule.len()
-        )));
-    }
+    // Before the model loads.
+    check_bands(req.bands, fp.schedule.len())?;
     let (ucfg, vm, _) = unet::load(&loc.unet_dir, device)?;
     let model = unet::frozen(&ucfg, &vm, device)?;
     limits::check_batch_memory("--batch-size", req.batch_size, ucfg.bytes_per_image(false)?)?;

@@ -24,6 +24,16 @@ pub struct Band {
     pub x0_loss: f64,
 }
 
+/// `bands` equal bands of T timesteps need 1 <= bands <= T.
+pub fn check_bands(bands: usize, t_total: usize) -> Result<()> {
+    if bands == 0 || bands > t_total {
+        return Err(Error::invalid(format!(
+            "--buckets {bands} must be in [1, {t_total}] (one timestep per band at most)"
+        )));
+    }
+    Ok(())
+}
+
 /// A model for the loss: (x_t [B,..], t [B] f32, which images of the set are in the batch).
 pub type RowModel<'m> = dyn FnMut(&Tensor, &Tensor, Range<usize>) -> Result<Tensor> + 'm;
 
@@ -42,11 +52,7 @@ pub fn loss_by_t(
     on_batch: &mut dyn FnMut(),
 ) -> Result<Vec<Band>> {
     let t_total = fp.schedule.len();
-    if bands == 0 || bands > t_total {
-        return Err(Error::invalid(format!(
-            "--buckets {bands} must be in [1, {t_total}] (one timestep per band at most)"
-        )));
-    }
+    check_bands(bands, t_total)?;
     let n = images.dim(0)?;
     if n == 0 || batch == 0 {
         return Err(Error::invalid("no images to measure the loss on"));

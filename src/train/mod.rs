@@ -529,22 +529,17 @@ pub fn train(
             .transpose()?;
         let labels = match (&classes, &batch.labels) {
             (Some(c), Some(l)) => {
-                // Label dropout: the null class for a `cond_drop` share of the batch.
+                // Label dropout: the null class for a `cond_drop` share of the batch, chosen on
+                // the host and applied on the device (the labels are never read back).
                 let null = c.null_class.unwrap_or(0) as u32;
-                let keep = rng.uniform_f32(b);
-                let l: Vec<u32> = l.to_device(&Device::Cpu)?.to_vec1()?;
-                let l: Vec<u32> = l
+                let dropped: Vec<u8> = rng
+                    .uniform_f32(b)
                     .iter()
-                    .zip(&keep)
-                    .map(|(y, u)| {
-                        if (*u as f64) < cfg.cond_drop {
-                            null
-                        } else {
-                            *y
-                        }
-                    })
+                    .map(|u| u8::from((*u as f64) < cfg.cond_drop))
                     .collect();
-                Some(Tensor::from_slice(&l, b, device)?)
+                let dropped = Tensor::from_vec(dropped, b, device)?;
+                let nulls = Tensor::full(null, b, device)?;
+                Some(dropped.where_cond(&nulls, &l.to_dtype(DType::U32)?)?)
             }
             _ => None,
         };
@@ -787,14 +782,6 @@ fn evaluator(
         .to_dtype(DType::U32)?
         .to_vec1()?;
     let ccfg = crate::eval::ClassifierConfig::default();
-    if ds.len() <= ccfg.held_out + 1000 {
-        return Err(Error::invalid(format!(
-            "--eval-every needs more than {} labelled digits to train its classifier; {} has {}",
-            ccfg.held_out + 1000,
-            ds.name,
-            ds.len()
-        )));
-    }
     tracing::info!(target: crate::progress::TARGET, "--eval-every: training the evaluation classifier once (about a minute)");
     crate::eval::Evaluator::new(&ds.images, &labels, &ccfg, device)
 }
@@ -816,23 +803,12 @@ fn sample_ema(
     let mut rng = NoiseRng::new(seed);
     let (c, h, w) = ucfg.image_shape()?;
     let x_t = rng.randn((n, c, h, w), device)?;
-    match classes {
-        Some(cl) => {
-            let k = cl.names.len();
-            let labels: Vec<u32> = (0..n).map(|j| (j * k / n) as u32).collect();
-            let labels = Tensor::from_slice(&labels, n, device)?;
-            let mut cond =
-                |x: &Tensor, t: &Tensor, l: &Tensor| model.forward_cond(x, t, Some(l), false);
-            let null = cl.null_class.unwrap_or(k) as u32;
-            let mut f =
-                crate::sampler::guidance::guided(&mut cond, &labels, null, cfg.grid_guidance)?;
-            crate::sampler::sample(&mut f, &x_t, scfg, &mut rng, None)
-        }
-        None => {
-            let mut f = |x: &Tensor, t: &Tensor| model.forward(x, t, false);
-            crate::sampler::sample(&mut f, &x_t, scfg, &mut rng, None)
-        }
-    }
+    let cond = classes.map(|cl| crate::conditioning::Conditioning::in_order(cl.clone()));
+    let labels = cond.as_ref().map(|c| c.labels(0, n, n, &mut rng));
+    let steer = cond.as_ref().zip(labels.as_deref());
+    crate::conditioning::with_model(&model, steer, cfg.grid_guidance, device, |f| {
+        crate::sampler::sample(f, &x_t, scfg, &mut rng, None)
+    })
 }
 
 /// A grid of `num_samples` samples (fixed seed) from the EMA weights; class-conditional
