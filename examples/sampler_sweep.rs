@@ -1,12 +1,12 @@
 //! Sample quality against model evaluations for every sampler, on a trained digit model:
-//! `cargo run --release --example sampler_sweep -- MODEL OUT_DIR [N]`. For each sampler and
-//! step count it draws N samples (default 1000, seed 0, the same start noise for all), times
-//! the run, then scores every set with `diffuse eval`'s classifier-feature FID/KID and
-//! writes OUT_DIR/sweep.tsv and OUT_DIR/sampler_fid.png.
+//! `cargo run --release --example sampler_sweep -- MODEL OUT_DIR [N] [--rescore]`. For each
+//! sampler and step count it draws N samples (default 1000, seed 0, the same start noise for
+//! all), times the run, then scores every set with `diffuse eval`'s classifier-feature FID/KID
+//! and writes OUT_DIR/sweep.tsv and OUT_DIR/sampler_fid.png. `--rescore` scores the samples
+//! a previous sweep left in OUT_DIR again (keeping its timings) instead of drawing them.
 use diffuse::commands::eval::{self, EvalRequest};
 use diffuse::commands::sample::{self, SampleRequest};
 use diffuse::data::DataConfig;
-use diffuse::eval::ClassifierConfig;
 use diffuse::io::plot::{write_figure, Panel, Series};
 use diffuse::sampler::SamplerKind;
 use std::path::PathBuf;
@@ -17,6 +17,17 @@ fn main() -> anyhow::Result<()> {
     let model = args.get(1).cloned().unwrap_or_else(|| "out/mnist".into());
     let out = PathBuf::from(args.get(2).cloned().unwrap_or_else(|| "out/sweep".into()));
     let n: usize = args.get(3).map_or(Ok(1000), |s| s.parse())?;
+    let rescore = args.iter().any(|a| a == "--rescore");
+    // The previous sweep's seconds per run, by sampler, Karras and steps.
+    let old_tsv = std::fs::read_to_string(out.join("sweep.tsv")).unwrap_or_default();
+    let old_secs = |k: &str, karras: bool, s: usize| -> Option<f64> {
+        old_tsv.lines().find_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.len() > 4 && f[0] == k && f[1] == karras.to_string() && f[2] == s.to_string())
+                .then(|| f[4].parse().ok())
+                .flatten()
+        })
+    };
     std::fs::create_dir_all(&out)?;
     let device = candle_core::Device::Cpu;
     use SamplerKind::*;
@@ -73,9 +84,15 @@ fn main() -> anyhow::Result<()> {
                 save_tensors: Some(tensors.clone()),
                 progress: false,
             };
-            let t0 = Instant::now();
-            sample::run(&req, &device)?;
-            let secs = t0.elapsed().as_secs_f64();
+            let secs = match (rescore, old_secs(kind.name(), *karras, s)) {
+                (true, Some(secs)) if tensors.is_file() => secs,
+                (true, _) => anyhow::bail!("--rescore: no samples or timing for {name}"),
+                _ => {
+                    let t0 = Instant::now();
+                    sample::run(&req, &device)?;
+                    t0.elapsed().as_secs_f64()
+                }
+            };
             let nfe = kind.evaluations(s);
             println!("{name}: {nfe} evaluations, {secs:.1} s for {n} samples");
             runs.push((name, *kind, *karras, s, nfe, secs, tensors));
@@ -91,7 +108,7 @@ fn main() -> anyhow::Result<()> {
                 sample_size: 28,
                 ..DataConfig::default()
             },
-            classifier: ClassifierConfig::default(),
+            features: None,
             model: None,
             num: 0,
             progress: false,
@@ -127,10 +144,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
     tsv.push_str(&format!(
-        "# real held-out digits (n = {}): fid {:.3}, kid_x1000 {:.3}; classifier accuracy {:.2}%\n",
-        report.real.n,
-        report.real.fid,
-        1000.0 * report.real.kid,
+        "# real held-out digits ({}, n = {}) against {}: fid {:.3}, kid_x1000 {:.3}; feature network accuracy {:.2}%\n",
+        report.real[0].name,
+        report.real[0].n,
+        report.reference_images,
+        report.real[0].fid,
+        1000.0 * report.real[0].kid,
         100.0 * report.classifier_accuracy
     ));
     std::fs::write(out.join("sweep.tsv"), &tsv)?;
@@ -146,8 +165,8 @@ fn main() -> anyhow::Result<()> {
         &[
             Panel {
                 title: format!(
-                    "FID in classifier features, {n} samples vs 10,000 MNIST digits (real: {:.2})",
-                    report.real.fid
+                    "FID in classifier features, {n} samples vs {} (real: {:.2})",
+                    report.reference_images, report.real[0].fid
                 ),
                 y_label: "FID".into(),
                 series,

@@ -3,6 +3,7 @@
 # draw N samples of that class (default sampler of the model, seed 0) and let `diffuse eval`'s
 # classifier say which digit each shows; accuracy = the share it reads as the class asked for.
 #   scripts/class-accuracy.sh MODEL OUT_DIR [N] [SCALES]
+# Sample files already in OUT_DIR are scored again, not drawn again.
 set -euo pipefail
 model=${1:?model directory}
 out=${2:?output directory}
@@ -14,7 +15,7 @@ files=()
 for w in $scales; do
   for c in 0 1 2 3 4 5 6 7 8 9; do
     f="$out/w${w}_c${c}.safetensors"
-    "$bin" sample --model "$model" --class "$c" --guidance "$w" -n "$n" --seed 0 \
+    [ -f "$f" ] || "$bin" sample --model "$model" --class "$c" --guidance "$w" -n "$n" --seed 0 \
       --device cpu -o "$out/w${w}_c${c}.png" --save-tensors "$f" > /dev/null
     files+=("$f")
   done

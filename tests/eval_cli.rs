@@ -26,7 +26,7 @@ fn real_digits_beat_noise_and_bad_files_are_named() {
         ..Default::default()
     })
     .unwrap();
-    // 1000 real digits (the first ones; the classifier holds out the last 1000).
+    // 1000 real digits (the first ones; a fifth of them in the reference).
     let real = ds.images.narrow(0, 0, 1000).unwrap();
     let u = diffuse::core::rng::NoiseRng::new(5).uniform_f32(500 * 784);
     let noise = Tensor::from_vec(u, (500, 1, 28, 28), &Device::Cpu)
@@ -84,10 +84,27 @@ fn real_digits_beat_noise_and_bad_files_are_named() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    // The shipped network, kept away from the reference it is measured against.
     let acc = report["classifier_accuracy"].as_f64().unwrap();
-    assert!(acc > 0.95, "classifier accuracy {acc}");
+    assert!(acc > 0.965, "classifier accuracy {acc}");
+    assert_eq!(
+        report["reference_images"],
+        "the 4000 mnist test digits whose index ends in 6-9"
+    );
+    assert_eq!(report["reference"], 4000);
+    let features = report["features"].as_str().unwrap();
+    assert!(
+        features.contains(
+            "shipped mnist network (trained on the 4000 mnist test digits whose index ends in 0-3, seed 0)"
+        ),
+        "{features}"
+    );
     let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
-    let floor = &report["real"];
+    // Both sample sets have their floor at their own n, from the floor's pool.
+    assert_eq!(report["real"].as_array().unwrap().len(), 2);
+    assert_eq!(report["real"][0]["n"], 500);
+    assert_eq!(report["real"][1]["n"], 1000);
+    let floor = &report["real"][1];
     let (real, noise) = (&report["rows"][0], &report["rows"][1]);
     assert_eq!(real["name"], pr.to_str().unwrap());
     let shares: Vec<f64> = real["classes"]
@@ -181,6 +198,131 @@ fn real_digits_beat_noise_and_bad_files_are_named() {
     assert_eq!(drawn[1], "20");
     let acc: f64 = drawn[8].parse().unwrap();
     assert!((0.0..=1.0).contains(&acc), "{acc}");
+    // The floor at the drawn set's n too.
+    assert!(
+        text.lines().any(|l| l.starts_with("real (held-out)\t20\t")),
+        "{text}"
+    );
+}
+
+/// `--train-features`: the same seed gives the same network, another seed another; the
+/// weights record what made them and score samples through `--features`; a network for
+/// another dataset, a dataset with none shipped and a wrong file name are one line each.
+#[test]
+fn feature_networks_train_deterministically_and_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |name: &str, seed: &str| {
+        let out = diffuse()
+            .args(["eval", "--train-features", "--epochs", "1", "--seed", seed])
+            .args(["--device", "cpu", "--json", "-o"])
+            .arg(dir.path().join(name))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let w = candle_core::safetensors::load(dir.path().join(name), &Device::Cpu).unwrap();
+        let mut names: Vec<&String> = w.keys().collect();
+        names.sort();
+        let flat: Vec<f32> = names
+            .iter()
+            .flat_map(|n| w[*n].flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect();
+        (r, flat)
+    };
+    let (ra, a) = train("a.safetensors", "0");
+    let (_, b) = train("b.safetensors", "0");
+    let (_, c) = train("c.safetensors", "1");
+    assert_eq!(a.len(), 421_642, "the network's parameter count");
+    assert_eq!(a, b, "same seed, same network");
+    assert_ne!(a, c);
+    let info = &ra["info"];
+    assert_eq!(info["dataset"], "mnist");
+    assert_eq!(
+        info["trained_on"],
+        "the 4000 mnist test digits whose index ends in 0-3"
+    );
+    assert_eq!(info["config"]["epochs"], 1);
+    assert!(info["command"]
+        .as_str()
+        .unwrap()
+        .starts_with("diffuse eval --train-features --epochs 1"));
+    // One epoch (31 steps) already reads most digits.
+    let acc = info["reference_accuracy"].as_f64().unwrap();
+    assert!((0.7..1.0).contains(&acc), "{acc}");
+
+    let ds = diffuse::data::load(&diffuse::data::DataConfig {
+        dataset: "mnist".into(),
+        data_dir: dir.path().join("none"),
+        ..Default::default()
+    })
+    .unwrap();
+    let real = dir.path().join("real.safetensors");
+    write_samples(&real, &ds.images.narrow(0, 0, 200).unwrap());
+    let out = diffuse()
+        .args(["eval", real.to_str().unwrap(), "--device", "cpu", "--json"])
+        .arg("--features")
+        .arg(dir.path().join("a.safetensors"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["features"].as_str().unwrap().contains(
+        "a.safetensors (trained on the 4000 mnist test digits whose index ends in 0-3, seed 0)"
+    ));
+    assert!((r["classifier_accuracy"].as_f64().unwrap() - acc).abs() < 1e-12);
+
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"not weights").unwrap();
+    let a_path = dir.path().join("a.safetensors");
+    for (args, code, needle) in [
+        (
+            vec![
+                "--dataset",
+                "fashion-mnist",
+                "--features",
+                a_path.to_str().unwrap(),
+            ],
+            2,
+            "trained for mnist, not fashion-mnist",
+        ),
+        (
+            vec!["--dataset", "cifar10"],
+            2,
+            "no feature network ships for cifar10",
+        ),
+        (
+            vec!["--features", garbage.to_str().unwrap()],
+            1,
+            "not a safetensors file",
+        ),
+        (vec!["-o", "x.png"], 2, "-o names"),
+    ] {
+        let out = diffuse()
+            .args(["eval", real.to_str().unwrap()])
+            .args(&args)
+            .output()
+            .unwrap();
+        let (c, msg) = common::one_line_failure(out, "eval");
+        assert_eq!(c, code, "{args:?}: {msg}");
+        assert!(msg.contains(needle), "{args:?}: {msg}");
+    }
+    let out = diffuse()
+        .args(["eval", "--train-features", "--epochs", "1", "-o"])
+        .arg(dir.path().join("w.png"))
+        .output()
+        .unwrap();
+    let (c, msg) = common::one_line_failure(out, "train-features");
+    assert!(c == 2 && msg.contains(".safetensors"), "{msg}");
+    assert!(!dir.path().join("w.png").exists());
 }
 
 /// `eval --loss-by-t` on a model trained for a few steps: one row per band covering [0, T),

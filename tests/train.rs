@@ -182,6 +182,41 @@ fn resumed_run_equals_uninterrupted_run() {
     let (la, lb) = (losses(a.path()), losses(b.path()));
     assert_eq!(la.len(), 6);
     assert_eq!(la, lb, "losses of the resumed run differ");
+    // The loss by band of t: ten columns over [0, T), the same after resuming, each row's
+    // loss a mean of its bands' (unweighted loss: between the smallest and the largest).
+    let bands = |dir: &Path| -> (Vec<String>, Vec<Vec<Option<f64>>>) {
+        let csv = std::fs::read_to_string(dir.join("loss.csv")).unwrap();
+        let mut lines = csv.lines();
+        let head = lines
+            .next()
+            .unwrap()
+            .split(',')
+            .skip(4)
+            .map(String::from)
+            .collect();
+        let rows = lines
+            .map(|l| l.split(',').skip(4).map(|v| v.parse().ok()).collect())
+            .collect();
+        (head, rows)
+    };
+    let (ha, ba) = bands(a.path());
+    assert_eq!(ha.len(), 10);
+    assert_eq!(
+        (ha[0].as_str(), ha[9].as_str()),
+        ("loss_t0-99", "loss_t900-999")
+    );
+    assert_eq!((ha.clone(), ba.clone()), bands(b.path()));
+    for (row, (_, loss)) in ba.iter().zip(&la) {
+        let v: Vec<f64> = row.iter().flatten().copied().collect();
+        assert!(!v.is_empty() && v.iter().all(|x| x.is_finite() && *x > 0.0));
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, 0f64), |(l, h), x| (l.min(*x), h.max(*x)));
+        assert!(
+            lo * (1.0 - 1e-5) <= *loss && *loss <= hi * (1.0 + 1e-5),
+            "{loss} {v:?}"
+        );
+    }
     let wa = std::fs::read(a.path().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     let wb = std::fs::read(b.path().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     assert_eq!(wa, wb, "final EMA weights differ");

@@ -1,7 +1,7 @@
 use super::data::DataArgs;
 use super::DeviceArgs;
 use clap::Args;
-use diffuse::commands::eval::{self, EvalRequest};
+use diffuse::commands::eval::{self, EvalRequest, TrainFeaturesRequest};
 use diffuse::commands::loss_by_t::{self, LossByTRequest, DEFAULT_BANDS, DEFAULT_IMAGES};
 use diffuse::data::Split;
 use diffuse::eval::ClassifierConfig;
@@ -10,8 +10,19 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct EvalCmd {
     /// safetensors files from `diffuse sample --save-tensors` (key "samples", [N,1,28,28]).
-    #[arg(required_unless_present_any = ["loss_by_t", "model"], conflicts_with = "loss_by_t")]
+    #[arg(required_unless_present_any = ["loss_by_t", "model", "train_features"], conflicts_with_all = ["loss_by_t", "train_features"])]
     samples: Vec<PathBuf>,
+    /// Instead: train the feature network for --dataset on its feature-training images
+    /// (never the evaluation reference) from --seed, and write it to -o (.safetensors).
+    #[arg(long, conflicts_with_all = ["loss_by_t", "model", "features"])]
+    train_features: bool,
+    /// --train-features: passes over the training images [default: about 1,200 steps' worth].
+    #[arg(long, requires = "train_features")]
+    epochs: Option<usize>,
+    /// A feature network from --train-features [default: the one shipped for --dataset:
+    /// mnist, fashion-mnist].
+    #[arg(long, value_name = "FILE")]
+    features: Option<PathBuf>,
     /// Instead: the denoising loss of --model on real images (the test split unless --split
     /// says otherwise) in --buckets equal bands of t, the same t and noise for every model;
     /// a table and a chart (-o).
@@ -33,24 +44,19 @@ pub struct EvalCmd {
     /// --loss-by-t: images per forward pass.
     #[arg(long, default_value_t = 256, requires = "loss_by_t")]
     batch_size: usize,
-    /// --loss-by-t: the chart (.png or .svg).
-    #[arg(
-        short,
-        long,
-        value_name = "FILE",
-        default_value = "loss_by_t.png",
-        requires = "loss_by_t"
-    )]
-    output: PathBuf,
+    /// --loss-by-t: the chart (.png or .svg) [default: loss_by_t.png]; --train-features: the
+    /// weights [default: features.safetensors].
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
     /// Print the report as JSON (for machines) instead of the table.
     #[arg(long)]
     json: bool,
-    /// Labelled digits (mnist or fashion-mnist): the reference set and the feature
-    /// classifier's training data; for --loss-by-t, the real images.
+    /// The dataset (mnist, fashion-mnist, cifar10) whose evaluation reference samples are
+    /// measured against; for --loss-by-t, the real images.
     #[command(flatten)]
     data: DataArgs,
-    /// Seed of the feature classifier (scores compare only under the same seed); for
-    /// --loss-by-t, of the timesteps and noise.
+    /// --train-features: seed of the network's weights and data order; --loss-by-t: of the
+    /// timesteps and noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
@@ -70,7 +76,7 @@ pub fn run(c: EvalCmd) -> anyhow::Result<()> {
             bands: c.buckets,
             seed: c.seed,
             batch_size: c.batch_size,
-            output: c.output,
+            output: c.output.unwrap_or_else(|| "loss_by_t.png".into()),
             progress: true,
         };
         let r = loss_by_t::run(&req, &device)?;
@@ -80,13 +86,43 @@ pub fn run(c: EvalCmd) -> anyhow::Result<()> {
         super::emit(&r.table())?;
         return super::emit_written(&r.written);
     }
+    if c.output.is_some() && !c.train_features {
+        return Err(diffuse::Error::invalid(
+            "-o names --loss-by-t's chart or --train-features' weights; eval of samples prints its report",
+        )
+        .into());
+    }
+    if c.train_features {
+        let req = TrainFeaturesRequest {
+            data,
+            config: ClassifierConfig {
+                seed: c.seed,
+                epochs: c.epochs,
+                ..ClassifierConfig::default()
+            },
+            output: c.output.unwrap_or_else(|| "features.safetensors".into()),
+            command: std::iter::once("diffuse".to_string())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        let r = eval::train_features(&req, &device)?;
+        if c.json {
+            return super::emit(&(serde_json::to_string_pretty(&r)? + "\n"));
+        }
+        super::emit(&format!(
+            "{} feature network: trained on {} in {:.0} s; {:.2}% accurate on the reference\n",
+            r.info.dataset,
+            r.info.trained_on,
+            r.seconds,
+            100.0 * r.info.reference_accuracy
+        ))?;
+        return super::emit_written(std::slice::from_ref(&r.written));
+    }
     let req = EvalRequest {
         samples: c.samples,
         data,
-        classifier: ClassifierConfig {
-            seed: c.seed,
-            ..ClassifierConfig::default()
-        },
+        features: c.features,
         model: c.model,
         num: c.num.unwrap_or(eval::DEFAULT_MODEL_SAMPLES),
         progress: true,

@@ -1,9 +1,10 @@
-//! Scoring sample sets against a labelled digit set: a classifier trained once (see
-//! `classifier`), the reference's feature statistics, and every figure `diffuse eval` and
-//! `train --eval-every` report for a set of images.
-use super::classifier::{Classifier, ClassifierConfig, CLASSES, FEATURES};
+//! Scoring sample sets against a dataset's evaluation reference: the feature network's
+//! statistics of the reference, and every figure `diffuse eval` and `train --eval-every`
+//! report for a set of images.
+use super::classifier::{Classifier, CLASSES, FEATURES};
 use super::frechet::{frechet_distance, kernel_inception_distance, normalize, rms, FeatureStats};
 use super::manifold::{self, precision_recall};
+use super::reference::EvalSets;
 use crate::error::Result;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -33,47 +34,51 @@ pub struct EvalRow {
 /// Rows of each set that precision and recall look at (their cost is quadratic).
 pub const PR_MAX: usize = 2000;
 
-/// A trained classifier and the reference set in its feature space.
+/// A feature network, the reference set in its feature space, and the floor's pool.
 pub struct Evaluator {
     clf: Classifier,
-    /// The classifier's accuracy on its held-out images.
+    /// The network's accuracy on the reference (which it never trained on).
     pub accuracy: f64,
     reference: FeatureStats,
     ref_rows: Vec<f32>,
     scale: f64,
-    held: Tensor,
+    floor: Tensor,
+    /// Which images are the reference and the floor's pool, in words.
+    pub reference_what: String,
+    pub floor_what: String,
 }
 
 impl Evaluator {
-    /// Train the classifier on `images` [N, 1, 28, 28] with `labels` (the last
-    /// `cfg.held_out` kept out) and take every image as the reference.
-    pub fn new(
-        images: &Tensor,
-        labels: &[u32],
-        cfg: &ClassifierConfig,
-        device: &Device,
-    ) -> Result<Self> {
-        let (clf, accuracy) = Classifier::train(images, labels, cfg, device)?;
-        let images = images.to_device(device)?;
+    /// Measure `sets.reference` with `clf` (features scaled to unit RMS on it).
+    pub fn new(clf: Classifier, sets: EvalSets, device: &Device) -> Result<Self> {
+        let images = sets.reference.images.to_device(device)?;
+        let accuracy = clf.accuracy(&images, &sets.reference.labels)?;
         let mut ref_rows = clf.features_of(&images, 500)?;
         let scale = rms(&ref_rows);
         normalize(&mut ref_rows, scale);
         let reference = FeatureStats::from_rows(&ref_rows, FEATURES)?;
-        let n = images.dim(0)?;
-        let held = images.narrow(0, n - cfg.held_out, cfg.held_out)?;
         Ok(Self {
             clf,
             accuracy,
             reference,
             ref_rows,
             scale,
-            held,
+            floor: sets.floor.images.to_device(device)?,
+            reference_what: sets.reference.what,
+            floor_what: sets.floor.what,
         })
     }
 
-    /// The held-out real images scored like a sample set: the floor at their n.
-    pub fn floor(&self) -> Result<EvalRow> {
-        self.score("real (held-out)", &self.held)
+    /// Images in the reference set.
+    pub fn reference_len(&self) -> usize {
+        self.ref_rows.len() / FEATURES
+    }
+
+    /// The floor at `n`: the first `n` real images of the floor's pool (all of it when `n` is
+    /// larger) scored like a sample set.
+    pub fn floor(&self, n: usize) -> Result<EvalRow> {
+        let m = n.clamp(2, self.floor.dim(0)?);
+        self.score("real (held-out)", &self.floor.narrow(0, 0, m)?)
     }
 
     /// Every figure for `images` [N >= 2, 1, 28, 28] in [-1, 1].
@@ -120,15 +125,6 @@ impl Evaluator {
 
     /// The share of `images` the classifier reads as the class `asked` for each.
     pub fn accuracy_on(&self, images: &Tensor, asked: &[u32]) -> Result<f64> {
-        let got = self.clf.predict_all(images, 500)?;
-        if got.len() != asked.len() {
-            return Err(crate::error::Error::invalid(format!(
-                "{} classes asked for {} images",
-                asked.len(),
-                got.len()
-            )));
-        }
-        let hits = got.iter().zip(asked).filter(|(g, a)| g == a).count();
-        Ok(hits as f64 / got.len().max(1) as f64)
+        self.clf.accuracy(images, asked)
     }
 }

@@ -60,7 +60,8 @@ pub fn loss_by_t(
     let device = fp.device().clone();
     let mut out = Vec::with_capacity(bands);
     for j in 0..bands {
-        let (lo, hi) = (j * t_total / bands, (j + 1) * t_total / bands);
+        let r = loss::band_range(j, bands, t_total);
+        let (lo, hi) = (r.start, r.end);
         // Drawn on the host from (seed, band): the same for every model and device.
         let mut rng = NoiseRng::new(seed ^ ((j as u64 + 1) << 32));
         let ts: Vec<u32> = rng

@@ -178,12 +178,15 @@ pub enum Outcome {
 }
 
 /// One logged point.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LogRow {
     pub step: usize,
     pub loss: f64,
     pub lr: f64,
     pub images_per_s: f64,
+    /// Mean unweighted loss in each band of t since the previous row (loss.csv's
+    /// `loss_tLO-HI` columns; None where no sample fell in the band).
+    pub bands: Vec<Option<f64>>,
 }
 
 /// Everything trainable, in name order (the order optimizer and EMA state are kept in).
@@ -505,7 +508,8 @@ pub fn train(
     );
 
     let mut pb = Progress::new("train", "step", total as u64, step as u64, cfg.progress);
-    let mut log = LossLog::open(&cfg.out.join("loss.csv"), step)?;
+    let mut band_loss = loss::BandLoss::new(t_max);
+    let mut log = LossLog::open(&cfg.out.join("loss.csv"), step, band_loss.names())?;
     let mut evals = EvalLog::open(&cfg.out.join("eval.csv"), step, evaluator.is_some())?;
     let mut loss_acc: Option<Tensor> = None;
     let (mut acc_n, mut t_log, mut smooth) = (0usize, Instant::now(), f64::NAN);
@@ -544,7 +548,9 @@ pub fn train(
             _ => None,
         };
         let pred = model.forward_cond(&x_t, &t, labels.as_ref(), true)?;
-        let loss = loss::mse(&pred, &target, wts.as_ref())?;
+        let per = loss::per_sample_mse(&pred, &target)?;
+        let loss = loss::weighted_mean(&per, wts.as_ref())?;
+        band_loss.add(&per, &t_host)?;
         let grads = loss.backward()?;
         let clip = opt.clip_factor(&grads, cfg.grad_clip)?;
         opt.step(&grads, lr, clip.as_ref())?;
@@ -593,6 +599,7 @@ pub fn train(
                 loss: mean,
                 lr,
                 images_per_s: ips,
+                bands: band_loss.take()?,
             })?;
             pb.set_message(format!("loss {smooth:.4}, {ips:.0} images/s"));
             acc_n = 0;
@@ -747,20 +754,12 @@ fn eval_sampler_config(cfg: &TrainConfig) -> SamplerConfig {
     }
 }
 
-/// `diffuse eval`'s classifier and reference for `--eval-every`, trained once on the
-/// training digits.
+/// `diffuse eval`'s shipped feature network and evaluation reference for `--eval-every`.
 fn evaluator(
     cfg: &TrainConfig,
     ds: &data::Dataset,
     device: &Device,
 ) -> Result<crate::eval::Evaluator> {
-    if ds.image_dims() != (1, 28, 28) {
-        return Err(Error::invalid(format!(
-            "--eval-every scores 28x28 gray digits (mnist, fashion-mnist) with diffuse eval's classifier; {} has {:?} images",
-            ds.name,
-            ds.image_dims()
-        )));
-    }
     crate::limits::check_count(
         "--eval-num",
         cfg.eval_num,
@@ -770,20 +769,21 @@ fn evaluator(
     if cfg.eval_num < 2 {
         return Err(Error::invalid("--eval-num must be at least 2"));
     }
-    let labels: Vec<u32> = ds
-        .labels
-        .as_ref()
-        .ok_or_else(|| {
-            Error::invalid(format!(
-                "--eval-every needs labelled digits; {} has no labels",
-                ds.name
-            ))
-        })?
-        .to_dtype(DType::U32)?
-        .to_vec1()?;
-    let ccfg = crate::eval::ClassifierConfig::default();
-    tracing::info!(target: crate::progress::TARGET, "--eval-every: training the evaluation classifier once (about a minute)");
-    crate::eval::Evaluator::new(&ds.images, &labels, &ccfg, device)
+    let dc = DataConfig {
+        dataset: cfg.dataset.clone(),
+        data_dir: cfg.data_dir.clone(),
+        data_dir_given: cfg.data_dir_given,
+        ..DataConfig::default()
+    };
+    let kind = data::DatasetKind::parse(&dc.dataset)?;
+    if crate::eval::features::shipped(&kind).is_none() {
+        return Err(Error::invalid(format!(
+            "--eval-every scores mnist and fashion-mnist with diffuse eval's shipped feature network; {} has none",
+            ds.name
+        )));
+    }
+    let (clf, _) = crate::eval::features::open(&dc.dataset, None, device)?;
+    crate::eval::Evaluator::new(clf, crate::eval::eval_sets(&dc)?, device)
 }
 
 /// `n` samples (seed `seed`) from the EMA weights; class-conditional models draw the classes
@@ -918,21 +918,24 @@ impl EvalLog {
 struct LossLog {
     path: PathBuf,
     rows: Vec<LogRow>,
+    band_names: Vec<String>,
 }
 
 impl LossLog {
     /// Read existing rows up to `step` (resume) so the log continues seamlessly.
-    fn open(path: &Path, step: usize) -> Result<Self> {
+    fn open(path: &Path, step: usize, band_names: Vec<String>) -> Result<Self> {
         let mut rows = Vec::new();
         if let Ok(text) = std::fs::read_to_string(path) {
             for line in text.lines().skip(1) {
-                let f: Vec<f64> = line.split(',').filter_map(|x| x.parse().ok()).collect();
-                if f.len() == 4 && (f[0] as usize) <= step {
+                let f: Vec<&str> = line.split(',').collect();
+                let head: Vec<f64> = f.iter().take(4).filter_map(|x| x.parse().ok()).collect();
+                if head.len() == 4 && (head[0] as usize) <= step {
                     rows.push(LogRow {
-                        step: f[0] as usize,
-                        loss: f[1],
-                        lr: f[2],
-                        images_per_s: f[3],
+                        step: head[0] as usize,
+                        loss: head[1],
+                        lr: head[2],
+                        images_per_s: head[3],
+                        bands: f[4..].iter().map(|x| x.parse().ok()).collect(),
                     });
                 }
             }
@@ -940,34 +943,42 @@ impl LossLog {
         let log = Self {
             path: path.to_path_buf(),
             rows,
+            band_names,
         };
         log.write()?;
         Ok(log)
     }
 
+    fn line(&self, r: &LogRow) -> String {
+        let mut s = format!("{},{:?},{:e},{:.1}", r.step, r.loss, r.lr, r.images_per_s);
+        for j in 0..self.band_names.len() {
+            s.push(',');
+            if let Some(Some(v)) = r.bands.get(j) {
+                s.push_str(&format!("{v:.6}"));
+            }
+        }
+        s
+    }
+
     fn push(&mut self, row: LogRow) -> Result<()> {
-        self.rows.push(row);
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)
             .map_err(|e| Error::io(&self.path, e))?;
-        writeln!(
-            f,
-            "{},{:?},{:e},{:.1}",
-            row.step, row.loss, row.lr, row.images_per_s
-        )
-        .map_err(|e| Error::io(&self.path, e))
+        writeln!(f, "{}", self.line(&row)).map_err(|e| Error::io(&self.path, e))?;
+        self.rows.push(row);
+        Ok(())
     }
 
     fn write(&self) -> Result<()> {
         crate::io::output::write_atomic(&self.path, |w| {
-            writeln!(w, "step,loss,lr,images_per_s")?;
+            write!(w, "step,loss,lr,images_per_s")?;
+            for n in &self.band_names {
+                write!(w, ",{n}")?;
+            }
+            writeln!(w)?;
             for r in &self.rows {
-                writeln!(
-                    w,
-                    "{},{:?},{:e},{:.1}",
-                    r.step, r.loss, r.lr, r.images_per_s
-                )?;
+                writeln!(w, "{}", self.line(r))?;
             }
             Ok(())
         })
