@@ -165,8 +165,8 @@ fn main() -> anyhow::Result<()> {
         &[
             Panel {
                 title: format!(
-                    "FID in classifier features, {n} samples vs {} (real: {:.2})",
-                    report.reference_images, report.real[0].fid
+                    "FID in classifier features, {n} samples ({} real digits: {:.2})",
+                    report.real[0].n, report.real[0].fid
                 ),
                 y_label: "FID".into(),
                 series,

@@ -305,11 +305,40 @@ fn specs(fx: &Fixtures) -> Vec<Spec> {
             base: vec![],
             flags: vec![],
         },
+        Spec {
+            cmd: ms(&["eval"]),
+            base: vec![(p(&fx.samples), None)],
+            flags: vec![
+                (
+                    "--dataset",
+                    vec![
+                        s("mnist"),
+                        s("fashion-mnist"),
+                        s("cifar10"),
+                        s("empty"),
+                        s("x"),
+                    ],
+                ),
+                (
+                    "--features",
+                    vec![s(&p(&fx.betas)), s("/no/f.safetensors"), s("in.png")],
+                ),
+                ("-n", vec![s("0"), s("2"), s("100001")]),
+                ("--json", vec![None]),
+                ("--model", vec![s(&p(&fx.model)), s("/no/model")]),
+                ("--train-features", vec![None]),
+                ("--loss-by-t", vec![None]),
+                ("--epochs", vec![s("0"), s("1")]),
+                ("--buckets", vec![s("0"), s("3")]),
+                ("-o", vec![s("x.png"), s("/dev/null"), s(".")]),
+            ],
+        },
     ]
 }
 
 struct Fixtures {
     input: PathBuf,
+    samples: PathBuf,
     betas: PathBuf,
     model: PathBuf,
     images: PathBuf,
@@ -329,8 +358,23 @@ fn fixtures() -> Fixtures {
     let images = dir.path().join("images");
     std::fs::create_dir(&images).unwrap();
     std::fs::copy(&input, images.join("a.png")).unwrap();
+    // Eight real digits as a samples file.
+    let samples = dir.path().join("samples.safetensors");
+    let ds = diffuse::data::load(&diffuse::data::DataConfig {
+        dataset: "mnist".into(),
+        data_dir: dir.path().join("none"),
+        limit: Some(8),
+        ..Default::default()
+    })
+    .unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("samples".to_string(), ds.images)]),
+        &samples,
+    )
+    .unwrap();
     Fixtures {
         input,
+        samples,
         betas,
         model: common::data_path("unet_tiny"),
         images,
