@@ -13,10 +13,20 @@ all: build
 build:
 	$(CARGO) build --release
 
+# The MPI half (tests/distributed.rs, `--features mpi`) needs Open MPI and libclang:
+# apt-get install libopenmpi-dev openmpi-bin libclang-dev (.ci/run does). NO_MPI=1 leaves it out
+# on a machine without them, and says so.
 test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test $(TEST_PROFILE)
+ifeq ($(NO_MPI),1)
+	@echo "NO_MPI=1: the MPI tests (tests/distributed.rs) were NOT run"
+else
+	@command -v mpirun >/dev/null && command -v mpicc >/dev/null || { echo "mpirun/mpicc not found: apt-get install libopenmpi-dev openmpi-bin libclang-dev (or make test NO_MPI=1)"; exit 1; }
+	$(CARGO) clippy --all-targets --features mpi -- -D warnings
+	$(CARGO) test $(TEST_PROFILE) --features mpi --test distributed
+endif
 
 # The CUDA build (target/cuda/release/diffuse) on any machine: a system toolkit if found, else
 # CUDA 13.0 from PyPI wheels into .cuda/; no GPU or driver needed to build. FEATURES=cudnn adds

@@ -2,7 +2,25 @@
 use crate::error::{Error, Result};
 use candle_core::Device;
 
-/// Parse a device spec. `auto` picks CUDA, then Metal, then CPU.
+/// Environment variables in which launchers give a process its rank on its machine (Open MPI,
+/// MPICH/Hydra, Slurm, torchrun-style).
+const LOCAL_RANK_VARS: [&str; 4] = [
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "MPI_LOCALRANKID",
+    "SLURM_LOCALID",
+    "LOCAL_RANK",
+];
+
+/// The process's rank on its machine when a launcher started it: the GPU it takes when
+/// `cuda` or `auto` names none (one process per GPU).
+pub fn local_rank() -> Option<usize> {
+    LOCAL_RANK_VARS
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+}
+
+/// Parse a device spec. `auto` picks CUDA, then Metal, then CPU. Without a number, `cuda` and
+/// `auto` take GPU `local_rank()` under a launcher, else GPU 0.
 pub fn parse_device(spec: &str) -> Result<Device> {
     let spec = spec.trim().to_ascii_lowercase();
     let (kind, ordinal) = match spec.split_once(':') {
@@ -12,12 +30,13 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             })?;
             (k.to_string(), n)
         }
+        None if spec == "cuda" || spec == "auto" => (spec.clone(), local_rank().unwrap_or(0)),
         None => (spec.clone(), 0),
     };
     match kind.as_str() {
         "auto" => {
             if candle_core::utils::cuda_is_available() {
-                match open_cuda(0) {
+                match open_cuda(ordinal) {
                     Ok(d) => return Ok(d),
                     // One CUDA binary serves machines without a GPU too, as PyTorch's do.
                     Err(why) => tracing::warn!("CUDA is not usable ({why}); using the CPU"),

@@ -6,6 +6,10 @@ pub enum Error {
     /// A parameter value that can never work (t out of range, beta_end <= beta_start, ...).
     #[error("{0}")]
     InvalidArgument(String),
+    /// The same error as rank 0's in a multi-process run, which rank 0 reports: this rank
+    /// exits with its code and says nothing.
+    #[error("{0}")]
+    ReportedByRoot(Box<Error>),
     /// A file that could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -46,6 +50,9 @@ impl Error {
     }
     /// Usage errors exit with 2, everything else with 1.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::InvalidArgument(_))
+        match self {
+            Error::ReportedByRoot(e) => e.is_usage(),
+            e => matches!(e, Error::InvalidArgument(_)),
+        }
     }
 }

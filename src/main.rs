@@ -57,7 +57,17 @@ fn main() {
     };
     cli::init_logging();
     if let Err(e) = cli::run(args) {
-        eprintln!("error: {}", error_line(&e));
+        let silent = e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<diffuse::Error>(),
+                Some(diffuse::Error::ReportedByRoot(_))
+            )
+        });
+        if !silent {
+            // One write, so a launcher forwarding several processes' output keeps it whole.
+            let line = format!("error: {}\n", error_line(&e));
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        }
         let usage = e.chain().any(|c| {
             c.downcast_ref::<diffuse::Error>()
                 .is_some_and(|d| d.is_usage())

@@ -169,9 +169,12 @@ pub fn run(c: TrainCmd) -> anyhow::Result<()> {
     let device = c.dev.device()?;
     let report = command::run(&cfg, start, &device)?;
     match report.outcome {
+        Outcome::Finished { .. } if report.summary.is_empty() => Ok(()),
         Outcome::Finished { .. } => super::emit(&format!("{}\n", report.summary)),
         Outcome::Interrupted { .. } => {
-            eprintln!("{}", report.summary);
+            if !report.summary.is_empty() {
+                eprintln!("{}", report.summary);
+            }
             std::process::exit(130);
         }
     }

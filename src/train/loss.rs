@@ -148,14 +148,26 @@ impl BandLoss {
 
     /// The mean loss in each band since the last call (None where no sample fell), and reset.
     pub fn take(&mut self) -> Result<Vec<Option<f64>>> {
+        self.take_reduced(|_| Ok(()))
+    }
+
+    /// `take` with the sums and counts first summed by `reduce` (over the ranks of a world).
+    pub fn take_reduced(
+        &mut self,
+        reduce: impl FnOnce(&mut [f64]) -> Result<()>,
+    ) -> Result<Vec<Option<f64>>> {
         let sums: Vec<f32> = match self.sums.take() {
             Some(s) => s.flatten_all()?.to_vec1()?,
             None => vec![0.0; self.bands],
         };
-        let out = sums
+        let mut v: Vec<f64> = sums.iter().map(|s| *s as f64).collect();
+        v.extend(self.counts.iter().map(|c| *c as f64));
+        reduce(&mut v)?;
+        let (s, c) = v.split_at(self.bands);
+        let out = s
             .iter()
-            .zip(&self.counts)
-            .map(|(s, c)| (*c > 0).then(|| *s as f64 / *c as f64))
+            .zip(c)
+            .map(|(s, c)| (*c > 0.0).then(|| s / c))
             .collect();
         self.counts.fill(0);
         Ok(out)

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod ema;
 pub mod loss;
 pub mod optim;
+pub mod world;
 
 use crate::core::forward::ForwardProcess;
 use crate::core::rng::NoiseRng;
@@ -362,14 +363,34 @@ pub fn scheduler_config(cfg: &TrainConfig) -> SchedulerConfig {
     }
 }
 
-/// Run (or resume) training. `interrupt` is polled after every step.
+/// Run (or resume) training in one process. `interrupt` is polled after every step.
 pub fn train(
     cfg: &TrainConfig,
     device: &Device,
     start: Start,
     interrupt: &AtomicBool,
 ) -> Result<Outcome> {
+    train_in(&world::World::single(), cfg, device, start, interrupt)
+}
+
+/// Run (or resume) training as one rank of `world` (see `world`): the same optimisation as
+/// one process, rank 0 writing.
+pub fn train_in(
+    world: &world::World,
+    cfg: &TrainConfig,
+    device: &Device,
+    start: Start,
+    interrupt: &AtomicBool,
+) -> Result<Outcome> {
     validate(cfg)?;
+    if !cfg.batch_size.is_multiple_of(world.size()) {
+        return Err(Error::invalid(format!(
+            "--batch-size {} does not divide among {} processes (it is the global batch)",
+            cfg.batch_size,
+            world.size()
+        )));
+    }
+    let root = world.is_root();
     let resume_from = check_out_dir(cfg, start)?;
     let mut ucfg = unet::preset_or_file(&cfg.model_config)?;
     let schedule = Schedule::new(&cfg.schedule)?;
@@ -495,8 +516,10 @@ pub fn train(
             "--resume: the checkpoint is at step {step}, and this run has {total} steps; give more --train-steps"
         )));
     }
-    // Everything is checked: only now is the output directory touched.
-    if resume_from.is_none() {
+    // Everything is checked (on every rank, before rank 0 writes anything): only now is the
+    // output directory touched.
+    world.barrier();
+    if resume_from.is_none() && root {
         if start == Start::Force {
             clear_run(&cfg.out)?;
         }
@@ -507,10 +530,35 @@ pub fn train(
         total, "training"
     );
 
-    let mut pb = Progress::new("train", "step", total as u64, step as u64, cfg.progress);
+    let mut pb = Progress::new(
+        "train",
+        "step",
+        total as u64,
+        step as u64,
+        cfg.progress && root,
+    );
     let mut band_loss = loss::BandLoss::new(t_max);
-    let mut log = LossLog::open(&cfg.out.join("loss.csv"), step, band_loss.names())?;
-    let mut evals = EvalLog::open(&cfg.out.join("eval.csv"), step, evaluator.is_some())?;
+    let (mut log, mut evals) = match root {
+        true => (
+            Some(LossLog::open(
+                &cfg.out.join("loss.csv"),
+                step,
+                band_loss.names(),
+            )?),
+            Some(EvalLog::open(
+                &cfg.out.join("eval.csv"),
+                step,
+                evaluator.is_some(),
+            )?),
+        ),
+        false => (None, None),
+    };
+    let plot = |log: &Option<LossLog>, evals: &Option<EvalLog>| -> Result<()> {
+        match (log, evals) {
+            (Some(l), Some(e)) => l.plot(&cfg.out.join("loss.png"), &e.rows),
+            _ => Ok(()),
+        }
+    };
     let mut loss_acc: Option<Tensor> = None;
     let (mut acc_n, mut t_log, mut smooth) = (0usize, Instant::now(), f64::NAN);
     let mut last_loss = f64::NAN;
@@ -547,11 +595,21 @@ pub fn train(
             }
             _ => None,
         };
+        // This rank's share of the global batch (all of it in one process).
+        let (lo, n) = world.share(b);
+        let rows = |x: &Tensor| match n == b {
+            true => Ok(x.clone()),
+            false => x.narrow(0, lo, n),
+        };
+        let (x_t, t, target) = (rows(&x_t)?, rows(&t)?, rows(&target)?);
+        let wts = wts.as_ref().map(rows).transpose()?;
+        let labels = labels.as_ref().map(rows).transpose()?;
         let pred = model.forward_cond(&x_t, &t, labels.as_ref(), true)?;
         let per = loss::per_sample_mse(&pred, &target)?;
         let loss = loss::weighted_mean(&per, wts.as_ref())?;
-        band_loss.add(&per, &t_host)?;
-        let grads = loss.backward()?;
+        band_loss.add(&per, &t_host[lo..lo + n])?;
+        let mut grads = loss.backward()?;
+        world.average_grads(&vars, &mut grads)?;
         let clip = opt.clip_factor(&grads, cfg.grad_clip)?;
         opt.step(&grads, lr, clip.as_ref())?;
         ema.update(&vars)?;
@@ -564,15 +622,18 @@ pub fn train(
         });
         acc_n += 1;
 
-        let stop = interrupt.load(Ordering::SeqCst);
+        // Every rank stops at the same step (mpirun hands Ctrl-C to each).
+        let stop = world.any(interrupt.load(Ordering::SeqCst))?;
         let want_ckpt = step.is_multiple_of(cfg.checkpoint_every) || step == total || stop;
         if step.is_multiple_of(cfg.log_every) || want_ckpt {
-            let mean = loss_acc
+            let mut mean = [loss_acc
                 .take()
                 .expect("accumulated")
                 .to_dtype(DType::F64)?
                 .to_scalar::<f64>()?
-                / acc_n as f64;
+                / acc_n as f64];
+            world.sum_in_place(&mut mean)?;
+            let mean = mean[0] / world.size() as f64;
             if !mean.is_finite() {
                 pb.abandon();
                 let kept = match last_ckpt {
@@ -594,20 +655,23 @@ pub fn train(
             } else {
                 0.9 * smooth + 0.1 * mean
             };
-            log.push(LogRow {
-                step,
-                loss: mean,
-                lr,
-                images_per_s: ips,
-                bands: band_loss.take()?,
-            })?;
+            let bands = band_loss.take_reduced(|v| world.sum_in_place(v))?;
+            if let Some(log) = log.as_mut() {
+                log.push(LogRow {
+                    step,
+                    loss: mean,
+                    lr,
+                    images_per_s: ips,
+                    bands,
+                })?;
+            }
             pb.set_message(format!("loss {smooth:.4}, {ips:.0} images/s"));
             acc_n = 0;
             t_log = Instant::now();
         }
         // After the log row, so a progress line carries this step's loss.
         pb.inc(1);
-        if want_ckpt {
+        if want_ckpt && root {
             checkpoint::save(
                 &cfg.out,
                 cfg,
@@ -621,11 +685,11 @@ pub fn train(
             )?;
             export(&cfg.out, cfg, &ucfg, &ema, classes.as_ref())?;
             last_ckpt = Some(step);
-            log.plot(&cfg.out.join("loss.png"), &evals.rows)?;
+            plot(&log, &evals)?;
         }
         let want_samples =
             (cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every)) || step == total;
-        if want_samples && !stop {
+        if want_samples && !stop && root {
             let dir = cfg.out.join("samples");
             let path = dir.join(format!("step_{step:06}.png"));
             pb.say(&format!(
@@ -646,7 +710,9 @@ pub fn train(
         }
         let want_eval =
             cfg.eval_every > 0 && (step.is_multiple_of(cfg.eval_every) || step == total);
-        if let (true, false, Some(ev)) = (want_eval, stop, evaluator.as_ref()) {
+        if let (true, false, Some(ev), Some(ev_log)) =
+            (want_eval, stop, evaluator.as_ref(), evals.as_mut())
+        {
             let t0 = Instant::now();
             let x = sample_ema(
                 &eval_sampler,
@@ -661,8 +727,8 @@ pub fn train(
             // Clamped to [-1, 1] as `diffuse eval` reads samples.
             let x = x.to_device(&Device::Cpu)?.clamp(-1f32, 1f32)?;
             let r = ev.score(&format!("step {step}"), &x)?;
-            let best = evals.best();
-            evals.push(EvalPoint {
+            let best = ev_log.best();
+            ev_log.push(EvalPoint {
                 step,
                 fid: r.fid,
                 kid: r.kid,
@@ -684,7 +750,7 @@ pub fn train(
                 say.push_str(&format!("; best so far, kept in {}/", BEST_DIR));
             }
             pb.say(&say);
-            log.plot(&cfg.out.join("loss.png"), &evals.rows)?;
+            plot(&log, &evals)?;
         }
         if stop {
             pb.abandon();
