@@ -47,6 +47,7 @@ bench: build
 	$(CARGO) bench --bench kernels
 	$(CARGO) bench --bench unet -- $(BENCH_ARGS)
 	./benches/sample.sh
+	./benches/distributed.sh
 
 # The main job, end to end, on the bundled data (about 15 minutes on 2 CPU cores).
 demo: build

@@ -98,6 +98,11 @@ fn weights(out: &Path) -> Vec<f32> {
 fn assert_same_run(a: &Path, b: &Path) {
     let (la, lb) = (losses(a), losses(b));
     assert_eq!(la.len(), lb.len());
+    let worst = la
+        .iter()
+        .zip(&lb)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs() / x.abs()));
+    println!("worst relative loss difference {worst:.2e}");
     for (s, (x, y)) in la.iter().zip(&lb).enumerate() {
         assert!(
             (x - y).abs() <= 1e-5 * x.abs(),
