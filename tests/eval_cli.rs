@@ -411,3 +411,40 @@ fn loss_by_t_on_a_briefly_trained_model() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The shipped models (models/mnist, models/mnist-cond: the README's default runs) draw and
+/// score offline at once: near the floor, every digit, and the classes asked for.
+#[test]
+fn shipped_models_score_near_the_floor_offline() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |model: &str, n: &str| -> serde_json::Value {
+        let out = diffuse()
+            .args(["eval", "--device", "cpu", "--json", "-n", n, "--model"])
+            .arg(root.join(model))
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    let r = run("models/mnist", "200");
+    let (row, floor) = (&r["rows"][0], &r["real"][0]);
+    println!("{row}\n{floor}");
+    assert_eq!(row["n"], 200);
+    assert_eq!(floor["n"], 200);
+    assert!(f(row, "fid") < 2.0 * f(floor, "fid"), "{row} vs {floor}");
+    assert!(f(row, "class_entropy") > 3.2, "{row}");
+    assert!(
+        f(row, "precision") > 0.6 && f(row, "confidence") > 0.9,
+        "{row}"
+    );
+    let r = run("models/mnist-cond", "100");
+    let row = &r["rows"][0];
+    println!("{row}");
+    assert!(f(row, "class_accuracy") > 0.9, "{row}");
+}
