@@ -10,7 +10,8 @@
 #
 # CUDA_COMPUTE_CAP (default 90: H100/H200) picks the architecture without asking nvidia-smi.
 # Outputs: target/cuda/release/diffuse and, with TESTS=1, the device test executable
-# (tests/device.rs) whose path is printed last.
+# (tests/device.rs) whose path is printed last. CLIPPY=1 lints the build instead (with
+# FEATURES=nccl: the NCCL code, which needs Open MPI to build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
@@ -34,6 +35,9 @@ if [ -z "$cuda_home" ]; then
 fi
 export CUDA_HOME="$cuda_home" CUDA_PATH="$cuda_home" PATH="$cuda_home/bin:$PATH"
 echo "CUDA toolkit: $CUDA_HOME ($(nvcc --version | tail -2 | head -1)); compute capability $CUDA_COMPUTE_CAP; features $features" >&2
+if [ "${CLIPPY:-0}" = 1 ]; then
+  exec cargo clippy --release --features "$features" --target-dir target/cuda -- -D warnings
+fi
 cargo build --release --features "$features" --target-dir target/cuda
 if [ "${TESTS:-0}" = 1 ]; then
   cargo test --release --features "$features" --target-dir target/cuda --test device --no-run 2>&1 |

@@ -12,7 +12,10 @@
 # 2. speed: train step images/s (mnist preset batch 64, cifar10 preset batch 128) and
 #    DDIM-50 sampling of 256 images, ours and diffusers' UNet2DModel (eager, torch.compile);
 # 3. the steering and editing commands (RePaint, trace, invert, interpolate, loss by t) on
-#    the device, each with its one-line result and time.
+#    the device, each with its one-line result and time;
+# 4. NCCL, one rank (issue "Data-parallel"): with gpu/diffuse-nccl (FEATURES=nccl make cuda)
+#    and Open MPI's mpirun on the machine, 20 training steps under `mpirun -np 1` (gradients
+#    all-reduced by NCCL) against the same run without a launcher: losses within 1e-5.
 set -uo pipefail
 dev=${1:-cuda}
 out=${OUT:-gpu-report}
@@ -118,5 +121,18 @@ edit "x0 trace, DPM-Solver++ 20" sample --model "$m" -n 16 --trace "$tmp/trace.p
 edit "invert 2 digits, 50 steps, refine 6" invert "$tmp/a.png" "$tmp/b.png" --model "$m" -o "$tmp/l.safetensors" --reconstruction "$tmp/rec.png"
 edit "interpolate, 8 frames" interpolate "$tmp/a.png" "$tmp/b.png" --model "$m" --steps 20 --refine 2 -o "$tmp/i.png" --gif "$tmp/i.gif"
 edit "loss by t, 512 digits" eval --loss-by-t --model "$m" -o "$tmp/lbt.png"
+say ""
+say "## 4. NCCL, one rank"
+nccl_bin=gpu/diffuse-nccl
+if [ ! -x "$nccl_bin" ] || ! command -v mpirun >/dev/null; then
+  say "skipped: needs $nccl_bin (FEATURES=nccl make cuda) and mpirun (Open MPI) on this machine"
+else
+  nargs=(train --dataset mnist --train-steps 20 --log-every 1 --sample-every 0 --num 1 --lr-schedule constant --device "$dev")
+  $nccl_bin "${nargs[@]}" -o "$tmp/n1" >/dev/null 2>&1
+  line=$(mpirun --allow-run-as-root -np 1 $nccl_bin "${nargs[@]}" -o "$tmp/n2" 2>&1 | grep "trained to")
+  worst=$(paste -d, <(cut -d, -f2 "$tmp/n1/loss.csv" | tail -n +2) <(cut -d, -f2 "$tmp/n2/loss.csv" | tail -n +2) |
+    awk -F, '{d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > m) m = d} END {printf "%.2e", m}')
+  say "20 steps under mpirun -np 1 (NCCL all-reduce) vs no launcher: worst relative loss difference $worst (tolerance 1e-5); $line"
+fi
 rm -rf "$tmp"
 echo "report: $report"

@@ -212,18 +212,17 @@ fn specs(fx: &Fixtures) -> Vec<Spec> {
     };
     let mut interpolate_flags = edit_flags("--gif");
     interpolate_flags.push(("--frames", vec![s("1"), s("2"), s("65"), s("x")]));
+    // Named sets, an empty folder, a missing path and a folder of images.
+    let datasets = vec![
+        s("mnist"),
+        s("fashion-mnist"),
+        s("cifar10"),
+        s("empty"),
+        s("/nonexistent"),
+        s(&p(&fx.images)),
+    ];
     let data_flags = vec![
-        (
-            "--dataset",
-            vec![
-                s("mnist"),
-                s("fashion-mnist"),
-                s("cifar10"),
-                s("empty"),
-                s("/nonexistent"),
-                s(&p(&fx.images)),
-            ],
-        ),
+        ("--dataset", datasets.clone()),
         ("-n", vec![s("0"), s("1"), s("9"), s("10001")]),
         ("--split", vec![s("train"), s("test"), s("dev")]),
         ("--size", vec![s("0"), s("8"), s("5000")]),
@@ -309,16 +308,7 @@ fn specs(fx: &Fixtures) -> Vec<Spec> {
             cmd: ms(&["eval"]),
             base: vec![(p(&fx.samples), None)],
             flags: vec![
-                (
-                    "--dataset",
-                    vec![
-                        s("mnist"),
-                        s("fashion-mnist"),
-                        s("cifar10"),
-                        s("empty"),
-                        s("x"),
-                    ],
-                ),
+                ("--dataset", datasets),
                 (
                     "--features",
                     vec![s(&p(&fx.betas)), s("/no/f.safetensors"), s("in.png")],

@@ -11,6 +11,16 @@ fn diffuse() -> Command {
     c
 }
 
+/// The JSON a successful command printed.
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn write_samples(path: &std::path::Path, x: &Tensor) {
     let mut m = HashMap::new();
     m.insert("samples".to_string(), x.clone());
@@ -77,12 +87,7 @@ fn real_digits_beat_noise_and_bad_files_are_named() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_of(&out);
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     // The shipped network, kept away from the reference it is measured against.
     let acc = report["classifier_accuracy"].as_f64().unwrap();
@@ -219,12 +224,7 @@ fn feature_networks_train_deterministically_and_load() {
             .current_dir(dir.path())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let r = json_of(&out);
         let w = candle_core::safetensors::load(dir.path().join(name), &Device::Cpu).unwrap();
         let mut names: Vec<&String> = w.keys().collect();
         names.sort();
@@ -269,12 +269,7 @@ fn feature_networks_train_deterministically_and_load() {
         .arg(dir.path().join("a.safetensors"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = json_of(&out);
     assert!(r["features"].as_str().unwrap().contains(
         "a.safetensors (trained on the 4000 mnist test digits whose index ends in 0-3, seed 0)"
     ));
@@ -424,12 +419,7 @@ fn shipped_models_score_near_the_floor_offline() {
             .current_dir(std::env::temp_dir())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        json_of(&out)
     };
     let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
     let r = run("models/mnist", "200");

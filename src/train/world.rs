@@ -20,6 +20,9 @@ pub struct World {
         mpi::environment::Universe,
         mpi::topology::SimpleCommunicator,
     )>,
+    /// The GPUs' communicator, made at the first all-reduce of CUDA gradients.
+    #[cfg(feature = "nccl")]
+    nccl: std::cell::OnceCell<nccl::Comm>,
 }
 
 /// Environment variables a launcher sets (Open MPI, MPICH/Hydra, PMIx, Slurm).
@@ -41,6 +44,8 @@ impl World {
             steps: Default::default(),
             #[cfg(feature = "mpi")]
             mpi: None,
+            #[cfg(feature = "nccl")]
+            nccl: Default::default(),
         }
     }
 
@@ -58,6 +63,8 @@ impl World {
                 comm_time: Default::default(),
                 steps: Default::default(),
                 mpi: Some((universe, comm)),
+                #[cfg(feature = "nccl")]
+                nccl: Default::default(),
             });
         }
         Ok(Self::single())
@@ -69,6 +76,16 @@ impl World {
 
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// Whether a launcher started this process (then every collective runs, even at size 1,
+    /// so a one-process launch exercises the communication path).
+    pub fn launched(&self) -> bool {
+        #[cfg(feature = "mpi")]
+        if self.mpi.is_some() {
+            return true;
+        }
+        false
     }
 
     /// Whether this process writes (rank 0).
@@ -93,7 +110,7 @@ impl World {
     where
         T: Copy + SumOp,
     {
-        if self.size == 1 {
+        if !self.launched() {
             return Ok(());
         }
         let t0 = Instant::now();
@@ -131,12 +148,20 @@ impl World {
     }
 
     /// Replace each of `vars`' gradients in `grads` by its mean over ranks: one all-reduce of
-    /// every gradient laid end to end (f32, in the vars' order, the same on every rank).
+    /// every gradient laid end to end (f32, in the vars' order, the same on every rank); on
+    /// the GPUs with NCCL for CUDA gradients in builds with `--features nccl`, else through
+    /// host memory with MPI.
     pub fn average_grads(&self, vars: &[(String, Var)], grads: &mut GradStore) -> Result<()> {
-        if self.size == 1 {
+        if !self.launched() {
             return Ok(());
         }
         self.steps.set(self.steps.get() + 1);
+        #[cfg(feature = "nccl")]
+        if let Some((_, v)) = vars.first() {
+            if let candle_core::Device::Cuda(dev) = v.device() {
+                return self.average_grads_nccl(vars, grads, &dev.clone());
+            }
+        }
         let mut flat: Vec<f32> = Vec::new();
         let mut shapes = Vec::with_capacity(vars.len());
         for (name, v) in vars {
@@ -161,6 +186,116 @@ impl World {
             grads.insert(v.as_tensor(), g);
         }
         Ok(())
+    }
+}
+
+#[cfg(feature = "nccl")]
+impl World {
+    fn average_grads_nccl(
+        &self,
+        vars: &[(String, Var)],
+        grads: &mut GradStore,
+        dev: &candle_core::CudaDevice,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let comm = match self.nccl.get() {
+            Some(c) => c,
+            None => {
+                let c = nccl::comm(self, dev)?;
+                self.nccl.get_or_init(|| c)
+            }
+        };
+        let mut parts = Vec::with_capacity(vars.len());
+        for (name, v) in vars {
+            let g = grads
+                .get(v.as_tensor())
+                .ok_or_else(|| Error::Runtime(format!("no gradient for {name}")))?;
+            parts.push(g.to_dtype(candle_core::DType::F32)?.flatten_all()?);
+        }
+        let flat = Tensor::cat(&parts, 0)?;
+        let mean = nccl::average(comm, &flat, dev)?;
+        let mut at = 0;
+        for (_, v) in vars {
+            let g = v.as_tensor();
+            let n = g.elem_count();
+            let m = mean
+                .narrow(0, at, n)?
+                .reshape(g.shape())?
+                .to_dtype(g.dtype())?;
+            at += n;
+            grads.insert(g, m);
+        }
+        // Wait for the stream so the time counted is the all-reduce's.
+        candle_core::Device::Cuda(dev.clone()).synchronize()?;
+        self.comm_time.set(self.comm_time.get() + t0.elapsed());
+        Ok(())
+    }
+}
+
+/// The gradient all-reduce on the GPUs (cudarc's NCCL bindings through Candle): MPI only
+/// carries NCCL's unique id from rank 0 to the others.
+#[cfg(feature = "nccl")]
+mod nccl {
+    use super::World;
+    use crate::error::{Error, Result};
+    pub use candle_core::cuda::cudarc::nccl::safe::Comm;
+    use candle_core::cuda::cudarc::nccl::safe::{Id, ReduceOp};
+    use candle_core::{CudaDevice, CudaStorage, Storage, Tensor};
+
+    fn err(e: impl std::fmt::Debug) -> Error {
+        Error::Runtime(format!("NCCL: {e:?}"))
+    }
+
+    /// One communicator over every rank's GPU.
+    pub fn comm(world: &World, dev: &CudaDevice) -> Result<Comm> {
+        use mpi::traits::*;
+        let (_, mpi_comm) = world
+            .mpi
+            .as_ref()
+            .ok_or_else(|| Error::Runtime("NCCL needs an MPI launcher".into()))?;
+        let mut buf = [0u8; 128];
+        if world.rank == 0 {
+            let id = Id::new().map_err(err)?;
+            for (b, c) in buf.iter_mut().zip(id.internal()) {
+                *b = *c as u8;
+            }
+        }
+        mpi_comm.process_at_rank(0).broadcast_into(&mut buf[..]);
+        let mut internal = [0 as std::ffi::c_char; 128];
+        for (c, b) in internal.iter_mut().zip(&buf) {
+            *c = *b as std::ffi::c_char;
+        }
+        Comm::from_rank(
+            dev.cuda_stream(),
+            world.rank,
+            world.size,
+            Id::uninit(internal),
+        )
+        .map_err(err)
+    }
+
+    /// The mean over ranks of a flat f32 tensor on this rank's GPU.
+    pub fn average(comm: &Comm, flat: &Tensor, dev: &CudaDevice) -> Result<Tensor> {
+        let n = flat.elem_count();
+        let flat = flat.contiguous()?;
+        let (st, layout) = flat.storage_and_layout();
+        let Storage::Cuda(cs) = &*st else {
+            return Err(Error::Runtime(
+                "NCCL: gradients not on a CUDA device".into(),
+            ));
+        };
+        let start = layout.start_offset();
+        let src = cs.as_cuda_slice::<f32>()?.slice(start..start + n);
+        let mut dst = dev.alloc_zeros::<f32>(n)?;
+        comm.all_reduce(&src, &mut dst, &ReduceOp::Avg)
+            .map_err(err)?;
+        drop(st);
+        Ok(Tensor::from_storage(
+            Storage::Cuda(CudaStorage::wrap_cuda_slice(dst, dev.clone())),
+            n,
+            candle_core::op::BackpropOp::none(),
+            false,
+        ))
     }
 }
 
