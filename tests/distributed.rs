@@ -69,15 +69,6 @@ fn ok(mut c: Command) -> Output {
     out
 }
 
-fn losses(out: &Path) -> Vec<f64> {
-    std::fs::read_to_string(out.join("loss.csv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
-        .collect()
-}
-
 /// Every EMA weight of the exported model, in name order.
 fn weights(out: &Path) -> Vec<f32> {
     let w = candle_core::safetensors::load(
@@ -96,7 +87,7 @@ fn weights(out: &Path) -> Vec<f32> {
 /// The same optimisation: losses within 1e-5 relative each, weights within 1e-5 of the
 /// largest weight.
 fn assert_same_run(a: &Path, b: &Path) {
-    let (la, lb) = (losses(a), losses(b));
+    let (la, lb) = (common::losses(a), common::losses(b));
     assert_eq!(la.len(), lb.len());
     let worst = la
         .iter()
@@ -212,7 +203,7 @@ fn resumes_from(out: &Path) -> usize {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let step: usize = meta.metadata().as_ref().unwrap()["step"].parse().unwrap();
     ok(single(out, step + 1, &["--resume"]));
-    let l = losses(out);
+    let l = common::losses(out);
     assert_eq!(l.len(), step + 1);
     assert!(l.iter().all(|x| x.is_finite()));
     step

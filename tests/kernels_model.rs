@@ -28,15 +28,6 @@ fn golden_unet_fast_equals_reference() {
     assert!(d < 1e-4 && g < 1e-4);
 }
 
-fn losses(out: &std::path::Path) -> Vec<f64> {
-    std::fs::read_to_string(out.join("loss.csv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
-        .collect()
-}
-
 #[test]
 fn training_losses_fast_equal_reference() {
     std::env::set_var("HF_HUB_OFFLINE", "1");
@@ -69,7 +60,7 @@ fn training_losses_fast_equal_reference() {
         set_fast_kernels(fast);
         train(&cfg, &Device::Cpu, Start::Fresh, &AtomicBool::new(false)).unwrap();
         set_fast_kernels(true);
-        losses(dir.path())
+        common::losses(dir.path())
     };
     let t0 = std::time::Instant::now();
     let a = run(true);

@@ -94,6 +94,16 @@ pub fn hub_cache_file(
 
 /// Check a failed run: asserts a non-zero exit and exactly one stderr line (no panic), and
 /// returns (exit code, stderr).
+/// The loss column of a training run's loss.csv, one value per logged row.
+pub fn losses(run: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("loss.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
 pub fn one_line_failure(out: std::process::Output, what: &str) -> (i32, String) {
     assert!(!out.status.success(), "{what} should fail");
     let err = String::from_utf8(out.stderr).unwrap();
