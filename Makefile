@@ -6,7 +6,7 @@ export RAYON_NUM_THREADS ?= $(shell nproc)
 # optimised, which outweighs the longer compile.
 TEST_PROFILE ?= --release
 
-.PHONY: all build test fmt-check clippy bench demo clean cuda metal features
+.PHONY: all build test fmt-check clippy bench demo clean cuda metal features gpu-profiler
 
 all: build
 
@@ -33,6 +33,17 @@ endif
 # cuDNN; CUDA_COMPUTE_CAP (default 90) the architecture. See scripts/cuda-build.sh.
 cuda:
 	./scripts/cuda-build.sh
+
+# The kernel profiler the GPU check injects (scripts/kprof.cpp): gpu/libkprof.so beside CUPTI
+# 13.0's library (from the nvidia-cuda-cupti wheel, into .cuda/ like the toolkit).
+CUPTI := .cuda/cupti/nvidia/cu13
+gpu-profiler:
+	@test -f $(CUPTI)/include/cupti.h || python3 -m pip install --quiet --disable-pip-version-check --no-deps --target .cuda/cupti nvidia-cuda-cupti==13.0.85
+	@test -f .cuda/nvidia/cu13/include/cuda.h || TOOLKIT_ONLY=1 ./scripts/cuda-build.sh
+	mkdir -p gpu
+	g++ -O2 -shared -fPIC -o gpu/libkprof.so scripts/kprof.cpp -I$(CUPTI)/include \
+	  -I.cuda/nvidia/cu13/include -L$(CUPTI)/lib -l:libcupti.so.13 -Wl,-rpath,'$$ORIGIN'
+	cp $(CUPTI)/lib/libcupti.so.13 gpu/
 
 # Metal (macOS only; cannot be built on this Linux machine).
 metal:

@@ -34,6 +34,7 @@ if [ -z "$cuda_home" ]; then
   fi
 fi
 export CUDA_HOME="$cuda_home" CUDA_PATH="$cuda_home" PATH="$cuda_home/bin:$PATH"
+[ "${TOOLKIT_ONLY:-0}" = 1 ] && exit 0 # `make gpu-profiler` needs the headers alone
 echo "CUDA toolkit: $CUDA_HOME ($(nvcc --version | tail -2 | head -1)); compute capability $CUDA_COMPUTE_CAP; features $features" >&2
 if [ "${CLIPPY:-0}" = 1 ]; then
   exec cargo clippy --release --features "$features" --target-dir target/cuda -- -D warnings

@@ -15,7 +15,12 @@
 #    the device, each with its one-line result and time;
 # 4. NCCL, one rank (issue "Data-parallel"): with gpu/diffuse-nccl (FEATURES=nccl make cuda)
 #    and Open MPI's mpirun on the machine, 20 training steps under `mpirun -np 1` (gradients
-#    all-reduced by NCCL) against the same run without a launcher: losses within 1e-5.
+#    all-reduced by NCCL) against the same run without a launcher: losses within 1e-5;
+# 5. where the GPU time goes: with gpu/libkprof.so (`make gpu-profiler`, scripts/kprof.cpp)
+#    injected through CUDA_INJECTION64_PATH, the top kernels of our cifar10 train step (f32 and
+#    TF32), our DDIM sampling, and PyTorch's train step.
+# SECTIONS (default "1 2 3 4 5") picks sections; PEER_MODES (default "eager compile") the
+# PyTorch modes; TF32=1 adds rows with DIFFUSE_TF32=1 (ours) and TF32 off (PyTorch).
 set -uo pipefail
 dev=${1:-cuda}
 out=${OUT:-gpu-report}
@@ -28,6 +33,7 @@ bin=${DIFFUSE_BIN:-gpu/diffuse}
 [ -x "$bin" ] || bin=target/release/diffuse
 tests=gpu/device-test
 say() { echo "$*" | tee -a "$report"; }
+want() { [[ " ${SECTIONS:-1 2 3 4 5} " == *" $1 "* ]]; }
 # cudarc opens cuBLAS, cuRAND and the driver at run time: let it find the toolkit's and the
 # Python wheels' libraries (PyTorch's nvidia-* packages) as well as the system's.
 wheel_libs=$(python3 - <<'PY' 2>/dev/null
@@ -48,57 +54,79 @@ say "- machine: $(nvidia-smi --query-gpu=name,driver_version,memory.total --form
 say "- binary: $($bin --version)"
 say "- first use: $($bin noise data/sample.png --t 500 --device "$dev" -o "$tmp/probe.png" 2>&1 | tail -1)"
 
+if want 1; then
 say ""
 say "## 1. Correctness on the device"
 say '```'
 DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 150 "$tests" --test-threads 1 --nocapture 2>&1 |
   grep -E "device |max abs|tolerance|^test |test result|panicked|error" | tee -a "$report"
 say '```'
+fi
 
+export HF_HUB_OFFLINE=1 DIFFUSE_LOG_SECS=1000
+python3 - "$tmp/rgb" <<'PY'
+import os, random, struct, sys, zlib
+d = sys.argv[1]; os.makedirs(d)
+rng = random.Random(0)
+chunk = lambda t, b: struct.pack(">I", len(b)) + t + b + struct.pack(">I", zlib.crc32(t + b))
+for i in range(1024):  # 32x32 RGB noise PNGs, written without PIL or numpy
+    rows = b"".join(b"\0" + rng.randbytes(96) for _ in range(32))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 32, 32, 8, 2, 0, 0, 0))
+    open(f"{d}/{i}.png", "wb").write(png + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+PY
+if [ "$dev" = cuda ] && ls gpu/wheels/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site gpu/wheels/*.whl && export PYTHONPATH=/tmp/site
+fi
+train_args() { # model-config dataset batch steps out
+  echo train --device "$dev" --model-config "$1" --dataset "$2" --batch-size "$3" --train-steps "$4" \
+    --log-every 1 --sample-every 0 --checkpoint-every 100000 -n 4 -o "$5"
+}
+if want 2 || want 3; then
 say ""
 say "## 2. Speed"
-export HF_HUB_OFFLINE=1 DIFFUSE_LOG_SECS=1000
 ips() { # median images/s of loss.csv rows after the first 5
   awk -F, 'NR > 6 {print $4}' "$1" | sort -n | awk '{a[NR] = $1} END {print (NR ? a[int((NR + 1) / 2)] : "?")}'
 }
-python3 - "$tmp/rgb" <<'PY'
-import sys, os, numpy as np
-from PIL import Image
-d = sys.argv[1]; os.makedirs(d)
-rng = np.random.default_rng(0)
-for i in range(1024):
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(f"{d}/{i}.png")
-PY
-run_ours() { # name model-config dataset batch steps
-  local name=$1 cfg=$2 data=$3 b=$4 steps=$5
-  timeout 150 $bin train --device "$dev" --model-config "$cfg" --dataset "$data" --batch-size "$b" \
-    --train-steps "$steps" --log-every 1 --sample-every 0 --checkpoint-every 100000 -n 4 \
-    -o "$tmp/$name" >/dev/null 2>"$tmp/$name.err" || { say "| $name train | failed: $(tail -1 "$tmp/$name.err") |"; return; }
+run_ours() { # name model-config dataset batch steps [tf32]
+  local name=$1 cfg=$2 data=$3 b=$4 steps=$5 tf32=${6:-0}
+  local prec=f32; [ "$tf32" = 1 ] && prec=TF32
+  export DIFFUSE_TF32=$tf32
+  timeout 150 $bin $(train_args "$cfg" "$data" "$b" "$steps" "$tmp/$name") >/dev/null 2>"$tmp/$name.err" ||
+    { say "| $name | ours | $prec | failed: $(tail -1 "$tmp/$name.err") | |"; unset DIFFUSE_TF32; return; }
   local t1=$(date +%s.%N)
   timeout 90 $bin sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 -o "$tmp/$name.png" >/dev/null 2>"$tmp/$name.serr"
   local t2=$(date +%s.%N)
-  say "| $name | ours | $(ips "$tmp/$name/loss.csv") | $(python3 -c "print(f'{$t2 - $t1:.2f}')") s (whole command) |"
+  unset DIFFUSE_TF32
+  say "| $name | ours | $prec | $(ips "$tmp/$name/loss.csv") | $(python3 -c "print(f'{$t2 - $t1:.2f}')") s (whole command) |"
 }
-say "| model, batch | side | train images/s | DDIM-50, 256 images |"
-say "|---|---|---|---|"
+say "| model, batch | side | precision | train images/s | DDIM-50, 256 images |"
+say "|---|---|---|---|---|"
 run_ours mnist-b64 mnist mnist 64 "${MNIST_STEPS:-200}"
 run_ours cifar10-b128 cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}"
-if [ "$dev" = cuda ] && ls gpu/wheels/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site gpu/wheels/*.whl && export PYTHONPATH=/tmp/site
+if [ "${TF32:-0}" = 1 ]; then
+  run_ours mnist-b64-tf32 mnist mnist 64 "${MNIST_STEPS:-200}" 1
+  run_ours cifar10-b128-tf32 cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" 1
+fi
+if [ -n "${PYTHONPATH:-}" ]; then
   for spec in "mnist-b64 models/mnist/config.json 64" "cifar10-b128 models/cifar10/config.json 128"; do
     read -r name cfg b <<<"$spec"
-    for mode in eager compile; do
-      limit=90; [ "$mode" = compile ] && limit=120
-      j=$(timeout $limit python3 scripts/gpu_peer.py "$cfg" "$b" 20 256 "$mode" 2>"$tmp/peer.err" | tail -1)
-      if [ -n "$j" ]; then
-        say "| $name | PyTorch $mode | $(echo "$j" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["train_images_per_s"], "|", d["ddim50_s"], "s (loop only)")') |"
-      else
-        say "| $name | PyTorch $mode | failed: $(tail -1 "$tmp/peer.err") | |"
-      fi
+    for mode in ${PEER_MODES:-eager compile}; do
+      for tf in default $([ "${TF32:-0}" = 1 ] && echo 0); do
+        limit=90; [ "$mode" = compile ] && limit=120
+        prec="TF32 convs (PyTorch's default)"; [ "$tf" = 0 ] && prec=f32
+        j=$(PEER_TF32=$tf timeout $limit python3 scripts/gpu_peer.py "$cfg" "$b" 20 256 "$mode" 2>"$tmp/peer.err" | tail -1)
+        if [ -n "$j" ]; then
+          say "| $name | PyTorch $mode | $prec | $(echo "$j" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["train_images_per_s"], "|", d["ddim50_s"], "s (loop only)")') |"
+        else
+          say "| $name | PyTorch $mode | $prec | failed: $(tail -1 "$tmp/peer.err") | |"
+        fi
+      done
     done
   done
 fi
+fi
 
+if want 3; then
 say ""
 say "## 3. Steering and editing on the device (smoke: the mnist-b64 model above)"
 say "| command | result | seconds |"
@@ -121,6 +149,8 @@ edit "x0 trace, DPM-Solver++ 20" sample --model "$m" -n 16 --trace "$tmp/trace.p
 edit "invert 2 digits, 50 steps, refine 6" invert "$tmp/a.png" "$tmp/b.png" --model "$m" -o "$tmp/l.safetensors" --reconstruction "$tmp/rec.png"
 edit "interpolate, 8 frames" interpolate "$tmp/a.png" "$tmp/b.png" --model "$m" --steps 20 --refine 2 -o "$tmp/i.png" --gif "$tmp/i.gif"
 edit "loss by t, 512 digits" eval --loss-by-t --model "$m" -o "$tmp/lbt.png"
+fi
+if want 4; then
 say ""
 say "## 4. NCCL, one rank"
 nccl_bin=gpu/diffuse-nccl
@@ -133,6 +163,36 @@ else
   worst=$(paste -d, <(cut -d, -f2 "$tmp/n1/loss.csv" | tail -n +2) <(cut -d, -f2 "$tmp/n2/loss.csv" | tail -n +2) |
     awk -F, '{d = ($1 - $2) / $1; if (d < 0) d = -d; if (d > m) m = d} END {printf "%.2e", m}')
   say "20 steps under mpirun -np 1 (NCCL all-reduce) vs no launcher: worst relative loss difference $worst (tolerance 1e-5); $line"
+fi
+fi
+
+if want 5; then
+say ""
+say "## 5. Where the GPU time goes (CUPTI, scripts/kprof.cpp)"
+if [ "$dev" != cuda ] || [ ! -f gpu/libkprof.so ]; then
+  say "skipped: needs a CUDA device and gpu/libkprof.so (make gpu-profiler)"
+else
+  prof() { # title, then the command
+    local title=$1; shift
+    say ""
+    say "### $title"
+    if CUDA_INJECTION64_PATH=$PWD/gpu/libkprof.so KPROF_OUT="$tmp/k.md" KPROF_TOP=${KPROF_TOP:-15} timeout 150 "$@" >/dev/null 2>"$tmp/k.err"; then
+      cat "$tmp/k.md" | tee -a "$report"
+    else
+      say "failed: $(tail -1 "$tmp/k.err")"
+    fi
+  }
+  steps=${PROFILE_STEPS:-10}
+  prof "ours: cifar10 preset, batch 128, $steps train steps (f32; includes a final 4-image DDIM grid)" \
+    $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p1")
+  prof "ours: the same with DIFFUSE_TF32=1" env DIFFUSE_TF32=1 $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p2")
+  prof "ours: DDIM-50 sampling of 128 images (cifar10 preset, f32)" \
+    $bin sample --device "$dev" --model "$tmp/p1" -n 128 --batch-size 128 --steps 50 -o "$tmp/p1.png"
+  if [ -n "${PYTHONPATH:-}" ]; then
+    prof "PyTorch eager (default precision): cifar10 preset, batch 128, 3 + $steps train steps" \
+      python3 scripts/gpu_peer.py models/cifar10/config.json 128 "$steps" 0 eager
+  fi
+fi
 fi
 rm -rf "$tmp"
 echo "report: $report"

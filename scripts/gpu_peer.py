@@ -5,16 +5,23 @@ DDIMScheduler, eager and (where it works) torch.compile'd.
 
     python scripts/gpu_peer.py CONFIG.json BATCH TRAIN_STEPS SAMPLE_N [compile]
 
+PEER_TF32=0 turns TF32 off for convolutions too (PyTorch's default runs cuDNN convolutions on
+TF32 tensor cores and matmuls in full f32): the like-for-like comparison with our f32 default.
+
 Prints one JSON line: train images/s (median over steps after 3 warm-ups, CUDA-synchronised)
 and DDIM-50 seconds and images/s for SAMPLE_N images in one batch.
 """
-import json, statistics, sys, time
+import json, os, statistics, sys, time
 import torch
 from diffusers import UNet2DModel, DDIMScheduler
 
 cfg_path, b, steps, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 compiled = len(sys.argv) > 5 and sys.argv[5] == "compile"
 dev = torch.device("cuda")
+tf32 = os.environ.get("PEER_TF32", "default")
+if tf32 == "0":
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 cfg = {k: v for k, v in json.load(open(cfg_path)).items() if not k.startswith("_")}
 model = UNet2DModel(**cfg).to(dev)
 fwd = torch.compile(model) if compiled else model
@@ -61,14 +68,16 @@ def sample():
     torch.cuda.synchronize()
 
 
-sample()
-times = []
-for _ in range(3):
-    t0 = time.perf_counter()
+s = float("nan")
+if n > 0:  # SAMPLE_N 0: the train step alone (the profiler's run)
     sample()
-    times.append(time.perf_counter() - t0)
-s = statistics.median(times)
-print(json.dumps({"config": cfg_path, "batch": b, "compiled": compiled,
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        sample()
+        times.append(time.perf_counter() - t0)
+    s = statistics.median(times)
+print(json.dumps({"config": cfg_path, "batch": b, "compiled": compiled, "tf32": tf32,
                   "train_images_per_s": round(train_ips, 1),
-                  "ddim50_s": round(s, 3), "ddim50_images_per_s": round(n / s, 1),
+                  "ddim50_s": round(s, 3), "ddim50_images_per_s": round(n / s, 1) if n else None,
                   "torch": torch.__version__, "gpu": torch.cuda.get_device_name()}), flush=True)

@@ -85,7 +85,15 @@ fn open_cuda(ordinal: usize) -> std::result::Result<Device, String> {
     let r = std::panic::catch_unwind(|| Device::new_cuda(ordinal));
     std::panic::set_hook(hook);
     match r {
-        Ok(Ok(d)) => Ok(d),
+        Ok(Ok(d)) => {
+            // DIFFUSE_TF32=1: f32 GEMMs (and so the im2col convolutions) on TF32 tensor
+            // cores, as PyTorch runs its cuDNN convolutions by default; off by default so
+            // results match diffusers to f32 precision.
+            if std::env::var("DIFFUSE_TF32").is_ok_and(|v| v == "1") {
+                candle_core::cuda::set_gemm_reduced_precision_f32(true);
+            }
+            Ok(d)
+        }
         Ok(Err(e)) => Err(e
             .to_string()
             .lines()

@@ -20,16 +20,20 @@ fn device() -> Device {
 }
 
 #[test]
-fn golden_unet_on_the_device() {
+fn golden_unets_on_the_device() {
     let dev = device();
-    let (_, _, model) = diffuse::unet::load(&data_path("unet_tiny"), &dev).unwrap();
-    let io = load_golden("unet_tiny/io.safetensors");
-    let x = io["x"].to_device(&dev).unwrap();
-    let t = io["timesteps"].to_device(&dev).unwrap();
-    let y = model.forward(&x, &t, false).unwrap();
-    let d = max_abs_diff(&y.to_device(&Device::Cpu).unwrap(), &io["output"]);
-    println!("unet_tiny output on {dev:?}: max abs err {d:.3e} (tolerance 1e-4)");
-    assert!(d < 1e-4, "{d}");
+    for name in ["unet_tiny", "unet_class"] {
+        let (_, _, model) = diffuse::unet::load(&data_path(name), &dev).unwrap();
+        let io = load_golden(&format!("{name}/io.safetensors"));
+        let on = |k: &str| io[k].to_device(&dev).unwrap();
+        let labels = io.get("class_labels").map(|_| on("class_labels"));
+        let y = model
+            .forward_cond(&on("x"), &on("timesteps"), labels.as_ref(), false)
+            .unwrap();
+        let d = max_abs_diff(&y.to_device(&Device::Cpu).unwrap(), &io["output"]);
+        println!("{name} output on {dev:?}: max abs err {d:.3e} (tolerance 1e-4)");
+        assert!(d < 1e-4, "{name}: {d}");
+    }
 }
 
 #[test]
