@@ -149,3 +149,21 @@ fn bin_and_fp16_checkpoints_load() {
     println!("fp16: output max abs err {d16:.3e} against diffusers' f32 output");
     assert!(d16 < 1e-2, "fp16 output: {d16}");
 }
+
+/// Half-precision inference (`sample --dtype f16`): the tiny golden model with its weights cast
+/// to f16 on load runs in f16 inside, takes and returns f32, and stays within f16's precision of
+/// diffusers' f32 output (bf16 has no CPU matmul in Candle: checked on the GPU).
+#[test]
+fn f16_weights_stay_within_half_precision_of_diffusers() {
+    let dev = Device::Cpu;
+    let (cfg, vm, _) = unet::load(&data_path("unet_tiny"), &dev).unwrap();
+    let model = unet::frozen_as(&cfg, &vm, unet::Precision::F16, &dev).unwrap();
+    assert_eq!(model.dtype(), DType::F16);
+    let io = load_golden("unet_tiny/io.safetensors");
+    let out = model.forward(&io["x"], &io["timesteps"], false).unwrap();
+    assert_eq!(out.dtype(), DType::F32);
+    let d = max_abs_diff(&out, &io["output"]);
+    let scale = max_abs_diff(&io["output"], &io["output"].zeros_like().unwrap());
+    println!("f16 output max abs err {d:.3e} (output max |y| {scale:.2})");
+    assert!(d > TOL && d < 1e-2, "{d}");
+}

@@ -2,6 +2,7 @@ use super::DeviceArgs;
 use clap::Args;
 use diffuse::commands::sample::{self, SampleRequest};
 use diffuse::sampler::{PredictionType, SamplerKind, TimestepSpacing};
+use diffuse::unet;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -101,6 +102,11 @@ pub struct SampleCmd {
     /// Also write every sample as safetensors (key "samples", [N,C,H,W] f32 in [-1, 1]).
     #[arg(long, value_name = "FILE")]
     save_tensors: Option<PathBuf>,
+    /// The precision the model runs in: f32 (exact to diffusers), or bf16/f16 weights for
+    /// faster sampling on a GPU (the sampler's math stays f32). On the CPU the fast kernels
+    /// are f32 only, so half precision is slower there.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: unet::Precision,
     #[command(flatten)]
     dev: DeviceArgs,
 }
@@ -162,6 +168,7 @@ pub fn run(c: SampleCmd) -> anyhow::Result<()> {
         save_tensors: c.save_tensors,
         trace: c.trace,
         trace_steps: c.trace_steps,
+        precision: c.dtype,
         progress: true,
     };
     let device = c.dev.device()?;

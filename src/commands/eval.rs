@@ -129,6 +129,7 @@ fn draw(
         save_tensors: Some(tensors.clone()),
         trace: None,
         trace_steps: 10,
+        precision: Default::default(),
         progress,
     };
     sample::run(&req, device)?;

@@ -59,6 +59,9 @@ pub struct SampleRequest {
     /// samples, as a PNG here and a GIF beside it (same name, .gif).
     pub trace: Option<PathBuf>,
     pub trace_steps: usize,
+    /// The precision the model runs in (weights cast on load); f32 is exact to diffusers.
+    #[serde(default)]
+    pub precision: unet::Precision,
     pub progress: bool,
 }
 
@@ -317,10 +320,15 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
         Plan::Sampler { n, start, .. } => n - start,
         Plan::RePaint(r) => r.timesteps().len(),
     };
+    if device.is_cpu() && req.precision == unet::Precision::Bf16 {
+        return Err(Error::invalid(
+            "--dtype bf16 needs a GPU: Candle's CPU backend has no bf16 matmul (use f32 on the CPU)",
+        ));
+    }
     let t0 = std::time::Instant::now();
     let (ucfg, vm, _) = unet::load(&loc.unet_dir, device)?;
     // Inference copy: no autograd graph is recorded through the weights.
-    let model = unet::frozen(&ucfg, &vm, device)?;
+    let model = unet::frozen_as(&ucfg, &vm, req.precision, device)?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "model loaded");
     let shape = ucfg.image_shape()?;
     let bs = req.batch_size.unwrap_or(DEFAULT_BATCH).min(req.num);
@@ -345,6 +353,11 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
         if cfg.eta != 0.0 && cfg.kind != SamplerKind::Ddim {
             tracing::warn!("--eta applies to ddim only; {} ignores it", cfg.kind.name());
         }
+    }
+    if device.is_cpu() && req.precision == unet::Precision::F16 {
+        tracing::warn!(
+            "--dtype f16 on the CPU runs Candle's generic ops, ~13x slower than f32's kernels"
+        );
     }
     let n_batches = req.num.div_ceil(bs);
     let scales = conditioning::scales(cond.as_ref(), &req.guidance, DEFAULT_GUIDANCE);

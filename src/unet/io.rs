@@ -3,6 +3,7 @@
 //! initialisation. Every tensor lives in a `VarMap` so training optimises the same variables.
 use super::config::UNetConfig;
 use super::model::UNet2DModel;
+use super::precision::Precision;
 use crate::core::rng::NoiseRng;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Shape, Tensor, Var};
@@ -327,14 +328,25 @@ pub fn build(cfg: &UNetConfig, vm: &VarMap, device: &Device) -> Result<UNet2DMod
 /// A model over detached copies of the VarMap's tensors: no autograd graph is recorded, the
 /// inference path (sampling, benchmarks). Changes to the VarMap later are not seen.
 pub fn frozen(cfg: &UNetConfig, vm: &VarMap, device: &Device) -> Result<UNet2DModel> {
-    let ts: HashMap<String, Tensor> = vm
+    frozen_as(cfg, vm, Precision::F32, device)
+}
+
+/// `frozen` with the weights cast to `precision` (half-precision inference).
+pub fn frozen_as(
+    cfg: &UNetConfig,
+    vm: &VarMap,
+    precision: Precision,
+    device: &Device,
+) -> Result<UNet2DModel> {
+    let dtype = precision.dtype();
+    let ts = vm
         .data()
         .lock()
         .expect("varmap")
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
-    UNet2DModel::new(cfg, VarBuilder::from_tensors(ts, DType::F32, device))
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_dtype(dtype)?)))
+        .collect::<Result<HashMap<String, Tensor>>>()?;
+    UNet2DModel::new(cfg, VarBuilder::from_tensors(ts, dtype, device))
 }
 
 /// Load a diffusers UNet2DModel directory (or a pipeline directory with unet/).

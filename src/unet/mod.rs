@@ -6,7 +6,9 @@ pub mod config;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod precision;
 
 pub use config::{preset_or_file, UNetConfig};
-pub use io::{frozen, init, load, param_count, param_counts_by_block, param_spec, save};
+pub use io::{frozen, frozen_as, init, load, param_count, param_counts_by_block, param_spec, save};
 pub use model::{Intermediates, UNet2DModel};
+pub use precision::Precision;

@@ -35,6 +35,8 @@ pub struct UNet2DModel {
     conv_norm_out: ops::GroupNorm,
     conv_out: Conv2d,
     dropout_rng: Mutex<NoiseRng>,
+    /// The weights' dtype: f32, or bf16/f16 for half-precision inference (`Precision`).
+    dtype: DType,
 }
 
 impl UNet2DModel {
@@ -127,11 +129,17 @@ impl UNet2DModel {
             conv_norm_out,
             conv_out,
             dropout_rng: Mutex::new(NoiseRng::new(0)),
+            dtype: vb.dtype(),
         })
     }
 
     pub fn config(&self) -> &UNetConfig {
         &self.cfg
+    }
+
+    /// The dtype the model computes in (its weights'); inputs and outputs stay f32.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Seed the generator used for dropout masks in training (dropout > 0 only).
@@ -276,8 +284,12 @@ impl UNet2DModel {
         } else {
             x.clone()
         };
+        // Half-precision weights: the network runs in their dtype (diffusers casts the time
+        // embedding the same way); the caller's f32 in and out keep the sampler math in f32.
+        let x = x.to_dtype(self.dtype)?;
         let c0 = self.cfg.block_out_channels[0];
-        let t_proj = ops::timestep_embedding(&t, &self.freqs, c0, self.cfg.flip_sin_to_cos)?;
+        let t_proj = ops::timestep_embedding(&t, &self.freqs, c0, self.cfg.flip_sin_to_cos)?
+            .to_dtype(self.dtype)?;
         put("time_proj", &t_proj);
         let l1 = ops::linear(&self.time_embedding.linear_1, &t_proj)?;
         put("time_embedding.linear_1", &l1);
@@ -320,6 +332,6 @@ impl UNet2DModel {
         let h = ops::group_norm(&self.conv_norm_out, &h)?;
         put("debug.conv_norm_out", &h);
         let out = ops::conv2d(&self.conv_out, &ops::silu(&h)?)?;
-        Ok(out)
+        Ok(out.to_dtype(DType::F32)?)
     }
 }
