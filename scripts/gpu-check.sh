@@ -20,7 +20,8 @@
 #    injected through CUDA_INJECTION64_PATH, the top kernels of our cifar10 train step (f32 and
 #    TF32), our DDIM sampling, and PyTorch's train step.
 # SECTIONS (default "1 2 3 4 5") picks sections; PEER_MODES (default "eager compile") the
-# PyTorch modes; TF32=1 adds rows with DIFFUSE_TF32=1 (ours) and TF32 off (PyTorch).
+# PyTorch modes; TF32=1 adds rows with DIFFUSE_TF32=1 (ours) and TF32 off (PyTorch); DTYPES
+# (default "bf16 f16") the `sample --dtype` rows (each timed and compared with the f32 draw).
 set -uo pipefail
 dev=${1:-cuda}
 out=${OUT:-gpu-report}
@@ -94,10 +95,33 @@ run_ours() { # name model-config dataset batch steps [tf32]
   timeout 150 $bin $(train_args "$cfg" "$data" "$b" "$steps" "$tmp/$name") >/dev/null 2>"$tmp/$name.err" ||
     { say "| $name | ours | $prec | failed: $(tail -1 "$tmp/$name.err") | |"; unset DIFFUSE_TF32; return; }
   local t1=$(date +%s.%N)
-  timeout 90 $bin sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 -o "$tmp/$name.png" >/dev/null 2>"$tmp/$name.serr"
+  timeout 90 $bin sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 \
+    --save-tensors "$tmp/$name.f32.st" -o "$tmp/$name.png" >/dev/null 2>"$tmp/$name.serr"
   local t2=$(date +%s.%N)
   unset DIFFUSE_TF32
   say "| $name | ours | $prec | $(ips "$tmp/$name/loss.csv") | $(python3 -c "print(f'{$t2 - $t1:.2f}')") s (whole command) |"
+  [ "$tf32" = 1 ] && return
+  for dt in ${DTYPES-bf16 f16}; do # sample --dtype: time, and distance from the f32 draw
+    t1=$(date +%s.%N)
+    if timeout 90 $bin sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 \
+      --dtype "$dt" --save-tensors "$tmp/$name.$dt.st" -o "$tmp/$name.$dt.png" >/dev/null 2>"$tmp/$name.serr"; then
+      t2=$(date +%s.%N)
+      say "| $name | ours | sampling --dtype $dt ($(st_diff "$tmp/$name.$dt.st" "$tmp/$name.f32.st")) | | $(python3 -c "print(f'{$t2 - $t1:.2f}')") s (whole command) |"
+    else
+      say "| $name | ours | sampling --dtype $dt | | failed: $(tail -1 "$tmp/$name.serr") |"
+    fi
+  done
+}
+st_diff() { # rms and max |a - b| of two f32 safetensors files (key "samples"), pure Python
+  python3 - "$1" "$2" <<'PY'
+import array, json, struct, sys
+def load(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n])
+    s, e = h["samples"]["data_offsets"]; a = array.array("f"); a.frombytes(b[8 + n + s:8 + n + e]); return a
+a, b = load(sys.argv[1]), load(sys.argv[2])
+d = [abs(x - y) for x, y in zip(a, b)]
+print(f"vs f32: rms {(sum(x * x for x in d) / len(d)) ** 0.5:.1e}, max {max(d):.2f}")
+PY
 }
 say "| model, batch | side | precision | train images/s | DDIM-50, 256 images |"
 say "|---|---|---|---|---|"

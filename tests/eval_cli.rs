@@ -318,6 +318,25 @@ fn feature_networks_train_deterministically_and_load() {
     let (c, msg) = common::one_line_failure(out, "train-features");
     assert!(c == 2 && msg.contains(".safetensors"), "{msg}");
     assert!(!dir.path().join("w.png").exists());
+    // Refused before any data is read: a dataset that does not exist is not what it says.
+    let out = diffuse()
+        .args([
+            "eval",
+            "--train-features",
+            "--epochs",
+            "0",
+            "--dataset",
+            "/no/such/data",
+            "-o",
+        ])
+        .arg(dir.path().join("w.safetensors"))
+        .output()
+        .unwrap();
+    let (c, msg) = common::one_line_failure(out, "train-features --epochs 0");
+    assert!(
+        c == 2 && msg.contains("--epochs 0 must be in [1, 1000]"),
+        "{msg}"
+    );
 }
 
 /// `eval --loss-by-t` on a model trained for a few steps: one row per band covering [0, T),

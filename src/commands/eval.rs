@@ -225,6 +225,7 @@ pub struct TrainFeaturesReport {
 
 pub fn train_features(req: &TrainFeaturesRequest, device: &Device) -> Result<TrainFeaturesReport> {
     crate::io::output::check_outputs(&[&req.output], &[], &[])?;
+    req.config.validate()?;
     if req.output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         return Err(Error::invalid(format!(
             "--train-features writes a .safetensors file, not {}",

@@ -42,6 +42,27 @@ impl Default for ClassifierConfig {
 }
 
 impl ClassifierConfig {
+    /// Refuse settings that can never train, before any data is read.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(e) = self.epochs {
+            if !(1..=1000).contains(&e) {
+                return Err(Error::invalid(format!("--epochs {e} must be in [1, 1000]")));
+            }
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid(
+                "the feature network's batch size must be positive",
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid(format!(
+                "the feature network's learning rate {} must be positive",
+                self.lr
+            )));
+        }
+        Ok(())
+    }
+
     /// Epochs for `n` training images.
     pub fn epochs_for(&self, n: usize) -> usize {
         self.epochs.unwrap_or_else(|| {
@@ -263,12 +284,8 @@ impl Classifier {
             },
         )?;
         let mut rng = NoiseRng::new(cfg.seed ^ 0xC1A5_51F1);
+        cfg.validate()?;
         let epochs = cfg.epochs_for(n);
-        if !(1..=1000).contains(&epochs) {
-            return Err(Error::invalid(format!(
-                "--epochs {epochs} must be in [1, 1000]"
-            )));
-        }
         let total = epochs * (n / cfg.batch_size);
         let mut step = 0;
         for _ in 0..epochs {
