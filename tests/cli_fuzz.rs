@@ -190,6 +190,8 @@ fn specs(fx: &Fixtures) -> Vec<Spec> {
             vec![s("tr.png"), s("in.png"), s("/dev/null"), s(".")],
         ),
         ("--trace-steps", vec![s("0"), s("1"), s("3"), s("101")]),
+        // f16 is left out: on the CPU it is 13x slower, and tested on its own.
+        ("--dtype", vec![s("f32"), s("bf16"), s("half")]),
     ];
     // invert and interpolate share their flags.
     let edit_flags = |out_flag: &'static str| -> Vec<(&'static str, Vec<Option<&'static str>>)> {
