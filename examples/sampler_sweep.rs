@@ -72,6 +72,7 @@ fn main() -> anyhow::Result<()> {
                 jump_n_sample: sample::REPAINT_JUMP_N_SAMPLE,
                 trace: None,
                 trace_steps: 10,
+                precision: Default::default(),
                 spacing: None,
                 clip_sample: None,
                 prediction: None,
