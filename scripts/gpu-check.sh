@@ -17,8 +17,10 @@
 #    and Open MPI's mpirun on the machine, 20 training steps under `mpirun -np 1` (gradients
 #    all-reduced by NCCL) against the same run without a launcher: losses within 1e-5;
 # 5. where the GPU time goes: with gpu/libkprof.so (`make gpu-profiler`, scripts/kprof.cpp)
-#    injected through CUDA_INJECTION64_PATH, the top kernels of our cifar10 train step (f32 and
-#    TF32), our DDIM sampling, and PyTorch's train step.
+#    injected through CUDA_INJECTION64_PATH, the top kernels of our cifar10 train step (f32,
+#    TF32, TF32 with the CUDA group norm), our DDIM sampling, and PyTorch's train step.
+# Sections 1 and 2 also run the switches that are off by default: DIFFUSE_CUDA_KERNELS=1 (the
+# hand-written group norm) and DIFFUSE_TF32=1.
 # SECTIONS (default "1 2 3 4 5") picks sections; PEER_MODES (default "eager compile") the
 # PyTorch modes; TF32=1 adds rows with DIFFUSE_TF32=1 (ours) and TF32 off (PyTorch); DTYPES
 # (default "bf16 f16") the `sample --dtype` rows (each timed and compared with the f32 draw).
@@ -61,6 +63,12 @@ say "## 1. Correctness on the device"
 say '```'
 DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 150 "$tests" --test-threads 1 --nocapture 2>&1 |
   grep -E "device |max abs|tolerance|^test |test result|panicked|error" | tee -a "$report"
+# The switches the default leaves off: the model and 50 training steps again with each.
+for vars in DIFFUSE_CUDA_KERNELS=1 DIFFUSE_TF32=1; do
+  say "with $vars:"
+  env $vars DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 120 "$tests" golden_unets fifty_training_steps \
+    --test-threads 1 --nocapture 2>&1 | grep -E "max abs|relative|^test |test result|panicked" | tee -a "$report"
+done
 say '```'
 fi
 
@@ -88,19 +96,17 @@ say "## 2. Speed"
 ips() { # median images/s of loss.csv rows after the first 5
   awk -F, 'NR > 6 {print $4}' "$1" | sort -n | awk '{a[NR] = $1} END {print (NR ? a[int((NR + 1) / 2)] : "?")}'
 }
-run_ours() { # name model-config dataset batch steps [tf32]
-  local name=$1 cfg=$2 data=$3 b=$4 steps=$5 tf32=${6:-0}
-  local prec=f32; [ "$tf32" = 1 ] && prec=TF32
-  export DIFFUSE_TF32=$tf32
-  timeout 150 $bin $(train_args "$cfg" "$data" "$b" "$steps" "$tmp/$name") >/dev/null 2>"$tmp/$name.err" ||
-    { say "| $name | ours | $prec | failed: $(tail -1 "$tmp/$name.err") | |"; unset DIFFUSE_TF32; return; }
+run_ours() { # name model-config dataset batch steps [VAR=1 ...: the variant's environment]
+  local name=$1 cfg=$2 data=$3 b=$4 steps=$5 vars=${6:-}
+  local prec=${vars:-f32}
+  timeout 150 env $vars $bin $(train_args "$cfg" "$data" "$b" "$steps" "$tmp/$name") >/dev/null 2>"$tmp/$name.err" ||
+    { say "| $name | ours | $prec | failed: $(tail -1 "$tmp/$name.err") | |"; return; }
   local t1=$(date +%s.%N)
-  timeout 90 $bin sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 \
+  timeout 90 env $vars $bin sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 \
     --save-tensors "$tmp/$name.f32.st" -o "$tmp/$name.png" >/dev/null 2>"$tmp/$name.serr"
   local t2=$(date +%s.%N)
-  unset DIFFUSE_TF32
   say "| $name | ours | $prec | $(ips "$tmp/$name/loss.csv") | $(python3 -c "print(f'{$t2 - $t1:.2f}')") s (whole command) |"
-  [ "$tf32" = 1 ] && return
+  [ -n "$vars" ] && return
   for dt in ${DTYPES-bf16 f16}; do # sample --dtype: time, and distance from the f32 draw
     t1=$(date +%s.%N)
     if timeout 90 $bin sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 \
@@ -127,9 +133,11 @@ say "| model, batch | side | precision | train images/s | DDIM-50, 256 images |"
 say "|---|---|---|---|---|"
 run_ours mnist-b64 mnist mnist 64 "${MNIST_STEPS:-200}"
 run_ours cifar10-b128 cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}"
+run_ours cifar10-b128-gn cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" DIFFUSE_CUDA_KERNELS=1
 if [ "${TF32:-0}" = 1 ]; then
-  run_ours mnist-b64-tf32 mnist mnist 64 "${MNIST_STEPS:-200}" 1
-  run_ours cifar10-b128-tf32 cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" 1
+  run_ours mnist-b64-tf32 mnist mnist 64 "${MNIST_STEPS:-200}" DIFFUSE_TF32=1
+  run_ours cifar10-b128-tf32 cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" DIFFUSE_TF32=1
+  run_ours cifar10-b128-tf32-gn cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" "DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1"
 fi
 if [ -n "${PYTHONPATH:-}" ]; then
   for spec in "mnist-b64 models/mnist/config.json 64" "cifar10-b128 models/cifar10/config.json 128"; do
@@ -210,6 +218,8 @@ else
   prof "ours: cifar10 preset, batch 128, $steps train steps (f32; includes a final 4-image DDIM grid)" \
     $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p1")
   prof "ours: the same with DIFFUSE_TF32=1" env DIFFUSE_TF32=1 $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p2")
+  prof "ours: the same with DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1" env DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1 \
+    $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p3")
   prof "ours: DDIM-50 sampling of 128 images (cifar10 preset, f32)" \
     $bin sample --device "$dev" --model "$tmp/p1" -n 128 --batch-size 128 --steps 50 -o "$tmp/p1.png"
   if [ -n "${PYTHONPATH:-}" ]; then

@@ -9,6 +9,8 @@ pub mod adamw;
 pub mod attn;
 pub mod bias;
 pub mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod direct;
 mod flash;
 mod gemm;
@@ -23,7 +25,7 @@ pub use attn::softmax_last_dim;
 pub use bias::{add_row_bias, linear};
 pub use conv::conv2d;
 pub use flash::attention_channels_first;
-pub use norm::{group_norm, group_norm_silu};
+pub use norm::{group_norm, group_norm_fused, group_norm_silu};
 pub use upsample::upsample_nearest2x;
 
 use candle_core::{CpuStorage, DType, Layout, Tensor};

@@ -201,6 +201,26 @@ impl CustomOp3 for GnFwd {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::group_norm_fwd(
+            self.groups,
+            self.eps,
+            self.silu,
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+        )
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -209,6 +229,12 @@ impl CustomOp3 for GnFwd {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let (dx, dg, db) =
+                super::cuda::group_norm_bwd(self.groups, self.eps, self.silu, x, gamma, beta, dy)?;
+            return Ok((Some(dx), Some(dg), Some(db)));
+        }
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let op = GnBwd {
             groups: self.groups,
@@ -340,18 +366,61 @@ fn group_norm_maybe_silu(
             beta.elem_count()
         )));
     }
-    if cpu_f32(&[x, gamma, beta]) {
-        let op = GnFwd {
-            groups: num_groups,
-            eps,
-            silu,
-            stats: Default::default(),
-        };
-        return Ok(x
-            .contiguous()?
-            .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?);
+    if cpu_f32(&[x, gamma, beta]) || cuda_kernels(&[x, gamma, beta]) {
+        return fused(x, num_groups, gamma, beta, eps, silu);
     }
     let gn = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, num_groups, eps)?;
     let y = candle_core::Module::forward(&gn, x)?;
     Ok(if silu { y.silu()? } else { y })
+}
+
+/// Whether the CUDA group-norm kernels are switched on for these tensors.
+fn cuda_kernels(ts: &[&Tensor]) -> bool {
+    #[cfg(feature = "cuda")]
+    return super::cuda::enabled(ts);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ts;
+        false
+    }
+}
+
+/// The fused kernel itself, whatever the switches say (CPU f32, or CUDA f32 in a CUDA build):
+/// for tests that compare it with Candle's ops on a device.
+pub fn group_norm_fused(
+    x: &Tensor,
+    num_groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    let on_cuda = super::cuda::applies(&[x, gamma, beta]);
+    #[cfg(not(feature = "cuda"))]
+    let on_cuda = false;
+    if !(cpu_f32(&[x, gamma, beta]) || on_cuda) {
+        return Err(Error::invalid(
+            "the fused group norm takes f32 tensors on the CPU or (CUDA builds) a CUDA device",
+        ));
+    }
+    fused(x, num_groups, gamma, beta, eps, silu)
+}
+
+fn fused(
+    x: &Tensor,
+    num_groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    let op = GnFwd {
+        groups: num_groups,
+        eps,
+        silu,
+        stats: Default::default(),
+    };
+    Ok(x.contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?)
 }

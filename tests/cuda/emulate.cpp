@@ -1,0 +1,52 @@
+// Runs CUDA kernel source on the CPU: each thread of a block is an OS thread, __syncthreads a
+// barrier, warp shuffles go through shared slots between barriers. Blocks run one after another.
+#include <barrier>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <thread>
+#include <vector>
+
+struct Dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+thread_local Dim3 threadIdx;
+Dim3 blockIdx, blockDim;
+static std::barrier<> *sync_all;
+static std::vector<float> shfl;
+
+#define __global__
+#define __device__
+#define __shared__ static
+void __syncthreads() { sync_all->arrive_and_wait(); }
+float __shfl_xor_sync(unsigned, float v, int o) {
+  // Every thread of the block takes part (the kernels call shuffles uniformly).
+  shfl[threadIdx.x] = v;
+  __syncthreads();
+  const unsigned lane = threadIdx.x & 31, base = threadIdx.x & ~31u;
+  const float r = shfl[base + (lane ^ o)];
+  __syncthreads();
+  return r;
+}
+float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+
+#include KERNEL
+
+// Launch `f` over `blocks` blocks of `threads` threads.
+void launch(unsigned blocks, unsigned threads, const std::function<void()> &f) {
+  blockDim.x = threads;
+  shfl.assign(threads, 0.f);
+  for (unsigned b = 0; b < blocks; b++) {
+    blockIdx.x = b;
+    std::barrier<> bar(threads);
+    sync_all = &bar;
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < threads; t++)
+      ts.emplace_back([&, t] {
+        threadIdx.x = t;
+        f();
+      });
+    for (auto &t : ts) t.join();
+  }
+}
