@@ -366,27 +366,31 @@ fn group_norm_maybe_silu(
             beta.elem_count()
         )));
     }
-    if cpu_f32(&[x, gamma, beta]) || cuda_kernels(&[x, gamma, beta]) {
-        return fused(x, num_groups, gamma, beta, eps, silu);
+    if cpu_f32(&[x, gamma, beta]) || cuda_f32(&[x, gamma, beta], true) {
+        return group_norm_fused(x, num_groups, gamma, beta, eps, silu);
     }
     let gn = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, num_groups, eps)?;
     let y = candle_core::Module::forward(&gn, x)?;
     Ok(if silu { y.silu()? } else { y })
 }
 
-/// Whether the CUDA group-norm kernels are switched on for these tensors.
-fn cuda_kernels(ts: &[&Tensor]) -> bool {
+/// Whether the CUDA kernels take `ts` (all f32 on a CUDA device, in a CUDA build); with
+/// `switched`, only when DIFFUSE_CUDA_KERNELS=1 too.
+fn cuda_f32(ts: &[&Tensor], switched: bool) -> bool {
     #[cfg(feature = "cuda")]
-    return super::cuda::enabled(ts);
+    return match switched {
+        true => super::cuda::enabled(ts),
+        false => super::cuda::applies(ts),
+    };
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = ts;
+        let _ = (ts, switched);
         false
     }
 }
 
 /// The fused kernel itself, whatever the switches say (CPU f32, or CUDA f32 in a CUDA build):
-/// for tests that compare it with Candle's ops on a device.
+/// `group_norm(_silu)` where it applies, and tests comparing it with Candle's ops on a device.
 pub fn group_norm_fused(
     x: &Tensor,
     num_groups: usize,
@@ -395,26 +399,11 @@ pub fn group_norm_fused(
     eps: f64,
     silu: bool,
 ) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    let on_cuda = super::cuda::applies(&[x, gamma, beta]);
-    #[cfg(not(feature = "cuda"))]
-    let on_cuda = false;
-    if !(cpu_f32(&[x, gamma, beta]) || on_cuda) {
+    if !(cpu_f32(&[x, gamma, beta]) || cuda_f32(&[x, gamma, beta], false)) {
         return Err(Error::invalid(
             "the fused group norm takes f32 tensors on the CPU or (CUDA builds) a CUDA device",
         ));
     }
-    fused(x, num_groups, gamma, beta, eps, silu)
-}
-
-fn fused(
-    x: &Tensor,
-    num_groups: usize,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-    silu: bool,
-) -> Result<Tensor> {
     let op = GnFwd {
         groups: num_groups,
         eps,
