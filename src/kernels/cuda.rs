@@ -168,7 +168,10 @@ pub(crate) fn group_norm_bwd(
     beta: &Tensor,
     dy: &Tensor,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-    let gb = Tensor::cat(&[gamma.flatten_all()?, beta.flatten_all()?], 0)?;
+    let gb = Tensor::cat(
+        &[gamma.detach().flatten_all()?, beta.detach().flatten_all()?],
+        0,
+    )?;
     let op = GnBwd { groups, eps, silu };
     let packed = x.apply_op3_no_bwd(&gb, &dy.contiguous()?, &op)?;
     let (nel, n, c) = (x.elem_count(), x.dim(0)?, gamma.elem_count());

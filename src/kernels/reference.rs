@@ -1,7 +1,7 @@
 //! The Candle expressions our kernels replace, exactly as a model would write them: the ground
 //! truth for tests and the baseline for `benches/kernels.rs`.
 use crate::error::Result;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 pub fn conv2d(
     x: &Tensor,
@@ -84,6 +84,14 @@ pub fn attention_channels_first(
     vt: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
+    let dt = qt.dtype();
+    if dt == DType::F16 || dt == DType::BF16 {
+        // Half precision: scale q before the product so large heads' scores stay in f16's
+        // range, and take the softmax in f32, as diffusers' attention does (upcast_softmax).
+        let s = (qt * scale)?.t()?.matmul(kt)?.to_dtype(DType::F32)?;
+        let p = softmax_last_dim(&s)?.to_dtype(dt)?;
+        return Ok(vt.matmul(&p.t()?)?);
+    }
     let s = (qt.t()?.matmul(kt)? * scale)?;
     Ok(vt.matmul(&softmax_last_dim(&s)?.t()?)?)
 }

@@ -317,9 +317,17 @@ impl Tensor {
                         };
                         grads.accumulate(arg, &grad_arg)?;
 
+                        // diffuse patch: a contiguous kernel (grad^T), which Candle's cuDNN conv2d
+                        // needs to avoid its naive direct kernel (the im2col path copies it anyway).
                         let grad_kernel = arg
                             .transpose(0, 1)?
-                            .conv2d(&grad.transpose(0, 1)?, *padding, *dilation, *stride, 1)?
+                            .conv2d(
+                                &grad.transpose(0, 1)?.contiguous()?,
+                                *padding,
+                                *dilation,
+                                *stride,
+                                1,
+                            )?
                             .transpose(0, 1)?;
                         let sum_grad = grads.or_insert(kernel)?;
                         let (_, _, k0, k1) = kernel.dims4()?;
@@ -844,6 +852,11 @@ pub fn conv2d_input_grad(
             d = d.pad_with_zeros(dim, left, want - left - len)?;
         }
     }
-    let wf = w.flip(&[2, 3])?.transpose(0, 1)?;
+    // Contiguous: Candle's cuDNN conv2d sends a strided kernel to its naive direct kernel.
+    let wf = w
+        .contiguous()?
+        .flip(&[2, 3])?
+        .transpose(0, 1)?
+        .contiguous()?;
     Ok(Some(d.conv2d(&wf, 0, 1, 1, 1)?))
 }
