@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 1] = ["group_norm"];
+const KERNELS: [&str; 2] = ["group_norm", "adamw"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

@@ -240,3 +240,59 @@ fn fused_group_norm_matches_candle_on_the_device() {
     }
     println!("fused group norm on {dev:?} vs Candle's ops: max relative diff {worst:.3e} (tolerance 1e-4)");
 }
+
+/// The fused AdamW (`kernels::adamw::step`: the CPU kernel on the CPU, the CUDA kernel on
+/// CUDA, with the clipping scale read on the device there) against the composite update written
+/// with Candle's ops on the same device: three steps, with and without a gradient scale.
+#[test]
+fn fused_adamw_matches_the_composite_on_the_device() {
+    use diffuse::kernels::adamw::{self, AdamWScalars};
+    let dev = device();
+    let mut rng = NoiseRng::new(5);
+    let n = 3000;
+    let on = |t: Tensor| t.to_device(&dev).unwrap();
+    for clip in [None, Some(0.37f32)] {
+        let p0 = on(rng.randn(n, &Device::Cpu).unwrap());
+        let fused = candle_core::Var::from_tensor(&p0).unwrap();
+        let mut mv = on(Tensor::zeros(2 * n, candle_core::DType::F32, &Device::Cpu).unwrap());
+        let (mut p, mut m, mut v) = (
+            p0.clone(),
+            p0.zeros_like().unwrap(),
+            p0.zeros_like().unwrap(),
+        );
+        let (b1, b2, eps, lr, wd) = (0.95, 0.999, 1e-8, 1e-3, 1e-2);
+        for t in 1..=3 {
+            let g = on(rng.randn(n, &Device::Cpu).unwrap());
+            let (bc1, bc2) = (1.0 - f64::powi(b1, t), 1.0 - f64::powi(b2, t));
+            let scale_t = clip.map(|s| on(Tensor::new(&[s], &Device::Cpu).unwrap()));
+            let h = AdamWScalars {
+                beta1: b1,
+                beta2: b2,
+                bc1,
+                bc2,
+                eps,
+                lr,
+                weight_decay: wd,
+                scale: clip.filter(|_| dev.is_cpu()),
+            };
+            let device_scale = scale_t.as_ref().filter(|_| !dev.is_cpu());
+            mv = adamw::step(fused.as_tensor(), &g, &mv, h, device_scale).unwrap();
+            // The composite (train::optim's update on other devices).
+            let g = match &scale_t {
+                Some(s) => g.broadcast_mul(s).unwrap(),
+                None => g,
+            };
+            m = ((&m * b1).unwrap() + (&g * (1.0 - b1)).unwrap()).unwrap();
+            v = ((&v * b2).unwrap() + (g.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap();
+            let upd = ((&m / bc1).unwrap() / ((&v / bc2).unwrap().sqrt().unwrap() + eps).unwrap())
+                .unwrap();
+            p = ((&p * (1.0 - lr * wd)).unwrap() - (upd * lr).unwrap()).unwrap();
+        }
+        let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+        let dp = max_abs_diff(&cpu(fused.as_tensor()), &cpu(&p));
+        let dm = max_abs_diff(&cpu(&mv.narrow(0, 0, n).unwrap()), &cpu(&m));
+        let dv = max_abs_diff(&cpu(&mv.narrow(0, n, n).unwrap()), &cpu(&v));
+        println!("fused AdamW on {dev:?} (scale {clip:?}) vs composite: weights {dp:.2e}, m {dm:.2e}, v {dv:.2e} (tolerance 1e-6)");
+        assert!(dp < 1e-6 && dm < 1e-6 && dv < 1e-6, "{dp} {dm} {dv}");
+    }
+}

@@ -29,18 +29,37 @@ pub struct AdamWScalars {
 
 /// The update's f32 constants.
 #[derive(Clone, Copy)]
-struct Consts {
-    b1: f32,
-    omb1: f32,
-    b2: f32,
-    omb2: f32,
-    ibc1: f32,
-    ibc2: f32,
-    eps: f32,
-    decay: f32,
-    lr: f32,
+pub(crate) struct Consts {
+    pub(crate) b1: f32,
+    pub(crate) omb1: f32,
+    pub(crate) b2: f32,
+    pub(crate) omb2: f32,
+    pub(crate) ibc1: f32,
+    pub(crate) ibc2: f32,
+    pub(crate) eps: f32,
+    pub(crate) decay: f32,
+    pub(crate) lr: f32,
     /// 1 when there is no clipping (g * 1 is exact).
-    scale: f32,
+    pub(crate) scale: f32,
+}
+
+impl Consts {
+    pub(crate) fn new(h: &AdamWScalars) -> Self {
+        // Candle's `t * x` and `t / x` for f64 x are affine ops with the factor cast to f32.
+        let f = |x: f64| x as f32;
+        Self {
+            b1: f(h.beta1),
+            omb1: f(1.0 - h.beta1),
+            b2: f(h.beta2),
+            omb2: f(1.0 - h.beta2),
+            ibc1: f(1.0 / h.bc1),
+            ibc2: f(1.0 / h.bc2),
+            eps: f(h.eps),
+            decay: f(1.0 - h.lr * h.weight_decay),
+            lr: f(h.lr),
+            scale: h.scale.unwrap_or(1.0),
+        }
+    }
 }
 
 /// One chunk: the composite's operations, elementwise, in its order (IEEE sqrt and divide
@@ -109,24 +128,7 @@ impl InplaceOp3 for Step {
                 mv.len()
             )
         }
-        let h = self.h;
-        // Candle's `t * x` and `t / x` for f64 x are affine ops with the factor cast to f32.
-        let f = |x: f64| x as f32;
-        let (b1, omb1, b2, omb2) = (f(h.beta1), f(1.0 - h.beta1), f(h.beta2), f(1.0 - h.beta2));
-        let (ibc1, ibc2, eps) = (f(1.0 / h.bc1), f(1.0 / h.bc2), f(h.eps));
-        let (decay, lr) = (f(1.0 - h.lr * h.weight_decay), f(h.lr));
-        let c = Consts {
-            b1,
-            omb1,
-            b2,
-            omb2,
-            ibc1,
-            ibc2,
-            eps,
-            decay,
-            lr,
-            scale: h.scale.unwrap_or(1.0),
-        };
+        let c = Consts::new(&self.h);
         let (m0, v0) = mv.split_at(n);
         let pp = SharedMut::new(p);
         let mut out: Vec<f32> = Vec::with_capacity(2 * n);
@@ -152,17 +154,36 @@ impl InplaceOp3 for Step {
     }
 }
 
-/// Whether `step` applies: all on CPU in f32.
+/// Whether `step` applies: all on CPU in f32, or on CUDA in f32 with DIFFUSE_CUDA_KERNELS=1.
 pub fn applies(p: &Tensor, g: &Tensor, mv: &Tensor) -> bool {
-    cpu_f32(&[p, g, mv])
+    cpu_f32(&[p, g, mv]) || super::cuda_f32(&[p, g, mv], true)
 }
 
 /// One AdamW update of `p` in place from gradient `g` and moments `mv` = [m | v] (flat,
-/// 2 numel); returns the new [m | v].
-pub fn step(p: &Tensor, g: &Tensor, mv: &Tensor, h: AdamWScalars) -> Result<Tensor> {
+/// 2 numel); returns the new [m | v]. The gradient scale is `h.scale` on the CPU; on CUDA
+/// (CUDA builds, f32) it is `device_scale`, a one-element tensor read by the kernel, and `mv`
+/// is updated in place and returned.
+pub fn step(
+    p: &Tensor,
+    g: &Tensor,
+    mv: &Tensor,
+    h: AdamWScalars,
+    device_scale: Option<&Tensor>,
+) -> Result<Tensor> {
     if !p.is_contiguous() {
         return Err(Error::invalid(
             "adamw: contiguous weights expected".to_string(),
+        ));
+    }
+    #[cfg(feature = "cuda")]
+    if super::cuda_f32(&[p, g, mv], false) {
+        let mv = mv.contiguous()?;
+        super::cuda::adamw_step(p, &g.contiguous()?, &mv, &h, device_scale)?;
+        return Ok(mv);
+    }
+    if device_scale.is_some() {
+        return Err(Error::invalid(
+            "adamw: a device gradient scale is for CUDA tensors; give h.scale on the CPU",
         ));
     }
     let op = Step {

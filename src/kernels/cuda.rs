@@ -1,18 +1,22 @@
 //! Hand-written CUDA kernels (src/kernels/cuda/*.cu, compiled to PTX by build.rs) as Candle
-//! custom ops: group norm (optionally fused with silu) forward and backward.
+//! custom ops: group norm (optionally fused with silu) forward and backward, and AdamW.
 //!
 //! Candle's GroupNorm on CUDA is ~10 full-size broadcast ops forward and ~25 backward; the
 //! fused kernels read x twice and write once forward, read x and dy four times and write once
 //! backward. Their math is checked on the CPU by running the same source through an emulator
 //! (tests/cuda_kernels.rs); the launch has not run on a GPU yet, so they are used only with
 //! `DIFFUSE_CUDA_KERNELS=1` (the GPU check's device test compares them with Candle's ops).
+//! AdamW: one launch per parameter where the composite update takes ~16.
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp3, DType, InplaceOp3, Layout, Shape, Storage, Tensor,
+};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/group_norm.ptx"));
 const MODULE: &str = "diffuse_group_norm";
+const ADAMW_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
 /// Threads per (sample, group) block: 8 warps.
 const THREADS: u32 = 256;
 
@@ -184,4 +188,115 @@ pub(crate) fn group_norm_bwd(
     let dgamma = sums.narrow(1, 0, 1)?.reshape(gamma.shape())?;
     let dbeta = sums.narrow(1, 1, 1)?.reshape(beta.shape())?;
     Ok((dx, dgamma, dbeta))
+}
+
+/// AdamW in place on p (the destination) from g and mv; the kernel writes the new moments into
+/// mv, the optimizer's own [m | v] buffer, which no other tensor shares. The gradient scale is
+/// a one-element f32 tensor on the device (Candle exports in-place ops of three tensors only).
+struct AdamW {
+    c: super::adamw::Consts,
+    scale: Option<Tensor>,
+}
+
+impl InplaceOp3 for AdamW {
+    fn name(&self) -> &'static str {
+        "diffuse-adamw (cuda)"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<()> {
+        candle_core::bail!("{}: CUDA tensors expected", self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        dst: &mut CudaStorage,
+        dst_l: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+        ms: &CudaStorage,
+        ml: &Layout,
+    ) -> candle_core::Result<()> {
+        let n = dst_l.shape().elem_count();
+        let (ng, nm) = (gl.shape().elem_count(), ml.shape().elem_count());
+        if ng != n || nm != 2 * n {
+            candle_core::bail!("adamw: {n} weights, {ng} gradients, {nm} moments")
+        }
+        let (g, mv) = (view(self.name(), gs, gl)?, view(self.name(), ms, ml)?);
+        let scale_storage = self.scale.as_ref().map(|t| t.storage_and_layout());
+        let scale = match &scale_storage {
+            Some((st, sl)) => match &**st {
+                Storage::Cuda(cs) => view(self.name(), cs, sl)?,
+                _ => {
+                    candle_core::bail!("adamw: the gradient scale must be on the same CUDA device")
+                }
+            },
+            // Unread (has_scale 0): any valid pointer.
+            None => view(self.name(), gs, gl)?,
+        };
+        let dev = dst.device().clone();
+        let Some((a, b)) = dst_l.contiguous_offsets() else {
+            candle_core::bail!("adamw: contiguous weights expected")
+        };
+        let mut p = dst.as_cuda_slice_mut::<f32>()?.slice_mut(a..b);
+        let func = dev.get_or_load_custom_func("diffuse_adamw_f32", "diffuse_adamw", ADAMW_PTX)?;
+        let c = self.c;
+        let mut bld = func.builder();
+        bld.arg(&mut p);
+        bld.arg(&g);
+        bld.arg(&mv);
+        bld.arg(&scale);
+        candle_core::builder_arg!(
+            bld,
+            self.scale.is_some() as i32,
+            n as i64,
+            c.b1,
+            c.omb1,
+            c.b2,
+            c.omb2,
+            c.ibc1,
+            c.ibc2,
+            c.eps,
+            c.decay,
+            c.lr
+        );
+        let cfg = LaunchConfig {
+            grid_dim: ((n as u32).div_ceil(THREADS).clamp(1, 4096), 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: argument types and order match diffuse_adamw_f32's signature.
+        unsafe { bld.launch(cfg) }.w()?;
+        Ok(())
+    }
+}
+
+/// One AdamW update of p in place, the moments mv = [m | v] (contiguous) in place too; the
+/// gradient scaled by the one-element `scale` if given (read on the device).
+pub(crate) fn adamw_step(
+    p: &Tensor,
+    g: &Tensor,
+    mv: &Tensor,
+    h: &super::adamw::AdamWScalars,
+    scale: Option<&Tensor>,
+) -> candle_core::Result<()> {
+    let scale = match scale {
+        Some(s) => Some(s.to_dtype(DType::F32)?.flatten_all()?.contiguous()?),
+        None => None,
+    };
+    if scale.as_ref().is_some_and(|s| s.elem_count() != 1) {
+        candle_core::bail!("adamw: the gradient scale must have one element")
+    }
+    let op = AdamW {
+        c: super::adamw::Consts::new(h),
+        scale,
+    };
+    p.inplace_op3(g, mv, &op)
 }

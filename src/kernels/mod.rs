@@ -36,6 +36,21 @@ pub(crate) fn cpu_f32(ts: &[&Tensor]) -> bool {
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
+/// Whether the CUDA kernels take `ts` (all f32 on a CUDA device, in a CUDA build); with
+/// `switched`, only when DIFFUSE_CUDA_KERNELS=1 too.
+pub(crate) fn cuda_f32(ts: &[&Tensor], switched: bool) -> bool {
+    #[cfg(feature = "cuda")]
+    return match switched {
+        true => cuda::enabled(ts),
+        false => cuda::applies(ts),
+    };
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (ts, switched);
+        false
+    }
+}
+
 /// The contiguous f32 data a custom op was handed (callers make inputs contiguous first).
 pub(crate) fn f32_data<'a>(
     op: &str,

@@ -366,27 +366,12 @@ fn group_norm_maybe_silu(
             beta.elem_count()
         )));
     }
-    if cpu_f32(&[x, gamma, beta]) || cuda_f32(&[x, gamma, beta], true) {
+    if cpu_f32(&[x, gamma, beta]) || super::cuda_f32(&[x, gamma, beta], true) {
         return group_norm_fused(x, num_groups, gamma, beta, eps, silu);
     }
     let gn = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, num_groups, eps)?;
     let y = candle_core::Module::forward(&gn, x)?;
     Ok(if silu { y.silu()? } else { y })
-}
-
-/// Whether the CUDA kernels take `ts` (all f32 on a CUDA device, in a CUDA build); with
-/// `switched`, only when DIFFUSE_CUDA_KERNELS=1 too.
-fn cuda_f32(ts: &[&Tensor], switched: bool) -> bool {
-    #[cfg(feature = "cuda")]
-    return match switched {
-        true => super::cuda::enabled(ts),
-        false => super::cuda::applies(ts),
-    };
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = (ts, switched);
-        false
-    }
 }
 
 /// The fused kernel itself, whatever the switches say (CPU f32, or CUDA f32 in a CUDA build):
@@ -399,7 +384,7 @@ pub fn group_norm_fused(
     eps: f64,
     silu: bool,
 ) -> Result<Tensor> {
-    if !(cpu_f32(&[x, gamma, beta]) || cuda_f32(&[x, gamma, beta], false)) {
+    if !(cpu_f32(&[x, gamma, beta]) || super::cuda_f32(&[x, gamma, beta], false)) {
         return Err(Error::invalid(
             "the fused group norm takes f32 tensors on the CPU or (CUDA builds) a CUDA device",
         ));

@@ -164,11 +164,15 @@ impl AdamW {
                 continue;
             };
             let theta = s.var.as_tensor();
-            if !adamw::applies(theta, g, &s.m) || (scale.is_some() && host_scale.is_none()) {
+            let on_cpu = theta.device().is_cpu();
+            if !adamw::applies(theta, g, &s.m)
+                || (on_cpu && scale.is_some() && host_scale.is_none())
+            {
                 s.composite_update(g, p, (bc1, bc2), lr, scale)?;
                 continue;
             }
-            // CPU: one pass in place, bit-identical to the composite.
+            // One pass in place: on the CPU bit-identical to the composite; on CUDA
+            // (DIFFUSE_CUDA_KERNELS=1) the same operations, the clipping scale read on the device.
             let mv = match &s.mv {
                 Some(mv) => mv.clone(),
                 None => Tensor::cat(&[s.m.flatten_all()?, s.v.flatten_all()?], 0)?,
@@ -183,7 +187,7 @@ impl AdamW {
                 weight_decay: p.weight_decay,
                 scale: host_scale,
             };
-            let mv = adamw::step(theta, g, &mv, h)?;
+            let mv = adamw::step(theta, g, &mv, h, scale.filter(|_| !on_cpu))?;
             let n = theta.elem_count();
             s.m = mv.narrow(0, 0, n)?.reshape(theta.shape())?;
             s.v = mv.narrow(0, n, n)?.reshape(theta.shape())?;

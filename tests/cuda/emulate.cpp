@@ -12,7 +12,7 @@ struct Dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
 thread_local Dim3 threadIdx;
-Dim3 blockIdx, blockDim;
+Dim3 blockIdx, blockDim, gridDim;
 static std::barrier<> *sync_all;
 static std::vector<float> shfl;
 
@@ -36,6 +36,7 @@ float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 // Launch `f` over `blocks` blocks of `threads` threads.
 void launch(unsigned blocks, unsigned threads, const std::function<void()> &f) {
   blockDim.x = threads;
+  gridDim.x = blocks;
   shfl.assign(threads, 0.f);
   for (unsigned b = 0; b < blocks; b++) {
     blockIdx.x = b;
