@@ -177,6 +177,11 @@ pub fn step(
     }
     #[cfg(feature = "cuda")]
     if super::cuda_f32(&[p, g, mv], false) {
+        if h.scale.is_some() {
+            return Err(Error::invalid(
+                "adamw: on CUDA the gradient scale is a device tensor (device_scale), not h.scale",
+            ));
+        }
         let mv = mv.contiguous()?;
         super::cuda::adamw_step(p, &g.contiguous()?, &mv, &h, device_scale)?;
         return Ok(mv);

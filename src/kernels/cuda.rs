@@ -233,7 +233,9 @@ impl InplaceOp3 for AdamW {
         let scale_storage = self.scale.as_ref().map(|t| t.storage_and_layout());
         let scale = match &scale_storage {
             Some((st, sl)) => match &**st {
-                Storage::Cuda(cs) => view(self.name(), cs, sl)?,
+                Storage::Cuda(cs) if cs.device().id() == dst.device().id() => {
+                    view(self.name(), cs, sl)?
+                }
                 _ => {
                     candle_core::bail!("adamw: the gradient scale must be on the same CUDA device")
                 }

@@ -12,7 +12,7 @@ int main() {
   std::normal_distribution<float> nd;
   int bad = 0;
   for (int has_scale = 0; has_scale < 2; has_scale++) {
-    const long n = 150;
+    const long long n = 150;
     std::vector<float> p(n), mv(2 * n, 0.f), g(n), pr, mvr;
     for (auto &v : p) v = nd(rng);
     pr = p;
@@ -29,7 +29,7 @@ int main() {
         diffuse_adamw_f32(p.data(), g.data(), mv.data(), &scale, has_scale, n, b1, omb1, b2, omb2,
                           ibc1, ibc2, eps, decay, lr);
       });
-      for (long j = 0; j < n; j++) {
+      for (long long j = 0; j < n; j++) {
         const float gj = g[j] * (has_scale ? scale : 1.f);
         const float mk = mvr[j] * b1 + gj * omb1;
         const float vk = mvr[n + j] * b2 + (gj * gj) * omb2;
@@ -41,8 +41,8 @@ int main() {
     }
     const bool ok = !memcmp(p.data(), pr.data(), n * 4) && !memcmp(mv.data(), mvr.data(), 2 * n * 4);
     float moved = 0;
-    for (long j = 0; j < n; j++) moved = std::max(moved, std::fabs(p[j] - pr[j]));
-    printf("%s adamw n%ld scale%d: 3 steps equal to the float reference (max diff %g)\n",
+    for (long long j = 0; j < n; j++) moved = std::max(moved, std::fabs(p[j] - pr[j]));
+    printf("%s adamw n%lld scale%d: 3 steps equal to the float reference (max diff %g)\n",
            ok ? "ok" : "MISS", n, has_scale, moved);
     bad += !ok;
   }

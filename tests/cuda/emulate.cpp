@@ -30,6 +30,11 @@ float __shfl_xor_sync(unsigned, float v, int o) {
   return r;
 }
 float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+// Round-to-nearest intrinsics: plain float operations here (no FMA on the emulating CPU).
+float __fmul_rn(float a, float b) { return a * b; }
+float __fadd_rn(float a, float b) { return a + b; }
+float __fsub_rn(float a, float b) { return a - b; }
+float __fdiv_rn(float a, float b) { return a / b; }
 
 #include KERNEL
 
