@@ -534,14 +534,22 @@ impl Tensor {
                         let grad = node.eq(arg)?.to_dtype(grad.dtype())?.mul(&grad)?;
                         grads.accumulate(arg, &grad.broadcast_as(arg.dims())?)?;
                     }
-                    Op::ToDType(arg) => grads.accumulate(arg, &grad.to_dtype(arg.dtype())?)?,
-                    Op::Copy(arg) => grads.accumulate(arg, &grad)?,
+                    Op::ToDType(arg) => {
+                        grads.accumulate(arg, &grad.to_dtype(arg.dtype())?)?
+                    }
+                    Op::Copy(arg) => {
+                        grads.accumulate(arg, &grad)?
+                    }
                     Op::Affine { arg, mul, .. } => {
                         let arg_grad = grad.affine(*mul, 0.)?;
                         grads.accumulate(arg, &arg_grad)?
                     }
-                    Op::Unary(arg, UnaryOp::Log) => grads.accumulate(arg, &(grad / arg)?)?,
-                    Op::Unary(arg, UnaryOp::Sin) => grads.accumulate(arg, &(&grad * arg.cos())?)?,
+                    Op::Unary(arg, UnaryOp::Log) => {
+                        grads.accumulate(arg, &(grad / arg)?)?
+                    }
+                    Op::Unary(arg, UnaryOp::Sin) => {
+                        grads.accumulate(arg, &(&grad * arg.cos())?)?
+                    }
                     Op::Unary(arg, UnaryOp::Cos) => {
                         let sum_grad = grads.or_insert(arg)?;
                         *sum_grad = sum_grad.sub(&(&grad * arg.sin())?)?
@@ -556,7 +564,9 @@ impl Tensor {
                         let abs_grad = arg.ge(&arg.zeros_like()?)?.where_cond(&ones, &ones.neg()?);
                         grads.accumulate(arg, &(&grad * abs_grad)?)?
                     }
-                    Op::Unary(arg, UnaryOp::Exp) => grads.accumulate(arg, &(&grad * *node)?)?,
+                    Op::Unary(arg, UnaryOp::Exp) => {
+                        grads.accumulate(arg, &(&grad * *node)?)?
+                    }
                     Op::Unary(arg, UnaryOp::Neg) => {
                         let sum_grad = grads.or_insert(arg)?;
                         *sum_grad = sum_grad.sub(&grad)?
@@ -831,26 +841,21 @@ pub fn conv2d_input_grad(
     for (dim, k, size) in [(2, kh, h), (3, kw, wd)] {
         let o = d.dim(dim)?;
         if stride > 1 {
-            // Interleave stride - 1 zeros after every row (column), then drop the trailing ones.
+            // Interleave stride - 1 zeros after every row (column).
             let mut zshape = d.dims().to_vec();
             zshape.insert(dim + 1, stride - 1);
             let zeros = Tensor::zeros(zshape, d.dtype(), d.device())?;
             let mut merged = d.dims().to_vec();
             merged[dim] = o * stride;
-            d = Tensor::cat(&[&d.unsqueeze(dim + 1)?, &zeros], dim + 1)?
-                .reshape(merged)?
-                .narrow(dim, 0, (o - 1) * stride + 1)?;
+            d = Tensor::cat(&[&d.unsqueeze(dim + 1)?, &zeros], dim + 1)?.reshape(merged)?;
         }
+        // dx has `size` rows, so the padded gradient needs size + k - 1: k - 1 - p zeros on
+        // the left, then the gradient cut or padded with zeros (trailing zeros either way) on
+        // the right.
         let left = k - 1 - padding;
-        let len = d.dim(dim)?;
-        // dx has `size` rows: the padded gradient needs size + k - 1.
-        let want = size + k - 1;
-        if left + len > want {
-            d = d.narrow(dim, 0, want - left)?;
-            d = d.pad_with_zeros(dim, left, 0)?;
-        } else {
-            d = d.pad_with_zeros(dim, left, want - left - len)?;
-        }
+        let right = size + k - 1 - left;
+        let keep = d.dim(dim)?.min(right);
+        d = d.narrow(dim, 0, keep)?.pad_with_zeros(dim, left, right - keep)?;
     }
     // Contiguous: Candle's cuDNN conv2d sends a strided kernel to its naive direct kernel.
     let wf = w
