@@ -56,7 +56,6 @@ fn blocks(n: usize, groups: usize) -> LaunchConfig {
 }
 
 /// The forward kernel: y = group_norm(x) * gamma + beta, then silu if asked.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn group_norm_fwd(
     groups: usize,
     eps: f64,

@@ -35,8 +35,6 @@ pub struct UNet2DModel {
     conv_norm_out: ops::GroupNorm,
     conv_out: Conv2d,
     dropout_rng: Mutex<NoiseRng>,
-    /// The weights' dtype: f32, or bf16/f16 for half-precision inference (`Precision`).
-    dtype: DType,
 }
 
 impl UNet2DModel {
@@ -129,7 +127,6 @@ impl UNet2DModel {
             conv_norm_out,
             conv_out,
             dropout_rng: Mutex::new(NoiseRng::new(0)),
-            dtype: vb.dtype(),
         })
     }
 
@@ -137,9 +134,10 @@ impl UNet2DModel {
         &self.cfg
     }
 
-    /// The dtype the model computes in (its weights'); inputs and outputs stay f32.
+    /// The dtype the model computes in (its weights': f32, or bf16/f16 for half-precision
+    /// inference); inputs and outputs stay f32.
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.conv_in.weight().dtype()
     }
 
     /// Seed the generator used for dropout masks in training (dropout > 0 only).
@@ -286,10 +284,11 @@ impl UNet2DModel {
         };
         // Half-precision weights: the network runs in their dtype (diffusers casts the time
         // embedding the same way); the caller's f32 in and out keep the sampler math in f32.
-        let x = x.to_dtype(self.dtype)?;
+        let dtype = self.dtype();
+        let x = x.to_dtype(dtype)?;
         let c0 = self.cfg.block_out_channels[0];
         let t_proj = ops::timestep_embedding(&t, &self.freqs, c0, self.cfg.flip_sin_to_cos)?
-            .to_dtype(self.dtype)?;
+            .to_dtype(dtype)?;
         put("time_proj", &t_proj);
         let l1 = ops::linear(&self.time_embedding.linear_1, &t_proj)?;
         put("time_embedding.linear_1", &l1);
