@@ -1,7 +1,7 @@
 //! DEIS (Zhang & Chen 2023) in its log-rho multistep form, as diffusers'
 //! DEISMultistepScheduler computes it (orders 1 and 2): an exponential integrator on the
 //! noise prediction with rho = sigma / alpha; runs end at sigma_min, not 0.
-use super::dpm_solver::{History, Ladder, SigmaArithmetic};
+use super::dpm_solver::{ladder_accessors, History, Ladder, SigmaArithmetic};
 use super::noise::NoiseSource;
 use super::predict::{div, mul};
 use super::scheduler::{SamplerConfig, Scheduler};
@@ -48,17 +48,7 @@ fn ind(t: f32, b: f32, c: f32) -> f32 {
 }
 
 impl Scheduler for Deis {
-    fn timesteps(&self) -> &[f64] {
-        &self.ladder.run.timesteps
-    }
-
-    fn add_noise(&self, i: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor> {
-        self.ladder.add_noise(i, x0, noise)
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.ladder.run.sigmas)
-    }
+    ladder_accessors!();
 
     fn step(
         &mut self,

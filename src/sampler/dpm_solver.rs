@@ -266,18 +266,32 @@ impl DpmSolver {
     }
 }
 
+/// The [`Scheduler`] methods a sampler on a [`Ladder`] (its field `ladder`) answers from it:
+/// the ladder's timesteps, sigmas and closed-form noising.
+macro_rules! ladder_accessors {
+    () => {
+        fn timesteps(&self) -> &[f64] {
+            &self.ladder.run.timesteps
+        }
+
+        fn add_noise(
+            &self,
+            i: usize,
+            x0: &candle_core::Tensor,
+            noise: &candle_core::Tensor,
+        ) -> crate::error::Result<candle_core::Tensor> {
+            self.ladder.add_noise(i, x0, noise)
+        }
+
+        fn sigmas(&self) -> Option<&[f64]> {
+            Some(&self.ladder.run.sigmas)
+        }
+    };
+}
+pub(crate) use ladder_accessors;
+
 impl Scheduler for DpmSolver {
-    fn timesteps(&self) -> &[f64] {
-        &self.ladder.run.timesteps
-    }
-
-    fn add_noise(&self, i: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor> {
-        self.ladder.add_noise(i, x0, noise)
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.ladder.run.sigmas)
-    }
+    ladder_accessors!();
 
     fn step(
         &mut self,

@@ -2,7 +2,7 @@
 //! `predict_x0` (data prediction) and the bh1/bh2 B(h): a multistep predictor (UniP) to the
 //! next level, and at the start of each later step a corrector (UniC) that re-solves the
 //! previous step with the model output just computed.
-use super::dpm_solver::{History, Ladder, SigmaArithmetic};
+use super::dpm_solver::{ladder_accessors, History, Ladder, SigmaArithmetic};
 use super::noise::NoiseSource;
 use super::predict::lincomb;
 use super::scheduler::{SamplerConfig, Scheduler};
@@ -151,17 +151,7 @@ fn solve(mut a: Vec<Vec<f64>>, mut y: Vec<f64>) -> Vec<f64> {
 }
 
 impl Scheduler for UniPc {
-    fn timesteps(&self) -> &[f64] {
-        &self.ladder.run.timesteps
-    }
-
-    fn add_noise(&self, i: usize, x0: &Tensor, noise: &Tensor) -> Result<Tensor> {
-        self.ladder.add_noise(i, x0, noise)
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.ladder.run.sigmas)
-    }
+    ladder_accessors!();
 
     fn step(
         &mut self,
