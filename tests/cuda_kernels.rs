@@ -40,7 +40,7 @@ fn emulate(kernel: &str, check: &str, cases: usize) -> String {
 
 #[test]
 fn group_norm_kernels_match_float64_and_finite_differences() {
-    emulate("group_norm.cu", "group_norm_check.cpp", 5);
+    emulate("group_norm.cu", "group_norm_check.cpp", 7);
 }
 
 /// AdamW: three steps with and without a gradient scale, through the grid-stride loop, equal

@@ -40,9 +40,11 @@ static double dot(const std::vector<double> &a, const std::vector<double> &b) {
 int main() {
   const double eps = 1e-5;
   // Several groups and channels per group, hw not a multiple of the block, one warp and
-  // several (the cross-warp reduction), a large mean (the centred variance), silu on and off.
+  // several (the cross-warp reduction), a large mean (the centred variance), silu on and off,
+  // pixels per channel fewer than, more than and equal to the block's threads.
   const Case cases[] = {{2, 8, 12, 4, 64, 0}, {2, 8, 12, 4, 64, 1}, {3, 6, 37, 3, 96, 1},
-                        {1, 4, 5, 1, 32, 0},  {2, 16, 9, 8, 64, 1}};
+                        {1, 4, 5, 1, 32, 0},  {2, 16, 9, 8, 64, 1}, {2, 6, 100, 2, 32, 1},
+                        {1, 4, 64, 2, 64, 0}};
   int bad = 0;
   std::mt19937 rng(7);
   std::normal_distribution<float> nd;
