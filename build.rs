@@ -1,6 +1,7 @@
 //! `--features cuda`: compiles the hand-written CUDA kernels (src/kernels/cuda/*.cu) to PTX for
 //! src/kernels/cuda.rs to embed, with the toolkit's nvcc (CUDA_HOME/bin, else PATH; what
-//! scripts/cuda-build.sh sets up) for CUDA_COMPUTE_CAP (default 90). Other builds: nothing.
+//! scripts/cuda-build.sh sets up) for CUDA_COMPUTE_CAP (default 90); and, for every build, the
+//! backends `--version` lists.
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -9,6 +10,17 @@ const KERNELS: [&str; 2] = ["group_norm", "adamw"];
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    // `diffuse --version` names the backends compiled in, so a report says which build ran.
+    let features: Vec<&str> = ["cuda", "cudnn", "metal", "mpi", "nccl"]
+        .into_iter()
+        .filter(|f| std::env::var_os(format!("CARGO_FEATURE_{}", f.to_uppercase())).is_some())
+        .collect();
+    let features = if features.is_empty() {
+        "cpu".to_string()
+    } else {
+        format!("cpu, {}", features.join(", "))
+    };
+    println!("cargo:rustc-env=DIFFUSE_BACKENDS={features}");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }

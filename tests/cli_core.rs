@@ -256,3 +256,25 @@ fn custom_betas_file_is_used() {
         "{csv}"
     );
 }
+
+#[test]
+fn version_names_the_backends_compiled_in() {
+    let v = stdout(&["--version"]);
+    let compiled = [
+        ("cuda", cfg!(feature = "cuda")),
+        ("cudnn", cfg!(feature = "cudnn")),
+        ("metal", cfg!(feature = "metal")),
+        ("mpi", cfg!(feature = "mpi")),
+        ("nccl", cfg!(feature = "nccl")),
+    ];
+    let backends: String = compiled
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(f, _)| format!(", {f}"))
+        .collect();
+    let backends = format!("cpu{backends}");
+    assert_eq!(
+        v.trim(),
+        format!("diffuse {} ({backends})", env!("CARGO_PKG_VERSION"))
+    );
+}

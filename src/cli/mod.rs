@@ -24,7 +24,7 @@ mod train;
 #[derive(Parser, Debug)]
 #[command(
     name = "diffuse",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DIFFUSE_BACKENDS"), ")"),
     about = "Denoising diffusion models on Candle: schedules, forward noising, training and sampling",
     after_help = "Relative paths (defaults such as data/ and models/mnist included) are relative to the current directory."
 )]
