@@ -6,7 +6,7 @@ export RAYON_NUM_THREADS ?= $(shell nproc)
 # optimised, which outweighs the longer compile.
 TEST_PROFILE ?= --release
 
-.PHONY: all build test fmt-check clippy bench demo clean cuda metal features gpu-profiler
+.PHONY: all build test fmt-check clippy bench demo clean cuda metal features gpu-profiler gpu-bundle
 
 all: build
 
@@ -44,6 +44,11 @@ gpu-profiler:
 	g++ -O2 -shared -fPIC -o gpu/libkprof.so scripts/kprof.cpp -I$(CUPTI)/include \
 	  -I.cuda/nvidia/cu13/include -L$(CUPTI)/lib -l:libcupti.so.13 -Wl,-rpath,'$$ORIGIN'
 	cp $(CUPTI)/lib/libcupti.so.13 gpu/
+
+# Everything the GPU check runs, packed for one device call: gpu/bundle.tar.xz (the CUDA, cuDNN
+# and NCCL builds and the device test) and the profiler. See scripts/gpu-bundle.sh.
+gpu-bundle:
+	./scripts/gpu-bundle.sh
 
 # Metal (macOS only; cannot be built on this Linux machine).
 metal:

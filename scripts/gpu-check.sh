@@ -4,7 +4,8 @@
 #   scripts/gpu-check.sh [cuda|cpu]
 #
 # Needs gpu/diffuse and gpu/device-test (the CUDA binary and tests/device.rs's executable,
-# from `make cuda` with TESTS=1; .xz versions are unpacked), and for the PyTorch columns
+# from `make cuda` with TESTS=1; .xz versions and gpu/bundle.tar.xz from `make gpu-bundle`,
+# which adds the cuDNN and NCCL builds, are unpacked), and for the PyTorch columns
 # diffusers' wheel (and importlib_metadata's) in gpu/wheels. `cpu` runs the same steps on the
 # CPU: the dry run this machine can do (MNIST_STEPS, CIFAR_STEPS and SAMPLE_N shrink it). Writes $OUT/report.md (or gpu-report/report.md):
 # 1. correctness on the device (tests/device.rs: golden UNet, q_sample vs CPU, golden
@@ -18,7 +19,8 @@
 #    all-reduced by NCCL) against the same run without a launcher: losses within 1e-5;
 # 5. where the GPU time goes: with gpu/libkprof.so (`make gpu-profiler`, scripts/kprof.cpp)
 #    injected through CUDA_INJECTION64_PATH, the top kernels of our cifar10 train step (f32,
-#    TF32, TF32 with the CUDA group norm), our DDIM sampling, and PyTorch's train step.
+#    TF32, TF32 with the CUDA kernels, and that with the cuDNN build), our DDIM sampling, and
+#    PyTorch's train step.
 # Sections 1 and 2 also run the switches that are off by default: DIFFUSE_CUDA_KERNELS=1 (the
 # hand-written group norm) and DIFFUSE_TF32=1.
 # SECTIONS (default "1 2 3 4 5") picks sections; PEER_MODES (default "eager compile") the
@@ -30,8 +32,11 @@ out=${OUT:-gpu-report}
 mkdir -p "$out"
 report="$out/report.md"
 tmp=$(mktemp -d)
-for f in gpu/*.xz; do [ -e "$f" ] && xz -dkf "$f"; done
-chmod +x gpu/diffuse gpu/device-test 2>/dev/null
+# gpu/bundle.tar.xz (scripts/gpu-bundle.sh): the executables in one archive whose 256 MiB
+# dictionary stores what they share (Candle's PTX, most of the code) once.
+for f in gpu/*.xz; do [ -e "$f" ] && [ "$f" != gpu/bundle.tar.xz ] && xz -dkf "$f"; done
+[ -e gpu/bundle.tar.xz ] && tar -C gpu -xJf gpu/bundle.tar.xz
+chmod +x gpu/diffuse gpu/device-test gpu/diffuse-cudnn gpu/diffuse-nccl 2>/dev/null
 bin=${DIFFUSE_BIN:-gpu/diffuse}
 [ -x "$bin" ] || bin=target/release/diffuse
 tests=gpu/device-test
@@ -96,17 +101,18 @@ say "## 2. Speed"
 ips() { # median images/s of loss.csv rows after the first 5
   awk -F, 'NR > 6 {print $4}' "$1" | sort -n | awk '{a[NR] = $1} END {print (NR ? a[int((NR + 1) / 2)] : "?")}'
 }
-run_ours() { # name model-config dataset batch steps [VAR=1 ...: the variant's environment]
-  local name=$1 cfg=$2 data=$3 b=$4 steps=$5 vars=${6:-}
+run_ours() { # name model-config dataset batch steps [VAR=1 ...: the variant's environment] [binary]
+  local name=$1 cfg=$2 data=$3 b=$4 steps=$5 vars=${6:-} exe=${7:-$bin}
   local prec=${vars:-f32}
-  timeout 150 env $vars $bin $(train_args "$cfg" "$data" "$b" "$steps" "$tmp/$name") >/dev/null 2>"$tmp/$name.err" ||
+  [ "$exe" != "$bin" ] && prec="$prec, $($exe --version | sed 's/.*(//; s/)//') build"
+  timeout 150 env $vars $exe $(train_args "$cfg" "$data" "$b" "$steps" "$tmp/$name") >/dev/null 2>"$tmp/$name.err" ||
     { say "| $name | ours | $prec | failed: $(tail -1 "$tmp/$name.err") | |"; return; }
   local t1=$(date +%s.%N)
-  timeout 90 env $vars $bin sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 \
+  timeout 90 env $vars $exe sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 \
     --save-tensors "$tmp/$name.f32.st" -o "$tmp/$name.png" >/dev/null 2>"$tmp/$name.serr"
   local t2=$(date +%s.%N)
   say "| $name | ours | $prec | $(ips "$tmp/$name/loss.csv") | $(python3 -c "print(f'{$t2 - $t1:.2f}')") s (whole command) |"
-  [ -n "$vars" ] && return
+  { [ -n "$vars" ] || [ "$exe" != "$bin" ]; } && return
   for dt in ${DTYPES-bf16 f16}; do # sample --dtype: time, and distance from the f32 draw
     t1=$(date +%s.%N)
     if timeout 90 $bin sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 \
@@ -139,6 +145,11 @@ if [ "${TF32:-0}" = 1 ]; then
   run_ours cifar10-b128-tf32 cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" DIFFUSE_TF32=1
   run_ours cifar10-b128-tf32-gn cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" "DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1"
 fi
+if [ -x gpu/diffuse-cudnn ]; then # the cuDNN build (FEATURES=cudnn make cuda)
+  run_ours mnist-b64-cudnn mnist mnist 64 "${MNIST_STEPS:-200}" "" gpu/diffuse-cudnn
+  run_ours cifar10-b128-cudnn cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" "" gpu/diffuse-cudnn
+  run_ours cifar10-b128-cudnn-tf32-gn cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" "DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1" gpu/diffuse-cudnn
+fi
 if [ -n "${PYTHONPATH:-}" ]; then
   for spec in "mnist-b64 models/mnist/config.json 64" "cifar10-b128 models/cifar10/config.json 128"; do
     read -r name cfg b <<<"$spec"
@@ -156,6 +167,27 @@ if [ -n "${PYTHONPATH:-}" ]; then
     done
   done
 fi
+fi
+
+if want 2; then # same seed, data, t and noise: each variant's losses against the default f32 build's
+  say ""
+  for v in "$tmp"/mnist-b64-* "$tmp"/cifar10-b128-*; do
+    [ -f "$v/loss.csv" ] || continue
+    base="$tmp/$(basename "$v" | grep -oE '^(mnist-b64|cifar10-b128)')"
+    [ -f "$base/loss.csv" ] || continue
+    say "- $(basename "$v") vs $(basename "$base"): $(python3 - "$v/loss.csv" "$base/loss.csv" <<'PY'
+import csv, sys
+def losses(p):
+    rows = list(csv.reader(open(p)))
+    i = rows[0].index("loss")
+    return [float(r[i]) for r in rows[1:]]
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+n = min(len(a), len(b))
+w = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a[:n], b[:n]))
+print(f"worst relative loss difference over {n} steps {w:.2e} (last {a[n - 1]:.5f} / {b[n - 1]:.5f})")
+PY
+)"
+  done
 fi
 
 if want 3; then
@@ -220,6 +252,10 @@ else
   prof "ours: the same with DIFFUSE_TF32=1" env DIFFUSE_TF32=1 $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p2")
   prof "ours: the same with DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1" env DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1 \
     $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p3")
+  if [ -x gpu/diffuse-cudnn ]; then
+    prof "ours, cuDNN build: the same with DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1" env DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1 \
+      gpu/diffuse-cudnn $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p4")
+  fi
   prof "ours: DDIM-50 sampling of 128 images (cifar10 preset, f32)" \
     $bin sample --device "$dev" --model "$tmp/p1" -n 128 --batch-size 128 --steps 50 -o "$tmp/p1.png"
   if [ -n "${PYTHONPATH:-}" ]; then
