@@ -67,12 +67,12 @@ say ""
 say "## 1. Correctness on the device"
 say '```'
 DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 150 "$tests" --test-threads 1 --nocapture 2>&1 |
-  grep -E "device |max abs|tolerance|^test |test result|panicked|error" | tee -a "$report"
+  grep -E "device |max abs|tolerance|launches|^test |test result|panicked|error" | tee -a "$report"
 # The switches the default leaves off: the model and 50 training steps again with each.
 for vars in DIFFUSE_CUDA_KERNELS=1 DIFFUSE_TF32=1; do
   say "with $vars:"
   env $vars DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 120 "$tests" golden_unets fifty_training_steps \
-    --test-threads 1 --nocapture 2>&1 | grep -E "max abs|relative|^test |test result|panicked" | tee -a "$report"
+    --test-threads 1 --nocapture 2>&1 | grep -E "max abs|relative|launches|^test |test result|panicked" | tee -a "$report"
 done
 say '```'
 fi

@@ -19,6 +19,26 @@ fn device() -> Device {
     d
 }
 
+/// Runs `f` counting the hand-written CUDA kernels' launches: some on CUDA with
+/// `DIFFUSE_CUDA_KERNELS=1` (the switch reached them), none otherwise (the default path is
+/// Candle's own ops). Tests run one at a time here (`--test-threads 1` in the GPU check).
+fn kernel_launches_checked<T>(dev: &Device, what: &str, f: impl FnOnce() -> T) -> T {
+    let before = diffuse::kernels::cuda_kernel_launches();
+    let out = f();
+    let n = diffuse::kernels::cuda_kernel_launches() - before;
+    let switched = dev.is_cuda() && std::env::var("DIFFUSE_CUDA_KERNELS").is_ok_and(|v| v == "1");
+    println!("{what}: {n} CUDA kernel launches (switch {switched})");
+    if switched {
+        assert!(
+            n > 0,
+            "{what}: DIFFUSE_CUDA_KERNELS=1 but no CUDA kernel ran"
+        );
+    } else {
+        assert_eq!(n, 0, "{what}: CUDA kernels ran without the switch");
+    }
+    out
+}
+
 #[test]
 fn golden_unets_on_the_device() {
     let dev = device();
@@ -27,9 +47,11 @@ fn golden_unets_on_the_device() {
         let io = load_golden(&format!("{name}/io.safetensors"));
         let on = |k: &str| io[k].to_device(&dev).unwrap();
         let labels = io.get("class_labels").map(|_| on("class_labels"));
-        let y = model
-            .forward_cond(&on("x"), &on("timesteps"), labels.as_ref(), false)
-            .unwrap();
+        let y = kernel_launches_checked(&dev, name, || {
+            model
+                .forward_cond(&on("x"), &on("timesteps"), labels.as_ref(), false)
+                .unwrap()
+        });
         let d = max_abs_diff(&y.to_device(&Device::Cpu).unwrap(), &io["output"]);
         println!("{name} output on {dev:?}: max abs err {d:.3e} (tolerance 1e-4)");
         assert!(d < 1e-4, "{name}: {d}");
@@ -156,7 +178,7 @@ fn fifty_training_steps_match_the_cpu() {
             .collect::<Vec<_>>()
     };
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let on_dev = run_on(&dev, a.path());
+    let on_dev = kernel_launches_checked(&dev, "50 training steps", || run_on(&dev, a.path()));
     let on_cpu = run_on(&Device::Cpu, b.path());
     assert_eq!(on_dev.len(), 50);
     let worst = on_dev

@@ -17,6 +17,18 @@ use candle_core::{
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/group_norm.ptx"));
 const MODULE: &str = "diffuse_group_norm";
 const ADAMW_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
+/// Launches of these kernels so far in this process: what the GPU check's device test reads to
+/// show that `DIFFUSE_CUDA_KERNELS=1` reached them (and that the default path never does).
+static LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub(crate) fn launches() -> usize {
+    LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn launched() {
+    LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Threads per (sample, group) block: 8 warps.
 const THREADS: u32 = 256;
 
@@ -89,6 +101,7 @@ pub(crate) fn group_norm_fwd(
     );
     // SAFETY: argument types and order match diffuse_gn_fwd_f32's signature.
     unsafe { b.launch(blocks(n, groups)) }.w()?;
+    launched();
     Ok((CudaStorage::wrap_cuda_slice(y, dev), l1.shape().clone()))
 }
 
@@ -157,6 +170,7 @@ impl CustomOp3 for GnBwd {
         );
         // SAFETY: argument types and order match diffuse_gn_bwd_f32's signature.
         unsafe { b.launch(blocks(n, self.groups)) }.w()?;
+        launched();
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(len)))
     }
 }
@@ -275,6 +289,7 @@ impl InplaceOp3 for AdamW {
         };
         // SAFETY: argument types and order match diffuse_adamw_f32's signature.
         unsafe { bld.launch(cfg) }.w()?;
+        launched();
         Ok(())
     }
 }

@@ -28,6 +28,15 @@ pub use flash::attention_channels_first;
 pub use norm::{group_norm, group_norm_fused, group_norm_silu};
 pub use upsample::upsample_nearest2x;
 
+/// How many times the hand-written CUDA kernels (group norm, AdamW) have been launched in this
+/// process; 0 in builds without `cuda`.
+pub fn cuda_kernel_launches() -> usize {
+    #[cfg(feature = "cuda")]
+    return cuda::launches();
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
 use candle_core::{CpuStorage, DType, Layout, Tensor};
 
 /// True when the fast CPU path applies to all of `ts`.
