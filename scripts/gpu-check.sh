@@ -19,13 +19,14 @@
 #    all-reduced by NCCL) against the same run without a launcher: losses within 1e-5;
 # 5. where the GPU time goes: with gpu/libkprof.so (`make gpu-profiler`, scripts/kprof.cpp)
 #    injected through CUDA_INJECTION64_PATH, the top kernels of our cifar10 train step (f32,
-#    TF32, TF32 with the CUDA kernels, and that with the cuDNN build), our DDIM sampling, and
+#    TF32, without our CUDA kernels, and the cuDNN build with TF32), our DDIM sampling, and
 #    PyTorch's train step.
-# Sections 1 and 2 also run the switches that are off by default: DIFFUSE_CUDA_KERNELS=1 (the
-# hand-written group norm) and DIFFUSE_TF32=1.
+# Sections 1 and 2 also run the switches: DIFFUSE_CUDA_KERNELS=0 (Candle's ops in place of the
+# hand-written group norm and AdamW, which are the default) and DIFFUSE_TF32=1 (off by default).
 # SECTIONS (default "1 2 3 4 5") picks sections; PEER_MODES (default "eager compile") the
 # PyTorch modes; TF32=1 adds rows with DIFFUSE_TF32=1 (ours) and TF32 off (PyTorch); DTYPES
-# (default "bf16 f16") the `sample --dtype` rows (each timed and compared with the f32 draw).
+# (default "bf16 f16") the `sample --dtype` rows (each timed and compared with the f32 draw);
+# CUDNN=0 leaves out the cuDNN build's rows.
 set -uo pipefail
 dev=${1:-cuda}
 out=${OUT:-gpu-report}
@@ -69,7 +70,7 @@ say '```'
 DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 150 "$tests" --test-threads 1 --nocapture 2>&1 |
   grep -E "device |max abs|tolerance|launches|^test |test result|panicked|error" | tee -a "$report"
 # The switches the default leaves off: the model and 50 training steps again with each.
-for vars in DIFFUSE_CUDA_KERNELS=1 DIFFUSE_TF32=1; do
+for vars in DIFFUSE_CUDA_KERNELS=0 DIFFUSE_TF32=1; do
   say "with $vars:"
   env $vars DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 120 "$tests" golden_unets fifty_training_steps \
     --test-threads 1 --nocapture 2>&1 | grep -E "max abs|relative|launches|^test |test result|panicked" | tee -a "$report"
@@ -139,16 +140,15 @@ say "| model, batch | side | precision | train images/s | DDIM-50, 256 images |"
 say "|---|---|---|---|---|"
 run_ours mnist-b64 mnist mnist 64 "${MNIST_STEPS:-200}"
 run_ours cifar10-b128 cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}"
-run_ours cifar10-b128-gn cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" DIFFUSE_CUDA_KERNELS=1
+run_ours cifar10-b128-candle-gn cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" DIFFUSE_CUDA_KERNELS=0
 if [ "${TF32:-0}" = 1 ]; then
   run_ours mnist-b64-tf32 mnist mnist 64 "${MNIST_STEPS:-200}" DIFFUSE_TF32=1
   run_ours cifar10-b128-tf32 cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" DIFFUSE_TF32=1
-  run_ours cifar10-b128-tf32-gn cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" "DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1"
 fi
-if [ -x gpu/diffuse-cudnn ]; then # the cuDNN build (FEATURES=cudnn make cuda)
+if [ "${CUDNN:-1}" = 1 ] && [ -x gpu/diffuse-cudnn ]; then # the cuDNN build (FEATURES=cudnn make cuda)
   run_ours mnist-b64-cudnn mnist mnist 64 "${MNIST_STEPS:-200}" "" gpu/diffuse-cudnn
   run_ours cifar10-b128-cudnn cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" "" gpu/diffuse-cudnn
-  run_ours cifar10-b128-cudnn-tf32-gn cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" "DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1" gpu/diffuse-cudnn
+  run_ours cifar10-b128-cudnn-tf32 cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" DIFFUSE_TF32=1 gpu/diffuse-cudnn
 fi
 if [ -n "${PYTHONPATH:-}" ]; then
   for spec in "mnist-b64 models/mnist/config.json 64" "cifar10-b128 models/cifar10/config.json 128"; do
@@ -250,10 +250,10 @@ else
   prof "ours: cifar10 preset, batch 128, $steps train steps (f32; includes a final 4-image DDIM grid)" \
     $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p1")
   prof "ours: the same with DIFFUSE_TF32=1" env DIFFUSE_TF32=1 $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p2")
-  prof "ours: the same with DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1" env DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1 \
+  prof "ours: the same with DIFFUSE_CUDA_KERNELS=0 (Candle's group norm and AdamW)" env DIFFUSE_CUDA_KERNELS=0 \
     $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p3")
-  if [ -x gpu/diffuse-cudnn ]; then
-    prof "ours, cuDNN build: the same with DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1" env DIFFUSE_TF32=1 DIFFUSE_CUDA_KERNELS=1 \
+  if [ "${CUDNN:-1}" = 1 ] && [ -x gpu/diffuse-cudnn ]; then
+    prof "ours, cuDNN build: the same with DIFFUSE_TF32=1" env DIFFUSE_TF32=1 \
       gpu/diffuse-cudnn $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p4")
   fi
   prof "ours: DDIM-50 sampling of 128 images (cifar10 preset, f32)" \

@@ -2,12 +2,13 @@
 //! their CUDA source on the CPU (each thread an OS thread, __syncthreads a barrier, warp
 //! shuffles through shared slots), and the checks beside it compare them with references:
 //! group_norm_check.cpp the group norm's forward with float64 and its backward with central
-//! differences; adamw_check.cpp AdamW with the update written out in float. The PTX and the
+//! differences; adamw_check.cpp AdamW with the update written out in float; im2col_check.cpp
+//! the vendored candle-kernels im2col's index arithmetic with the definition. The PTX and the
 //! launch from Rust are what only a GPU run checks (tests/device.rs).
 use std::path::Path;
 use std::process::Command;
 
-/// Compile `check` (tests/cuda/) against the kernel source `kernel` (src/kernels/cuda/) with
+/// Compile `check` (tests/cuda/) against the kernel source `kernel` (a path in the repo) with
 /// the emulator, run it, and return its report; every line must say ok.
 fn emulate(kernel: &str, check: &str, cases: usize) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -16,10 +17,7 @@ fn emulate(kernel: &str, check: &str, cases: usize) -> String {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let status = Command::new(&cxx)
         .args(["-std=c++20", "-O1", "-pthread", "-x", "c++"])
-        .arg(format!(
-            "-DKERNEL=\"{}\"",
-            root.join("src/kernels/cuda").join(kernel).display()
-        ))
+        .arg(format!("-DKERNEL=\"{}\"", root.join(kernel).display()))
         .arg(root.join("tests/cuda").join(check))
         .arg("-o")
         .arg(&bin)
@@ -40,12 +38,24 @@ fn emulate(kernel: &str, check: &str, cases: usize) -> String {
 
 #[test]
 fn group_norm_kernels_match_float64_and_finite_differences() {
-    emulate("group_norm.cu", "group_norm_check.cpp", 7);
+    emulate("src/kernels/cuda/group_norm.cu", "group_norm_check.cpp", 7);
 }
 
 /// AdamW: three steps with and without a gradient scale, through the grid-stride loop, equal
 /// to the update written out in float in the composite's order (a wrong index is caught).
 #[test]
 fn adamw_kernel_equals_the_composite_order_in_float() {
-    emulate("adamw.cu", "adamw_check.cpp", 2);
+    emulate("src/kernels/cuda/adamw.cu", "adamw_check.cpp", 2);
+}
+
+/// Candle's im2col as vendored (32-bit indices where they fit, 64-bit otherwise): both index
+/// types equal to the definition for five shapes, incl. a transposed source and the weight
+/// gradient's image-sized kernel; more than 2^32 elements take the 64-bit path.
+#[test]
+fn vendored_im2col_equals_the_definition_in_both_index_widths() {
+    emulate(
+        "vendor/candle-kernels/src/im2col_index.cuh",
+        "im2col_check.cpp",
+        6,
+    );
 }

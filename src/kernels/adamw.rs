@@ -154,7 +154,7 @@ impl InplaceOp3 for Step {
     }
 }
 
-/// Whether `step` applies: all on CPU in f32, or on CUDA in f32 with DIFFUSE_CUDA_KERNELS=1.
+/// Whether `step` applies: all on CPU in f32, or on CUDA in f32 unless DIFFUSE_CUDA_KERNELS=0.
 pub fn applies(p: &Tensor, g: &Tensor, mv: &Tensor) -> bool {
     cpu_f32(&[p, g, mv]) || super::cuda_f32(&[p, g, mv], true)
 }

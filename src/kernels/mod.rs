@@ -46,7 +46,7 @@ pub(crate) fn cpu_f32(ts: &[&Tensor]) -> bool {
 }
 
 /// Whether the CUDA kernels take `ts` (all f32 on a CUDA device, in a CUDA build); with
-/// `switched`, only when DIFFUSE_CUDA_KERNELS=1 too.
+/// `switched`, only unless DIFFUSE_CUDA_KERNELS=0.
 pub(crate) fn cuda_f32(ts: &[&Tensor], switched: bool) -> bool {
     #[cfg(feature = "cuda")]
     return match switched {

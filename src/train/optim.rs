@@ -172,7 +172,7 @@ impl AdamW {
                 continue;
             }
             // One pass in place: on the CPU bit-identical to the composite; on CUDA
-            // (DIFFUSE_CUDA_KERNELS=1) the same operations, the clipping scale read on the device.
+            // (unless DIFFUSE_CUDA_KERNELS=0) the same operations, the clipping scale read on the device.
             let mv = match &s.mv {
                 Some(mv) => mv.clone(),
                 None => Tensor::cat(&[s.m.flatten_all()?, s.v.flatten_all()?], 0)?,

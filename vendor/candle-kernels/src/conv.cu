@@ -1,4 +1,5 @@
 #include "cuda_utils.cuh"
+#include "im2col_index.cuh"  // diffuse patch
 #include<stdint.h>
 
 // Naive implementation of conv1d.
@@ -163,45 +164,17 @@ __device__ void im2col(
   }
   const size_t *src_dims = info;
   const size_t *src_s = info + 4;
-  const size_t c_in = src_dims[1];
-  const size_t h_in = src_dims[2];
-  const size_t w_in = src_dims[3];
-
-  const size_t dst_s4 = w_k;
-  const size_t dst_s3 = h_k * dst_s4;
-  const size_t dst_s2 = c_in * dst_s3;
-  const size_t dst_s1 = w_out * dst_s2;
-  const size_t dst_s0 = h_out * dst_s1;
-
-  size_t tmp_dst_i = dst_i;
-  const size_t b_idx = tmp_dst_i / dst_s0;
-  tmp_dst_i -= b_idx * dst_s0;
-  const size_t h_idx = tmp_dst_i / dst_s1;
-  tmp_dst_i -= h_idx * dst_s1;
-  const size_t w_idx = tmp_dst_i / dst_s2;
-  tmp_dst_i -= w_idx * dst_s2;
-  const size_t c_idx = tmp_dst_i / dst_s3;
-  tmp_dst_i -= c_idx * dst_s3;
-  const size_t h_k_idx = tmp_dst_i / dst_s4;
-  tmp_dst_i -= h_k_idx * dst_s4;
-  const size_t w_k_idx = tmp_dst_i;
-  size_t src_h_idx = h_idx * stride + h_k_idx * dilation;
-  size_t src_w_idx = w_idx * stride + w_k_idx * dilation;
-  if (src_h_idx < padding || src_h_idx >= h_in + padding) {
-    dst[dst_i] = static_cast<T>(0);
-  }
-  else if (src_w_idx < padding || src_w_idx >= w_in + padding) {
-    dst[dst_i] = static_cast<T>(0);
-  }
-  else {
-    src_h_idx -= padding;
-    src_w_idx -= padding;
-    const size_t src_i =
-      b_idx * src_s[0]
-      + c_idx * src_s[1]
-      + src_h_idx * src_s[2]
-      + src_w_idx * src_s[3];
-    dst[dst_i] = src[src_i];
+  // diffuse patch: 32-bit index arithmetic where it fits (im2col_index.cuh).
+  if (im2col_fits_u32(dst_numel, src_dims, src_s, padding, h_out, w_out, h_k, w_k, stride,
+                      dilation)) {
+    typedef unsigned int u;
+    im2col_at<T, u>((u)dst_i, (u)h_out, (u)w_out, (u)h_k, (u)w_k, (u)stride, (u)padding,
+                    (u)dilation, (u)src_dims[1], (u)src_dims[2], (u)src_dims[3], (u)src_s[0],
+                    (u)src_s[1], (u)src_s[2], (u)src_s[3], src, dst);
+  } else {
+    im2col_at<T, size_t>(dst_i, h_out, w_out, h_k, w_k, stride, padding, dilation, src_dims[1],
+                         src_dims[2], src_dims[3], src_s[0], src_s[1], src_s[2], src_s[3], src,
+                         dst);
   }
 }
 
