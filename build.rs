@@ -44,14 +44,14 @@ fn main() {
         // Assemble the PTX for the target as the driver's JIT will at load time, so a kernel
         // that would not load (or spills registers) fails the build here, not on a GPU.
         let ptxas = nvcc.with_file_name("ptxas");
-        let out = Command::new(&ptxas)
+        let asm = Command::new(&ptxas)
             .args([&format!("-arch=sm_{cap}"), "-v", "-o"])
             .arg(out.join(format!("{k}.cubin")))
             .arg(&ptx)
             .output()
             .unwrap_or_else(|e| panic!("{}: {e}", ptxas.display()));
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "ptxas failed on {k}.ptx:\n{log}");
+        let log = String::from_utf8_lossy(&asm.stderr);
+        assert!(asm.status.success(), "ptxas failed on {k}.ptx:\n{log}");
         let spills = log.lines().any(|l| {
             l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")
         });
