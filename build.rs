@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 2] = ["group_norm", "adamw"];
+const KERNELS: [&str; 3] = ["group_norm", "adamw", "conv"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

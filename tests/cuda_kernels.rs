@@ -2,7 +2,9 @@
 //! their CUDA source on the CPU (each thread an OS thread, __syncthreads a barrier, warp
 //! shuffles through shared slots), and the checks beside it compare them with references:
 //! group_norm_check.cpp the group norm's forward with float64 and its backward with central
-//! differences; adamw_check.cpp AdamW with the update written out in float; im2col_check.cpp
+//! differences; adamw_check.cpp AdamW with the update written out in float; conv_check.cpp
+//! the convolution's im2col (both layouts), col2im and bias fill with their definitions and the
+//! multiply-shift division with '/'; im2col_check.cpp
 //! the vendored candle-kernels im2col's index arithmetic with the definition. The PTX and the
 //! launch from Rust are what only a GPU run checks (tests/device.rs).
 use std::path::Path;
@@ -58,4 +60,13 @@ fn vendored_im2col_equals_the_definition_in_both_index_widths() {
         "im2col_check.cpp",
         6,
     );
+}
+
+/// Our convolution's data movement (src/kernels/cuda/conv.cu): the multiply-shift division
+/// against '/', im2col in both layouts against the definition, col2im against the float64
+/// scatter-add of the columns (its adjoint), the bias fill; six shapes (strides 1 and 2,
+/// padding, 1x1 to 5x5 kernels, odd sizes), grid-stride loops wrapping.
+#[test]
+fn conv_kernels_equal_their_definitions() {
+    emulate("src/kernels/cuda/conv.cu", "conv_check.cpp", 21);
 }

@@ -266,6 +266,89 @@ fn fused_group_norm_matches_candle_on_the_device() {
     println!("fused group norm on {dev:?} vs Candle's ops: max relative diff {worst:.3e} (tolerance 1e-4)");
 }
 
+/// conv2d (`kernels::conv2d`: on CUDA our im2col/col2im kernels around cuBLAS) and its three
+/// gradients on the device against the CPU kernels: strides 1 and 2, 1x1 and 3x3, no bias, a
+/// channel bias and a per-image bias (the UNet's time embedding), and on CUDA a batch whose
+/// column buffer passes 1 GiB, so the device code runs it in two chunks of images.
+#[test]
+fn conv2d_and_its_gradients_match_the_cpu_on_the_device() {
+    use candle_core::Var;
+    let dev = device();
+    let mut rng = NoiseRng::new(17);
+    let mut cases = vec![
+        // (n, ci, h, w, co, k, stride, pad, bias: 0 none, 1 [co], 2 [n, co])
+        (4, 8, 9, 7, 6, 3, 1, 1, 1),
+        (3, 16, 8, 8, 12, 3, 2, 0, 0),
+        (2, 12, 6, 6, 20, 1, 1, 0, 2),
+        (5, 32, 16, 16, 32, 3, 1, 1, 2),
+        (2, 3, 11, 10, 5, 3, 2, 1, 1),
+    ];
+    if dev.is_cuda() {
+        // 64 x 9 x 64 x 64 columns per image: 113 images per GiB, so 116 run as 113 + 3.
+        cases.push((116, 64, 64, 64, 16, 3, 1, 1, 1));
+    }
+    let mut worst = 0f64;
+    for (n, ci, h, w, co, k, stride, pad, bias) in cases {
+        let cpu = Device::Cpu;
+        let x = rng.randn((n, ci, h, w), &cpu).unwrap();
+        let wt = rng
+            .randn((co, ci, k, k), &cpu)
+            .unwrap()
+            .affine(0.2, 0.0)
+            .unwrap();
+        let b = match bias {
+            0 => None,
+            1 => Some(rng.randn(co, &cpu).unwrap()),
+            _ => Some(rng.randn((n, co), &cpu).unwrap()),
+        };
+        let (oh, ow) = (
+            (h + 2 * pad - k) / stride + 1,
+            (w + 2 * pad - k) / stride + 1,
+        );
+        let probe = rng.randn((n, co, oh, ow), &cpu).unwrap();
+        let run = |d: &Device| {
+            let on = |t: &Tensor| Var::from_tensor(&t.to_device(d).unwrap()).unwrap();
+            let (xv, wv, bv) = (on(&x), on(&wt), b.as_ref().map(on));
+            let y = kernel_launches_checked(d, "conv2d", || {
+                diffuse::kernels::conv2d(
+                    xv.as_tensor(),
+                    wv.as_tensor(),
+                    bv.as_ref().map(|v| v.as_tensor()),
+                    stride,
+                    pad,
+                )
+                .unwrap()
+            });
+            let probe = probe.to_device(d).unwrap();
+            let grads = (&y * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let mut out = vec![y.to_device(&cpu).unwrap()];
+            out.push(grads.get(xv.as_tensor()).unwrap().to_device(&cpu).unwrap());
+            out.push(grads.get(wv.as_tensor()).unwrap().to_device(&cpu).unwrap());
+            if let Some(bv) = &bv {
+                out.push(grads.get(bv.as_tensor()).unwrap().to_device(&cpu).unwrap());
+            }
+            out
+        };
+        let (ours, want) = (run(&dev), run(&cpu));
+        for (name, (a, e)) in ["y", "dx", "dw", "db"].iter().zip(ours.iter().zip(&want)) {
+            assert_eq!(a.dims(), e.dims(), "{name}");
+            let scale = max_abs_diff(e, &e.zeros_like().unwrap()).max(1.0);
+            let d = max_abs_diff(a, e) / scale;
+            worst = worst.max(d);
+            assert!(
+                d < 1e-4,
+                "n{n} c{ci} {h}x{w} -> {co}, {k}x{k} s{stride} p{pad} bias {bias}: {name} {d}"
+            );
+        }
+    }
+    println!("conv2d and gradients on {dev:?} vs the CPU: max relative diff {worst:.3e} (tolerance 1e-4)");
+}
+
 /// The fused AdamW (`kernels::adamw::step`: the CPU kernel on the CPU, the CUDA kernel on
 /// CUDA, with the clipping scale read on the device there) against the composite update written
 /// with Candle's ops on the same device: three steps, with and without a gradient scale.

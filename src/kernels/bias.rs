@@ -73,8 +73,14 @@ impl CustomOp1 for ChannelSums {
 }
 
 /// The gradient of a channel bias of shape [c] or [n, c] added to a (n, c, ...) tensor whose
-/// gradient is `dy` (CPU f32).
+/// gradient is `dy`: our kernel on the CPU, Candle's sums (over the contiguous pixels first,
+/// its fast reduction) elsewhere.
 pub(super) fn channel_bias_grad(dy: &Tensor, per_image: bool) -> candle_core::Result<Tensor> {
+    if !dy.device().is_cpu() {
+        let (n, c) = (dy.dim(0)?, dy.dim(1)?);
+        let per = dy.contiguous()?.reshape((n, c, ()))?.sum(2)?;
+        return if per_image { Ok(per) } else { per.sum(0) };
+    }
     dy.contiguous()?
         .apply_op1_no_bwd(&ChannelSums { per_image })
 }

@@ -9,29 +9,34 @@
 //! forward pass.
 use super::gemm::{sgemm, Mat};
 use super::par::{for_each_chunk_mut, n_threads, slot_sums, with_workspace};
-use super::{cpu_f32, f32_inputs};
+use super::{cpu_f32, cuda_f32, f32_inputs};
 use super::{direct, winograd};
 use crate::error::{Error, Result};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 /// Shapes of one convolution: x (n, ci, h, w), w (co, ci, kh, kw), y (n, co, oh, ow).
 #[derive(Clone, Copy, Debug)]
-struct Geom {
-    n: usize,
-    ci: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pad: usize,
-    oh: usize,
-    ow: usize,
+pub(crate) struct Geom {
+    pub(crate) n: usize,
+    pub(crate) ci: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) co: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) stride: usize,
+    pub(crate) pad: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
 }
 
 impl Geom {
-    fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> candle_core::Result<Self> {
+    pub(crate) fn new(
+        x: &[usize],
+        w: &[usize],
+        stride: usize,
+        pad: usize,
+    ) -> candle_core::Result<Self> {
         let (&[n, ci, h, wd], &[co, wci, kh, kw]) = (x, w) else {
             candle_core::bail!("conv2d: rank-4 x and w expected, got {x:?} {w:?}")
         };
@@ -53,17 +58,17 @@ impl Geom {
         })
     }
     /// Rows of the im2col matrix (= columns of the flattened weight).
-    fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.ci * self.kh * self.kw
     }
-    fn in_len(&self) -> usize {
+    pub(crate) fn in_len(&self) -> usize {
         self.ci * self.h * self.w
     }
-    fn out_len(&self) -> usize {
+    pub(crate) fn out_len(&self) -> usize {
         self.oh * self.ow
     }
     /// 1x1, stride 1, no padding: the image itself is the im2col matrix.
-    fn is_pointwise(&self) -> bool {
+    pub(crate) fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
     /// Input column for output column `o` and kernel column `j`, if inside the image.
@@ -372,6 +377,45 @@ impl CustomOp2 for ConvOp {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::view;
+        use super::cuda_conv;
+        let name = CustomOp2::name(self);
+        let (a, b) = (view(name, s1, l1)?, view(name, s2, l2)?);
+        let (d1, d2) = (l1.dims(), l2.dims());
+        let (s, p, dev) = (self.stride, self.pad, s1.device());
+        let (out, shape) = match self.pass {
+            Pass::Fwd => {
+                let g = Geom::new(d1, d2, s, p)?;
+                let y = cuda_conv::fwd(dev, &g, &a, &b, None)?;
+                (y, Shape::from((g.n, g.co, g.oh, g.ow)))
+            }
+            Pass::BwdInput { h, w } => {
+                let g = Geom::new(&[d1[0], d2[1], h, w], d2, s, p)?;
+                check_out(&g, d1)?;
+                let dx = cuda_conv::bwd_input(dev, &g, &a, &b)?;
+                (dx, Shape::from((g.n, g.ci, h, w)))
+            }
+            Pass::BwdWeight { kh, kw } => {
+                let g = Geom::new(d1, &[d2[1], d1[1], kh, kw], s, p)?;
+                check_out(&g, d2)?;
+                let dw = cuda_conv::bwd_weight(dev, &g, &a, &b)?;
+                (dw, Shape::from((g.co, g.ci, kh, kw)))
+            }
+        };
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            shape,
+        ))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -431,6 +475,34 @@ impl CustomOp3 for ConvOp {
         Ok((CpuStorage::F32(fwd(&g, x, w, Some(bias))), shape))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::view;
+        let name = CustomOp3::name(self);
+        let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let per_image = bias_per_image(&g, l3.dims())?;
+        let (x, w, b) = (
+            view(name, s1, l1)?,
+            view(name, s2, l2)?,
+            view(name, s3, l3)?,
+        );
+        let dev = s1.device();
+        let y = super::cuda_conv::fwd(dev, &g, &x, &w, Some((&b, per_image)))?;
+        let shape = Shape::from((g.n, g.co, g.oh, g.ow));
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
+            shape,
+        ))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -484,7 +556,8 @@ pub fn conv2d(
             )));
         }
     }
-    if cpu_f32(&[x, w]) && b.is_none_or(|b| cpu_f32(&[b])) {
+    let ours = |ts: &[&Tensor]| cpu_f32(ts) || cuda_f32(ts, true);
+    if ours(&[x, w]) && b.is_none_or(|b| ours(&[x, b])) && cuda_fits(x, w, stride, padding) {
         let op = ConvOp {
             pass: Pass::Fwd,
             stride,
@@ -502,6 +575,14 @@ pub fn conv2d(
         Some(b) if b.rank() == 2 => y.broadcast_add(&b.reshape((n, co, 1, 1))?)?,
         Some(b) => y.broadcast_add(&b.reshape((1, co, 1, 1))?)?,
     })
+}
+
+/// On CUDA, whether our kernels take these shapes (one image's buffers within their 32-bit
+/// indices); true on the CPU. A shape error is left for the op to report.
+fn cuda_fits(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> bool {
+    !x.device().is_cuda()
+        || Geom::new(x.dims(), w.dims(), stride, padding)
+            .map_or(true, |g| super::cuda_conv::fits(&g))
 }
 
 fn cpu_only(ts: &[&Tensor]) -> Result<()> {

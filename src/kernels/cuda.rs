@@ -26,7 +26,7 @@ pub(crate) fn launches() -> usize {
     LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-fn launched() {
+pub(crate) fn launched() {
     LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -46,7 +46,11 @@ pub(crate) fn applies(ts: &[&Tensor]) -> bool {
         .all(|t| t.device().is_cuda() && t.dtype() == DType::F32)
 }
 
-fn view<'a>(op: &str, s: &'a CudaStorage, l: &Layout) -> candle_core::Result<CudaView<'a, f32>> {
+pub(crate) fn view<'a>(
+    op: &str,
+    s: &'a CudaStorage,
+    l: &Layout,
+) -> candle_core::Result<CudaView<'a, f32>> {
     let Some((a, b)) = l.contiguous_offsets() else {
         candle_core::bail!("{op}: contiguous input expected")
     };

@@ -11,6 +11,7 @@ pub mod bias;
 pub mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod cuda_conv;
 mod direct;
 mod flash;
 mod gemm;
@@ -28,7 +29,7 @@ pub use flash::attention_channels_first;
 pub use norm::{group_norm, group_norm_fused, group_norm_silu};
 pub use upsample::upsample_nearest2x;
 
-/// How many times the hand-written CUDA kernels (group norm, AdamW) have been launched in this
+/// How many times the hand-written CUDA kernels (group norm, AdamW, convolution) have been launched in this
 /// process; 0 in builds without `cuda`.
 pub fn cuda_kernel_launches() -> usize {
     #[cfg(feature = "cuda")]

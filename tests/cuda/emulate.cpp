@@ -35,6 +35,7 @@ float __fmul_rn(float a, float b) { return a * b; }
 float __fadd_rn(float a, float b) { return a + b; }
 float __fsub_rn(float a, float b) { return a - b; }
 float __fdiv_rn(float a, float b) { return a / b; }
+unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 
 #include KERNEL
 

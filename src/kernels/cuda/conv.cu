@@ -1,0 +1,89 @@
+// The data movement of conv2d on CUDA around cuBLAS's GEMMs (src/kernels/cuda_conv.rs): im2col
+// into the column layout the GEMM wants, its adjoint col2im as a gather (no atomics, so the sum
+// order is fixed), and the bias written into the output before a GEMM that accumulates onto it.
+// Candle's im2col wrote the columns pixel-major ([n, oh*ow, c*kh*kw]): its reads strided across
+// channels and kernel rows, and the GEMM's output needed a transposing copy. Here consecutive
+// threads take consecutive output pixels, so reads and writes are both coalesced, and the
+// layouts let the GEMMs write NCHW directly. Flat 32-bit indices (the host keeps every buffer of
+// a call under 2^31 elements by chunking images) with multiply-shift division.
+
+// n / d and n % d for n < 2^31 by a multiply and a shift (Granlund-Montgomery, as CUTLASS's
+// FastDivmod): a hardware-less 32-bit division costs ~20 instructions per element.
+struct FastDiv {
+  unsigned d, mul, shr;
+  __device__ FastDiv(unsigned d_) : d(d_), mul(0), shr(0) {
+    if (d <= 1) return;
+    unsigned l = 0;
+    while ((1u << l) < d) l++;  // ceil(log2 d), d <= 2^31
+    mul = (unsigned)(((1ull << (31 + l)) + d - 1) / d);
+    shr = l - 1;
+  }
+  __device__ unsigned div(unsigned n) const { return d <= 1 ? n : __umulhi(n, mul) >> shr; }
+};
+
+__device__ unsigned first_index() { return blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ unsigned grid_step() { return gridDim.x * blockDim.x; }
+
+// col[a][b][q] = x[img, ci, oy*s - p + i, ox*s - p + j] (0 outside the image) for k = (ci, i, j)
+// and q = (oy, ox); (a, b) = (img, k) when k_major is 0 (the forward's per-image [k, oh*ow]
+// matrices), (k, img) when 1 (the weight gradient's one [k, n*oh*ow] matrix). With a 1x1 kernel,
+// stride 1 and no padding, k_major 1 is the transpose [c][n][h*w] of x.
+extern "C" __global__ void diffuse_im2col_f32(const float *x, float *col, int n, int c, int h,
+                                              int w, int kh, int kw, int stride, int pad, int oh,
+                                              int ow, int k_major) {
+  const unsigned kk = c * kh * kw, pix = oh * ow, total = n * kk * pix;
+  const FastDiv dpix(pix), dow(ow), db(k_major ? n : kk), dkhw(kh * kw), dkw(kw);
+  for (unsigned e = first_index(); e < total; e += grid_step()) {
+    const unsigned row = dpix.div(e), q = e - row * pix;
+    const unsigned a = db.div(row), b = row - a * db.d;
+    const unsigned img = k_major ? b : a, k = k_major ? a : b;
+    const unsigned ci = dkhw.div(k), r = k - ci * dkhw.d;
+    const unsigned i = dkw.div(r), j = r - i * kw;
+    const unsigned oy = dow.div(q), ox = q - oy * ow;
+    const int iy = (int)(oy * stride + i) - pad, ix = (int)(ox * stride + j) - pad;
+    col[e] = iy >= 0 && iy < h && ix >= 0 && ix < w ? x[((img * c + ci) * h + iy) * w + ix] : 0.f;
+  }
+}
+
+// The adjoint of im2col with k_major 0: dx[img, ci, iy, ix] = the sum over (i, j) of
+// col[img][(ci, i, j)][(oy, ox)] with oy*s - p + i = iy and ox*s - p + j = ix. Each thread
+// gathers its own element, in (i, j) order.
+extern "C" __global__ void diffuse_col2im_f32(const float *col, float *dx, int n, int c, int h,
+                                              int w, int kh, int kw, int stride, int pad, int oh,
+                                              int ow) {
+  const unsigned hw = h * w, pix = oh * ow, total = n * c * hw;
+  const FastDiv dhw(hw), dw(w), dc(c);
+  for (unsigned e = first_index(); e < total; e += grid_step()) {
+    const unsigned row = dhw.div(e), q = e - row * hw;
+    const unsigned img = dc.div(row), ci = row - img * c;
+    const unsigned iy = dw.div(q), ix = q - iy * w;
+    const float *base = col + ((unsigned long long)img * c + ci) * kh * kw * pix;
+    float s = 0.f;
+    for (int i = 0; i < kh; i++) {
+      const int ty = (int)iy + pad - i;
+      if (ty < 0) break;
+      const int oy = ty / stride;
+      if (oy * stride != ty || oy >= oh) continue;
+      for (int j = 0; j < kw; j++) {
+        const int tx = (int)ix + pad - j;
+        if (tx < 0) break;
+        const int ox = tx / stride;
+        if (ox * stride != tx || ox >= ow) continue;
+        s += base[(i * kw + j) * pix + oy * ow + ox];
+      }
+    }
+    dx[e] = s;
+  }
+}
+
+// y[img][o][q] = b[o] (per_image 0) or b[img * co + o] (per_image 1): the bias, onto which the
+// forward GEMM then accumulates (beta 1) instead of a broadcast add over its output.
+extern "C" __global__ void diffuse_bias_fill_f32(const float *b, float *y, int n, int co, int pix,
+                                                 int per_image) {
+  const unsigned total = n * co * pix;
+  const FastDiv dpix(pix), dco(co);
+  for (unsigned e = first_index(); e < total; e += grid_step()) {
+    const unsigned row = dpix.div(e);
+    y[e] = b[per_image ? row : row - dco.div(row) * co];
+  }
+}
