@@ -64,9 +64,10 @@ fn vendored_im2col_equals_the_definition_in_both_index_widths() {
 
 /// Our convolution's data movement (src/kernels/cuda/conv.cu): the multiply-shift division
 /// against '/', im2col in both layouts against the definition, col2im against the float64
-/// scatter-add of the columns (its adjoint), the bias fill; six shapes (strides 1 and 2,
-/// padding, 1x1 to 5x5 kernels, odd sizes), grid-stride loops wrapping.
+/// scatter-add of the columns (its adjoint), the bias fill; nine shapes (strides 1 and 2,
+/// padding, 1x1 to 5x5 kernels, odd sizes), 1, 2 and 4 pixels per thread where the row length
+/// allows, grid-stride loops wrapping.
 #[test]
 fn conv_kernels_equal_their_definitions() {
-    emulate("src/kernels/cuda/conv.cu", "conv_check.cpp", 21);
+    emulate("src/kernels/cuda/conv.cu", "conv_check.cpp", 59);
 }

@@ -390,7 +390,7 @@ impl CustomOp2 for ConvOp {
         let name = CustomOp2::name(self);
         let (a, b) = (view(name, s1, l1)?, view(name, s2, l2)?);
         let (d1, d2) = (l1.dims(), l2.dims());
-        let (s, p, dev) = (self.stride, self.pad, s1.device());
+        let (s, p, dev) = (self.stride, self.pad, &s1.device);
         let (out, shape) = match self.pass {
             Pass::Fwd => {
                 let g = Geom::new(d1, d2, s, p)?;
@@ -494,7 +494,7 @@ impl CustomOp3 for ConvOp {
             view(name, s2, l2)?,
             view(name, s3, l3)?,
         );
-        let dev = s1.device();
+        let dev = &s1.device;
         let y = super::cuda_conv::fwd(dev, &g, &x, &w, Some((&b, per_image)))?;
         let shape = Shape::from((g.n, g.co, g.oh, g.ow));
         Ok((

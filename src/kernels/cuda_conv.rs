@@ -165,6 +165,12 @@ mod device {
         }
     }
 
+    /// Pixels per thread in im2col / col2im for rows of `len`: 4, 2 or 1, a divisor of it (each
+    /// thread writes one vector; the 4-wide kernels were measured at ... on an H200).
+    fn per_thread(len: usize) -> i32 {
+        [4, 2].into_iter().find(|&v| len % v == 0).unwrap_or(1) as i32
+    }
+
     /// im2col of `imgs` images of x into col: [img][K][P] (`k_major` false) or [K][img][P].
     fn im2col(
         dev: &CudaDevice,
@@ -190,7 +196,8 @@ mod device {
             g.pad as i32,
             g.oh as i32,
             g.ow as i32,
-            k_major as i32
+            k_major as i32,
+            per_thread(g.ow)
         );
         // SAFETY: argument types and order match diffuse_im2col_f32's signature; col holds
         // imgs * K * P floats, x imgs images.
@@ -352,9 +359,11 @@ mod device {
                 g.stride as i32,
                 g.pad as i32,
                 g.oh as i32,
-                g.ow as i32
+                g.ow as i32,
+                per_thread(g.w)
             );
-            // SAFETY: argument types and order match diffuse_col2im_f32's signature.
+            // SAFETY: argument types and order match diffuse_col2im_f32's signature (dx's chunk
+            // starts at a multiple of the row length, so its vector stores are aligned).
             unsafe { b.launch(grid(imgs * g.in_len())) }.w()?;
             super::super::cuda::launched();
         }

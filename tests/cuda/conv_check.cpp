@@ -5,6 +5,7 @@
 // with fewer threads than elements, so the grid-stride loops wrap. One line per case.
 #include "emulate.cpp"
 
+#include <algorithm>
 #include <random>
 
 int bad = 0;
@@ -57,11 +58,13 @@ void check_conv(const Conv &k) {
   std::snprintf(shape, sizeof shape, "n%d c%d %dx%d k%dx%d s%d p%d", k.n, k.c, k.h, k.w, k.kh,
                 k.kw, k.s, k.p);
   const size_t ncol = (size_t)k.n * kk * pix;
+  for (int vec : {1, 2, 4})
   for (int major = 0; major < 2; major++) {
+    if (ow % vec) continue;
     std::vector<float> col(ncol, 7.f);
     launch(3, 64, [&] {
       diffuse_im2col_f32(x.data(), col.data(), k.n, k.c, k.h, k.w, k.kh, k.kw, k.s, k.p, oh, ow,
-                         major);
+                         major, vec);
     });
     size_t miss = 0;
     for (int img = 0; img < k.n; img++)
@@ -75,7 +78,9 @@ void check_conv(const Conv &k) {
                 const long at = k.src(img, ci, i, j, oy, ox);
                 miss += col[row * pix + oy * ow + ox] != (at < 0 ? 0.f : x[at]);
               }
-    report(miss == 0, major ? "im2col k-major" : "im2col image-major", shape, miss, ncol);
+    char what[64];
+    std::snprintf(what, sizeof what, "im2col %s, %d per thread", major ? "k-major" : "image-major", vec);
+    report(miss == 0, what, shape, miss, ncol);
   }
   // col2im: the float64 scatter-add of random columns.
   std::vector<float> col(ncol), dx(x.size(), 7.f);
@@ -91,12 +96,19 @@ void check_conv(const Conv &k) {
               const long row = (long)img * kk + (ci * k.kh + i) * k.kw + j;
               if (at >= 0) want[at] += col[row * pix + oy * ow + ox];
             }
-  launch(2, 96, [&] {
-    diffuse_col2im_f32(col.data(), dx.data(), k.n, k.c, k.h, k.w, k.kh, k.kw, k.s, k.p, oh, ow);
-  });
-  size_t miss = 0;
-  for (size_t e = 0; e < dx.size(); e++) miss += std::fabs(dx[e] - want[e]) > 1e-5;
-  report(miss == 0, "col2im", shape, miss, dx.size());
+  for (int vec : {1, 2, 4}) {
+    if (k.w % vec) continue;
+    std::fill(dx.begin(), dx.end(), 7.f);
+    launch(2, 96, [&] {
+      diffuse_col2im_f32(col.data(), dx.data(), k.n, k.c, k.h, k.w, k.kh, k.kw, k.s, k.p, oh, ow,
+                         vec);
+    });
+    size_t miss = 0;
+    for (size_t e = 0; e < dx.size(); e++) miss += std::fabs(dx[e] - want[e]) > 1e-5;
+    char what[64];
+    std::snprintf(what, sizeof what, "col2im, %d per thread", vec);
+    report(miss == 0, what, shape, miss, dx.size());
+  }
 }
 
 void check_bias() {
@@ -118,7 +130,8 @@ void check_bias() {
 int main() {
   check_fastdiv();
   const Conv cases[] = {{2, 3, 5, 7, 3, 3, 1, 1}, {3, 2, 8, 6, 3, 3, 2, 1}, {2, 4, 5, 5, 1, 1, 1, 0},
-                        {1, 2, 9, 8, 3, 3, 2, 0}, {2, 3, 4, 4, 5, 5, 1, 2}, {2, 2, 7, 7, 3, 3, 2, 1}};
+                        {1, 2, 9, 8, 3, 3, 2, 0}, {2, 3, 4, 4, 5, 5, 1, 2}, {2, 2, 7, 7, 3, 3, 2, 1},
+                        {2, 3, 8, 8, 3, 3, 1, 1}, {2, 3, 8, 12, 3, 3, 2, 1}, {2, 4, 4, 4, 1, 1, 1, 0}};
   for (const Conv &k : cases) check_conv(k);
   check_bias();
   return bad ? 1 : 0;

@@ -35,6 +35,14 @@ float __fmul_rn(float a, float b) { return a * b; }
 float __fadd_rn(float a, float b) { return a + b; }
 float __fsub_rn(float a, float b) { return a - b; }
 float __fdiv_rn(float a, float b) { return a / b; }
+struct float2 {
+  float x, y;
+};
+struct float4 {
+  float x, y, z, w;
+};
+float2 make_float2(float x, float y) { return {x, y}; }
+float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 
 #include KERNEL
