@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 3] = ["group_norm", "adamw", "conv"];
+const KERNELS: [&str; 4] = ["group_norm", "adamw", "conv", "upsample"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -30,6 +30,7 @@ fn main() {
         .map(|h| PathBuf::from(h).join("bin/nvcc"))
         .filter(|p| p.exists())
         .unwrap_or_else(|| "nvcc".into());
+    println!("cargo:rerun-if-changed=src/kernels/cuda/grid.cuh");
     for k in KERNELS {
         let src = format!("src/kernels/cuda/{k}.cu");
         println!("cargo:rerun-if-changed={src}");

@@ -26,7 +26,8 @@
 # SECTIONS (default "1 2 3 4 5") picks sections; PEER_MODES (default "eager compile") the
 # PyTorch modes; TF32=1 adds rows with DIFFUSE_TF32=1 (ours) and TF32 off (PyTorch); DTYPES
 # (default "bf16 f16") the `sample --dtype` rows (each timed and compared with the f32 draw);
-# CUDNN=0 leaves out the cuDNN build's rows.
+# CUDNN=0 leaves out the cuDNN build's rows. PROFILES (default "f32 tf32 candle cudnn sample
+# peer"; "mnist" adds the mnist preset) picks section 5's profiles, PROFILE_STEPS their steps.
 set -uo pipefail
 dev=${1:-cuda}
 out=${OUT:-gpu-report}
@@ -247,18 +248,21 @@ else
     fi
   }
   steps=${PROFILE_STEPS:-10}
-  prof "ours: cifar10 preset, batch 128, $steps train steps (f32; includes a final 4-image DDIM grid)" \
+  pw() { [[ " ${PROFILES:-f32 tf32 candle cudnn sample peer} " == *" $1 "* ]]; }
+  pw f32 && prof "ours: cifar10 preset, batch 128, $steps train steps (f32; includes a final 4-image DDIM grid)" \
     $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p1")
-  prof "ours: the same with DIFFUSE_TF32=1" env DIFFUSE_TF32=1 $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p2")
-  prof "ours: the same with DIFFUSE_CUDA_KERNELS=0 (Candle's group norm and AdamW)" env DIFFUSE_CUDA_KERNELS=0 \
+  pw tf32 && prof "ours: the same with DIFFUSE_TF32=1" env DIFFUSE_TF32=1 $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p2")
+  pw candle && prof "ours: the same with DIFFUSE_CUDA_KERNELS=0 (Candle's group norm, AdamW and convolution)" env DIFFUSE_CUDA_KERNELS=0 \
     $bin $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p3")
-  if [ "${CUDNN:-1}" = 1 ] && [ -x gpu/diffuse-cudnn ]; then
+  if pw cudnn && [ "${CUDNN:-1}" = 1 ] && [ -x gpu/diffuse-cudnn ]; then
     prof "ours, cuDNN build: the same with DIFFUSE_TF32=1" env DIFFUSE_TF32=1 \
       gpu/diffuse-cudnn $(train_args cifar10 "$tmp/rgb" 128 "$steps" "$tmp/p4")
   fi
-  prof "ours: DDIM-50 sampling of 128 images (cifar10 preset, f32)" \
+  pw mnist && prof "ours: mnist preset, batch 64, $((steps * 3)) train steps (f32; includes a final 4-image DDIM grid)" \
+    $bin $(train_args mnist mnist 64 "$((steps * 3))" "$tmp/p5")
+  pw sample && [ -d "$tmp/p1" ] && prof "ours: DDIM-50 sampling of 128 images (cifar10 preset, f32)" \
     $bin sample --device "$dev" --model "$tmp/p1" -n 128 --batch-size 128 --steps 50 -o "$tmp/p1.png"
-  if [ -n "${PYTHONPATH:-}" ]; then
+  if pw peer && [ -n "${PYTHONPATH:-}" ]; then
     prof "PyTorch eager (default precision): cifar10 preset, batch 128, 3 + $steps train steps" \
       python3 scripts/gpu_peer.py models/cifar10/config.json 128 "$steps" 0 eager
   fi

@@ -4,7 +4,8 @@
 //! group_norm_check.cpp the group norm's forward with float64 and its backward with central
 //! differences; adamw_check.cpp AdamW with the update written out in float; conv_check.cpp
 //! the convolution's im2col (both layouts), col2im and bias fill with their definitions and the
-//! multiply-shift division with '/'; im2col_check.cpp
+//! multiply-shift division with '/'; upsample_check.cpp the 2x nearest upsampling and its
+//! adjoint; im2col_check.cpp
 //! the vendored candle-kernels im2col's index arithmetic with the definition. The PTX and the
 //! launch from Rust are what only a GPU run checks (tests/device.rs).
 use std::path::Path;
@@ -70,4 +71,11 @@ fn vendored_im2col_equals_the_definition_in_both_index_widths() {
 #[test]
 fn conv_kernels_equal_their_definitions() {
     emulate("src/kernels/cuda/conv.cu", "conv_check.cpp", 59);
+}
+
+/// Nearest 2x upsampling (src/kernels/cuda/upsample.cu): the forward equal to the definition,
+/// the backward bit-equal to the CPU kernel's 2x2 sums, four shapes (odd sizes, one row).
+#[test]
+fn upsample_kernels_equal_their_definitions() {
+    emulate("src/kernels/cuda/upsample.cu", "upsample_check.cpp", 4);
 }

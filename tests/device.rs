@@ -349,6 +349,45 @@ fn conv2d_and_its_gradients_match_the_cpu_on_the_device() {
     println!("conv2d and gradients on {dev:?} vs the CPU: max relative diff {worst:.3e} (tolerance 1e-4)");
 }
 
+/// Nearest 2x upsampling and its gradient (`kernels::upsample_nearest2x`: on CUDA
+/// src/kernels/cuda/upsample.cu) on the device against the CPU kernel: the same sums in the same
+/// order, so equal.
+#[test]
+fn upsample_and_its_gradient_match_the_cpu_on_the_device() {
+    use candle_core::Var;
+    let dev = device();
+    let mut rng = NoiseRng::new(23);
+    for (n, c, h, w) in [(3, 5, 4, 4), (2, 3, 7, 5), (1, 256, 16, 16)] {
+        let cpu = Device::Cpu;
+        let x = rng.randn((n, c, h, w), &cpu).unwrap();
+        let probe = rng.randn((n, c, 2 * h, 2 * w), &cpu).unwrap();
+        let run = |d: &Device| {
+            let xv = Var::from_tensor(&x.to_device(d).unwrap()).unwrap();
+            let y = kernel_launches_checked(d, "upsample", || {
+                diffuse::kernels::upsample_nearest2x(xv.as_tensor()).unwrap()
+            });
+            let loss = (&y * &probe.to_device(d).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let dx = loss
+                .backward()
+                .unwrap()
+                .get(xv.as_tensor())
+                .unwrap()
+                .clone();
+            [y.to_device(&cpu).unwrap(), dx.to_device(&cpu).unwrap()]
+        };
+        let (ours, want) = (run(&dev), run(&Device::Cpu));
+        for (name, (a, e)) in ["y", "dx"].iter().zip(ours.iter().zip(&want)) {
+            assert_eq!(a.dims(), e.dims(), "{name}");
+            let d = max_abs_diff(a, e);
+            println!("upsample {n}x{c}x{h}x{w} {name} on {dev:?} vs the CPU: max abs diff {d:.3e} (tolerance 1e-6)");
+            assert!(d < 1e-6, "{n}x{c}x{h}x{w} {name}: {d}");
+        }
+    }
+}
+
 /// The fused AdamW (`kernels::adamw::step`: the CPU kernel on the CPU, the CUDA kernel on
 /// CUDA, with the clipping scale read on the device there) against the composite update written
 /// with Candle's ops on the same device: three steps, with and without a gradient scale.

@@ -7,22 +7,7 @@
 // layouts let the GEMMs write NCHW directly. Flat 32-bit indices (the host keeps every buffer of
 // a call under 2^31 elements by chunking images) with multiply-shift division.
 
-// n / d and n % d for n < 2^31 by a multiply and a shift (Granlund-Montgomery, as CUTLASS's
-// FastDivmod): a hardware-less 32-bit division costs ~20 instructions per element.
-struct FastDiv {
-  unsigned d, mul, shr;
-  __device__ FastDiv(unsigned d_) : d(d_), mul(0), shr(0) {
-    if (d <= 1) return;
-    unsigned l = 0;
-    while ((1u << l) < d) l++;  // ceil(log2 d), d <= 2^31
-    mul = (unsigned)(((1ull << (31 + l)) + d - 1) / d);
-    shr = l - 1;
-  }
-  __device__ unsigned div(unsigned n) const { return d <= 1 ? n : __umulhi(n, mul) >> shr; }
-};
-
-__device__ unsigned first_index() { return blockIdx.x * blockDim.x + threadIdx.x; }
-__device__ unsigned grid_step() { return gridDim.x * blockDim.x; }
+#include "grid.cuh"
 
 // Stores V consecutive floats at v (aligned to V floats): one vector store.
 template <int V> struct Vec;
