@@ -80,8 +80,8 @@ pub fn conv2d_layer(
     candle_nn::conv2d(c_in, c_out, kernel, cfg, vb)
 }
 
-/// Fast CPU kernel (direct or im2col + gemm; docs/kernels.md), Candle's own conv2d on other
-/// devices.
+/// Fast CPU kernel (direct or im2col + gemm; docs/kernels.md), our im2col kernels around cuBLAS
+/// on CUDA (f32), Candle's own conv2d elsewhere.
 pub fn conv2d(conv: &Conv2d, x: &Tensor) -> Result<Tensor> {
     conv2d_with(conv, x, conv.bias())
 }
