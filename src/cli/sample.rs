@@ -102,9 +102,9 @@ pub struct SampleCmd {
     /// Also write every sample as safetensors (key "samples", [N,C,H,W] f32 in [-1, 1]).
     #[arg(long, value_name = "FILE")]
     save_tensors: Option<PathBuf>,
-    /// The precision the model runs in: f32 (exact to diffusers), or bf16/f16 weights for
-    /// faster sampling on a GPU (the sampler's math stays f32). On the CPU the fast kernels
-    /// are f32 only, so half precision is slower there.
+    /// The precision the model runs in: f32 (exact to diffusers), or bf16/f16 weights (the
+    /// sampler's math stays f32). Our fast kernels, CPU and CUDA, are f32 only, so half
+    /// precision runs Candle's generic ops and is slower on both.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: unet::Precision,
     #[command(flatten)]

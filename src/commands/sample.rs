@@ -359,6 +359,12 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
             "--dtype f16 on the CPU runs Candle's generic ops, ~13x slower than f32's kernels"
         );
     }
+    if device.is_cuda() && req.precision != unet::Precision::F32 {
+        tracing::warn!(
+            "--dtype {} on CUDA runs Candle's convolutions; f32 runs ours and is faster (DIFFUSE_TF32=1 faster still)",
+            req.precision.dtype().as_str()
+        );
+    }
     let n_batches = req.num.div_ceil(bs);
     let scales = conditioning::scales(cond.as_ref(), &req.guidance, DEFAULT_GUIDANCE);
     let sweeps = scales.len();

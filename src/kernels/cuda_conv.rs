@@ -170,7 +170,10 @@ mod device {
     /// H200 at the cifar10 preset, 4 per thread took im2col from 62 to 45 us a call on average,
     /// col2im from 242 to 152 us, and training from 573 to 641 images/s.
     fn per_thread(len: usize) -> i32 {
-        [4, 2].into_iter().find(|&v| len.is_multiple_of(v)).unwrap_or(1) as i32
+        [4, 2]
+            .into_iter()
+            .find(|&v| len.is_multiple_of(v))
+            .unwrap_or(1) as i32
     }
 
     /// im2col of `imgs` images of x into col: [img][K][P] (`k_major` false) or [K][img][P].
