@@ -176,6 +176,15 @@ mod device {
             .unwrap_or(1) as i32
     }
 
+    /// The geometry im2col and col2im take, in their argument order: (n, c, h, w, kh, kw,
+    /// stride, pad, oh, ow) for `imgs` images.
+    fn geometry(g: &Geom, imgs: usize) -> [i32; 10] {
+        [
+            imgs, g.ci, g.h, g.w, g.kh, g.kw, g.stride, g.pad, g.oh, g.ow,
+        ]
+        .map(|v| v as i32)
+    }
+
     /// im2col of `imgs` images of x into col: [img][K][P] (`k_major` false) or [K][img][P].
     fn im2col(
         dev: &CudaDevice,
@@ -186,24 +195,13 @@ mod device {
         k_major: bool,
     ) -> candle_core::Result<()> {
         let func = dev.get_or_load_custom_func("diffuse_im2col_f32", MODULE, PTX)?;
+        let args = (geometry(g, imgs), [k_major as i32, per_thread(g.ow)]);
         let mut b = func.builder();
         b.arg(x);
         b.arg(col);
-        candle_core::builder_arg!(
-            b,
-            imgs as i32,
-            g.ci as i32,
-            g.h as i32,
-            g.w as i32,
-            g.kh as i32,
-            g.kw as i32,
-            g.stride as i32,
-            g.pad as i32,
-            g.oh as i32,
-            g.ow as i32,
-            k_major as i32,
-            per_thread(g.ow)
-        );
+        args.0.iter().chain(&args.1).for_each(|v| {
+            b.arg(v);
+        });
         // SAFETY: argument types and order match diffuse_im2col_f32's signature; col holds
         // imgs * K * P floats, x imgs images.
         unsafe { b.launch(grid(imgs * g.k() * g.out_len())) }.w()?;
@@ -350,23 +348,14 @@ mod device {
             };
             gemm(dev, &plan, w, &dys, &mut col.slice_mut(..imgs * k * p))?;
             let cs = col.slice(..imgs * k * p);
+            let args = (geometry(g, imgs), per_thread(g.w));
             let mut b = func.builder();
             b.arg(&cs);
             b.arg(&mut dxs);
-            candle_core::builder_arg!(
-                b,
-                imgs as i32,
-                g.ci as i32,
-                g.h as i32,
-                g.w as i32,
-                g.kh as i32,
-                g.kw as i32,
-                g.stride as i32,
-                g.pad as i32,
-                g.oh as i32,
-                g.ow as i32,
-                per_thread(g.w)
-            );
+            args.0.iter().for_each(|v| {
+                b.arg(v);
+            });
+            b.arg(&args.1);
             // SAFETY: argument types and order match diffuse_col2im_f32's signature (dx's chunk
             // starts at a multiple of the row length, so its vector stores are aligned).
             unsafe { b.launch(grid(imgs * g.in_len())) }.w()?;
