@@ -222,6 +222,8 @@ mod device {
         im2col(dev, &t, imgs, dy, out, true)
     }
 
+    /// Runs the product `p` on Candle's stream (its cuBLAS handle), f32 or TF32 as Candle's
+    /// switch says; `a` and `b` are our operands (cuBLAS gets them swapped: `Gemm::cublas`).
     fn gemm(
         dev: &CudaDevice,
         p: &Gemm,
