@@ -19,9 +19,10 @@ use super::conv::Geom;
 /// (which also keeps every kernel's flat index in 32 bits).
 const COL_BUDGET: usize = 1 << 28;
 
-/// Whether the CUDA path takes `g`: one image's buffers must fit the kernels' 32-bit indices.
+/// Whether the CUDA path takes `g`: one image's buffers must fit the kernels' 32-bit indices,
+/// and nothing may be empty (Candle's op handles those).
 pub(crate) fn fits(g: &Geom) -> bool {
-    per_image(g) < 1 << 31
+    g.n > 0 && g.ci > 0 && g.co > 0 && per_image(g) < 1 << 31
 }
 
 /// The largest buffer any pass needs per image, in floats.
@@ -291,16 +292,7 @@ mod device {
         let (k, p, step) = (g.k(), g.out_len(), chunk(g));
         // SAFETY: every element is written: by the bias fill, or by a GEMM with beta 0.
         let mut y = unsafe { dev.alloc::<f32>(g.n * g.co * p)? };
-        if let Some((b, per_image)) = bias {
-            let func = dev.get_or_load_custom_func("diffuse_bias_fill_f32", MODULE, PTX)?;
-            let mut bld = func.builder();
-            bld.arg(b);
-            bld.arg(&mut y);
-            candle_core::builder_arg!(bld, g.n as i32, g.co as i32, p as i32, per_image as i32);
-            // SAFETY: argument types and order match diffuse_bias_fill_f32's signature.
-            unsafe { bld.launch(grid(g.n * g.co * p)) }.w()?;
-            super::super::cuda::launched();
-        }
+        let fill = dev.get_or_load_custom_func("diffuse_bias_fill_f32", MODULE, PTX)?;
         let mut col = match g.is_pointwise() {
             true => None,
             // SAFETY: im2col writes every element it covers before the GEMM reads it.
@@ -311,6 +303,23 @@ mod device {
             let xs = x.slice(i0 * g.in_len()..(i0 + imgs) * g.in_len());
             let plan = Gemm::fwd(g, imgs, bias.is_some());
             let mut ys = y.slice_mut(i0 * g.co * p..(i0 + imgs) * g.co * p);
+            // The bias per chunk too: one launch over all of y could pass 2^31 elements.
+            if let Some((b, per_image)) = bias {
+                let bs = match per_image {
+                    true => b.slice(i0 * g.co..(i0 + imgs) * g.co),
+                    false => b.slice(..),
+                };
+                let args = [imgs, g.co, p, per_image as usize].map(|v| v as i32);
+                let mut bld = fill.builder();
+                bld.arg(&bs);
+                bld.arg(&mut ys);
+                args.iter().for_each(|v| {
+                    bld.arg(v);
+                });
+                // SAFETY: argument types and order match diffuse_bias_fill_f32's signature.
+                unsafe { bld.launch(grid(imgs * g.co * p)) }.w()?;
+                super::super::cuda::launched();
+            }
             match &mut col {
                 None => gemm(dev, &plan, w, &xs, &mut ys)?,
                 Some(col) => {

@@ -34,7 +34,7 @@ template <> struct Vec<4> {
 template <int V>
 __device__ void im2col(const float *x, float *col, int n, int c, int h, int w, int kh, int kw,
                        int stride, int pad, int oh, int ow, int k_major) {
-  const unsigned kk = c * kh * kw, pix = oh * ow, total = n * kk * pix / V;
+  const unsigned kk = c * kh * kw, pix = oh * ow, total = (unsigned)n * kk * pix / V;
   const FastDiv dpix(pix / V), dow(ow / V), db(k_major ? n : kk), dkhw(kh * kw), dkw(kw);
   for (unsigned e = first_index(); e < total; e += grid_step()) {
     const unsigned row = dpix.div(e), q = e - row * dpix.d;
@@ -70,7 +70,7 @@ extern "C" __global__ void diffuse_im2col_f32(const float *x, float *col, int n,
 template <int V>
 __device__ void col2im(const float *col, float *dx, int n, int c, int h, int w, int kh, int kw,
                        int stride, int pad, int oh, int ow) {
-  const unsigned hw = h * w, pix = oh * ow, total = n * c * hw / V;
+  const unsigned hw = h * w, pix = oh * ow, total = (unsigned)n * c * hw / V;
   const FastDiv dhw(hw / V), dw(w / V), dc(c);
   for (unsigned e = first_index(); e < total; e += grid_step()) {
     const unsigned row = dhw.div(e), q = e - row * dhw.d;
@@ -111,7 +111,7 @@ extern "C" __global__ void diffuse_col2im_f32(const float *col, float *dx, int n
 // forward GEMM then accumulates (beta 1) instead of a broadcast add over its output.
 extern "C" __global__ void diffuse_bias_fill_f32(const float *b, float *y, int n, int co, int pix,
                                                  int per_image) {
-  const unsigned total = n * co * pix;
+  const unsigned total = (unsigned)n * co * pix;
   const FastDiv dpix(pix), dco(co);
   for (unsigned e = first_index(); e < total; e += grid_step()) {
     const unsigned row = dpix.div(e);

@@ -9,7 +9,7 @@
 // its 2x2 block, one two-float store per output row.
 extern "C" __global__ void diffuse_up2_fwd_f32(const float *x, float *y, int planes, int h,
                                                int w) {
-  const unsigned total = planes * h * w;
+  const unsigned total = (unsigned)planes * h * w;
   const FastDiv dw(w);
   for (unsigned e = first_index(); e < total; e += grid_step()) {
     const unsigned row = dw.div(e), j = e - row * w;  // row = p * h + r
@@ -24,12 +24,12 @@ extern "C" __global__ void diffuse_up2_fwd_f32(const float *x, float *y, int pla
 // dy[2r, 2j] + dy[2r, 2j + 1] + dy[2r + 1, 2j] + dy[2r + 1, 2j + 1].
 extern "C" __global__ void diffuse_up2_bwd_f32(const float *dy, float *dx, int planes, int h,
                                                int w) {
-  const unsigned total = planes * h * w;
+  const unsigned total = (unsigned)planes * h * w;
   const FastDiv dw(w);
   for (unsigned e = first_index(); e < total; e += grid_step()) {
     const unsigned row = dw.div(e), j = e - row * w;
-    const float2 *in = reinterpret_cast<const float2 *>(dy + 2 * row * (2 * w) + 2 * j);
-    const float2 a = in[0], b = in[w];
-    dx[e] = a.x + a.y + b.x + b.y;
+    // Scalar reads: dy may start at any offset of a Candle view (no float2 alignment).
+    const float *a = dy + 2 * row * (2 * w) + 2 * j, *b = a + 2 * w;
+    dx[e] = a[0] + a[1] + b[0] + b[1];
   }
 }
