@@ -33,6 +33,16 @@ pub(crate) fn launched() {
 /// Threads per (sample, group) block: 8 warps.
 const THREADS: u32 = 256;
 
+/// The launch of a flat grid-stride kernel over `total` elements (src/kernels/cuda/grid.cuh):
+/// blocks of 256, at most 8192 of them.
+pub(crate) fn grid_stride(total: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (total.div_ceil(256).clamp(1, 8192) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// Whether the CUDA kernels serve `ts`: all f32 on a CUDA device, unless DIFFUSE_CUDA_KERNELS=0.
 pub(crate) fn enabled(ts: &[&Tensor]) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -147,24 +147,16 @@ pub(crate) use device::{bwd_input, bwd_weight, fwd};
 
 #[cfg(feature = "cuda")]
 mod device {
+    use super::super::cuda::grid_stride;
     use super::{chunk, Gemm, Geom};
     use candle_core::cuda_backend::cudarc::cublas::{result, sys};
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+        CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg,
     };
     use candle_core::cuda_backend::{CudaDevice, WrapErr};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/conv.ptx"));
     const MODULE: &str = "diffuse_conv";
-
-    /// A grid-stride launch over `total` elements.
-    fn grid(total: usize) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (total.div_ceil(256).clamp(1, 8192) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        }
-    }
 
     /// Pixels per thread in im2col / col2im for rows of `len`: 4, 2 or 1, a divisor of it (each
     /// thread writes one vector). One pixel per thread, the index arithmetic bounded them: on an
@@ -205,7 +197,7 @@ mod device {
         });
         // SAFETY: argument types and order match diffuse_im2col_f32's signature; col holds
         // imgs * K * P floats, x imgs images.
-        unsafe { b.launch(grid(imgs * g.k() * g.out_len())) }.w()?;
+        unsafe { b.launch(grid_stride(imgs * g.k() * g.out_len())) }.w()?;
         super::super::cuda::launched();
         Ok(())
     }
@@ -317,7 +309,7 @@ mod device {
                     bld.arg(v);
                 });
                 // SAFETY: argument types and order match diffuse_bias_fill_f32's signature.
-                unsafe { bld.launch(grid(imgs * g.co * p)) }.w()?;
+                unsafe { bld.launch(grid_stride(imgs * g.co * p)) }.w()?;
                 super::super::cuda::launched();
             }
             match &mut col {
@@ -369,7 +361,7 @@ mod device {
             b.arg(&args.1);
             // SAFETY: argument types and order match diffuse_col2im_f32's signature (dx's chunk
             // starts at a multiple of the row length, so its vector stores are aligned).
-            unsafe { b.launch(grid(imgs * g.in_len())) }.w()?;
+            unsafe { b.launch(grid_stride(imgs * g.in_len())) }.w()?;
             super::super::cuda::launched();
         }
         Ok(dx)

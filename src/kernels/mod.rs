@@ -29,8 +29,8 @@ pub use flash::attention_channels_first;
 pub use norm::{group_norm, group_norm_fused, group_norm_silu};
 pub use upsample::upsample_nearest2x;
 
-/// How many times the hand-written CUDA kernels (group norm, AdamW, convolution) have been launched in this
-/// process; 0 in builds without `cuda`.
+/// How many times the hand-written CUDA kernels (group norm, AdamW, convolution, upsampling)
+/// have been launched in this process; 0 in builds without `cuda`.
 pub fn cuda_kernel_launches() -> usize {
     #[cfg(feature = "cuda")]
     return cuda::launches();

@@ -71,7 +71,7 @@ impl CustomOp1 for Up2 {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         use candle_core::cuda_backend::WrapErr;
         const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/upsample.ptx"));
         let (n, c, h, w) = l.shape().dims4()?;
@@ -105,13 +105,8 @@ impl CustomOp1 for Up2 {
         b.arg(&x);
         b.arg(&mut y);
         candle_core::builder_arg!(b, (n * c) as i32, sh as i32, sw as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (total.div_ceil(256).clamp(1, 8192) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: argument types and order match the kernel's signature; x is contiguous.
-        unsafe { b.launch(cfg) }.w()?;
+        unsafe { b.launch(super::cuda::grid_stride(total)) }.w()?;
         super::cuda::launched();
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()),
