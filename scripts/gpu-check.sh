@@ -38,7 +38,7 @@ tmp=$(mktemp -d)
 # dictionary stores what they share (Candle's PTX, most of the code) once.
 for f in gpu/*.xz; do [ -e "$f" ] && [ "$f" != gpu/bundle.tar.xz ] && xz -dkf "$f"; done
 [ -e gpu/bundle.tar.xz ] && tar -C gpu -xJf gpu/bundle.tar.xz
-chmod +x gpu/diffuse gpu/device-test gpu/diffuse-cudnn gpu/diffuse-nccl 2>/dev/null
+chmod +x gpu/diffuse gpu/device-test gpu/diffuse-cudnn gpu/device-test-cudnn gpu/diffuse-nccl 2>/dev/null
 bin=${DIFFUSE_BIN:-gpu/diffuse}
 [ -x "$bin" ] || bin=target/release/diffuse
 tests=gpu/device-test
@@ -76,6 +76,16 @@ for vars in DIFFUSE_CUDA_KERNELS=0 DIFFUSE_TF32=1; do
   env $vars DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 120 "$tests" golden_unets fifty_training_steps \
     --test-threads 1 --nocapture 2>&1 | grep -E "max abs|relative|launches|^test |test result|panicked" | tee -a "$report"
 done
+# The cuDNN build's convolutions (src/kernels/cudnn_conv.rs): conv2d and its gradients, the
+# golden UNets and 50 training steps against the CPU, f32 (FMA math) and with TF32.
+if [ "${CUDNN:-1}" = 1 ] && [ -x gpu/device-test-cudnn ]; then
+  for vars in DIFFUSE_TF32=0 DIFFUSE_TF32=1; do
+    say "the cuDNN build, $vars:"
+    env $vars DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 120 gpu/device-test-cudnn conv2d_and golden_unets \
+      fifty_training_steps --test-threads 1 --nocapture 2>&1 |
+      grep -E "max abs|relative|launches|^test |test result|panicked|cuDNN" | tee -a "$report"
+  done
+fi
 say '```'
 fi
 
@@ -150,6 +160,7 @@ if [ "${CUDNN:-1}" = 1 ] && [ -x gpu/diffuse-cudnn ]; then # the cuDNN build (FE
   run_ours mnist-b64-cudnn mnist mnist 64 "${MNIST_STEPS:-200}" "" gpu/diffuse-cudnn
   run_ours cifar10-b128-cudnn cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" "" gpu/diffuse-cudnn
   run_ours cifar10-b128-cudnn-tf32 cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" DIFFUSE_TF32=1 gpu/diffuse-cudnn
+  run_ours mnist-b64-cudnn-tf32 mnist mnist 64 "${MNIST_STEPS:-200}" DIFFUSE_TF32=1 gpu/diffuse-cudnn
 fi
 if [ -n "${PYTHONPATH:-}" ]; then
   for spec in "mnist-b64 models/mnist/config.json 64" "cifar10-b128 models/cifar10/config.json 128"; do

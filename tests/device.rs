@@ -266,11 +266,24 @@ fn fused_group_norm_matches_candle_on_the_device() {
     println!("fused group norm on {dev:?} vs Candle's ops: max relative diff {worst:.3e} (tolerance 1e-4)");
 }
 
-/// conv2d (`kernels::conv2d`: on CUDA our im2col/col2im kernels around cuBLAS) and its three
+/// A cuDNN build (`FEATURES=cudnn`) on CUDA, our kernels on and `DIFFUSE_CUDNN` not 0, must
+/// have run its convolutions through cuDNN (`calls` of them); any other build or switch none.
+fn cudnn_checked(dev: &Device, calls: usize) {
+    let on = |v: &str| std::env::var(v).map_or(true, |v| v != "0");
+    let want = dev.is_cuda()
+        && env!("DIFFUSE_BACKENDS").contains("cudnn")
+        && on("DIFFUSE_CUDA_KERNELS")
+        && on("DIFFUSE_CUDNN");
+    println!("conv2d: {calls} cuDNN convolution calls (expected: {want})");
+    assert_eq!(calls > 0, want, "cuDNN calls: {calls}");
+}
+
+/// conv2d (`kernels::conv2d`: on CUDA our im2col/col2im kernels around cuBLAS, or in a cuDNN
+/// build cuDNN's forward, backward-data and backward-filter convolutions) and its three
 /// gradients on the device against the CPU kernels: strides 1 and 2, 1x1 and 3x3, no bias, a
 /// channel bias and a per-image bias (the UNet's time embedding), and on CUDA a batch whose
-/// column buffer passes 1 GiB, so the device code runs it (and its per-image bias) in two
-/// chunks of images.
+/// column buffer passes 1 GiB, so our path runs it (and its per-image bias) in two chunks of
+/// images (cuDNN takes it whole, after the bias fill in chunks).
 #[test]
 fn conv2d_and_its_gradients_match_the_cpu_on_the_device() {
     use candle_core::Var;
@@ -336,7 +349,9 @@ fn conv2d_and_its_gradients_match_the_cpu_on_the_device() {
             }
             out
         };
+        let before = diffuse::kernels::cudnn_convolutions();
         let (ours, want) = (run(&dev), run(&cpu));
+        cudnn_checked(&dev, diffuse::kernels::cudnn_convolutions() - before);
         for (name, (a, e)) in ["y", "dx", "dw", "db"].iter().zip(ours.iter().zip(&want)) {
             assert_eq!(a.dims(), e.dims(), "{name}");
             let scale = max_abs_diff(e, &e.zeros_like().unwrap()).max(1.0);

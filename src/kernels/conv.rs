@@ -556,8 +556,8 @@ pub fn conv2d(
             )));
         }
     }
-    // A cuDNN build (`FEATURES=cudnn`) leaves CUDA convolutions to Candle, i.e. to cuDNN.
-    let ours = |ts: &[&Tensor]| cpu_f32(ts) || (!cfg!(feature = "cudnn") && cuda_f32(ts, true));
+    // On CUDA our op runs cuDNN's convolutions in a cuDNN build (src/kernels/cudnn_conv.rs).
+    let ours = |ts: &[&Tensor]| cpu_f32(ts) || cuda_f32(ts, true);
     if ours(&[x, w]) && b.is_none_or(|b| ours(&[x, b])) && cuda_fits(x, w, stride, padding) {
         let op = ConvOp {
             pass: Pass::Fwd,

@@ -273,6 +273,38 @@ mod device {
         .w()
     }
 
+    /// Writes the bias ([co], or [n, co] when `per_image`) into every pixel of y [n, co, P],
+    /// per chunk of images: one launch over all of y could pass 2^31 elements.
+    fn bias_fill(
+        dev: &CudaDevice,
+        g: &Geom,
+        b: &CudaView<f32>,
+        per_image: bool,
+        y: &mut CudaSlice<f32>,
+    ) -> candle_core::Result<()> {
+        let (p, step) = (g.out_len(), chunk(g));
+        let fill = dev.get_or_load_custom_func("diffuse_bias_fill_f32", MODULE, PTX)?;
+        for i0 in (0..g.n).step_by(step) {
+            let imgs = step.min(g.n - i0);
+            let mut ys = y.slice_mut(i0 * g.co * p..(i0 + imgs) * g.co * p);
+            let bs = match per_image {
+                true => b.slice(i0 * g.co..(i0 + imgs) * g.co),
+                false => b.slice(..),
+            };
+            let args = [imgs, g.co, p, per_image as usize].map(|v| v as i32);
+            let mut bld = fill.builder();
+            bld.arg(&bs);
+            bld.arg(&mut ys);
+            args.iter().for_each(|v| {
+                bld.arg(v);
+            });
+            // SAFETY: argument types and order match diffuse_bias_fill_f32's signature.
+            unsafe { bld.launch(grid_stride(imgs * g.co * p)) }.w()?;
+            super::super::cuda::launched();
+        }
+        Ok(())
+    }
+
     /// y = conv2d(x, w) (+ bias: [co], or [n, co] when `per_image`), [n, co, oh, ow].
     pub(crate) fn fwd(
         dev: &CudaDevice,
@@ -282,9 +314,18 @@ mod device {
         bias: Option<(&CudaView<f32>, bool)>,
     ) -> candle_core::Result<CudaSlice<f32>> {
         let (k, p, step) = (g.k(), g.out_len(), chunk(g));
-        // SAFETY: every element is written: by the bias fill, or by a GEMM with beta 0.
+        // SAFETY: every element is written: by the bias fill, or by a GEMM (or cuDNN) with
+        // beta 0.
         let mut y = unsafe { dev.alloc::<f32>(g.n * g.co * p)? };
-        let fill = dev.get_or_load_custom_func("diffuse_bias_fill_f32", MODULE, PTX)?;
+        if let Some((b, per_image)) = bias {
+            bias_fill(dev, g, b, per_image, &mut y)?;
+        }
+        // A cuDNN build's convolutions (src/kernels/cudnn_conv.rs), where it takes the shape.
+        #[cfg(feature = "cudnn")]
+        if super::super::cudnn_conv::fwd(dev, g, x, w, &mut y, bias.is_some())? {
+            super::super::cuda::launched();
+            return Ok(y);
+        }
         let mut col = match g.is_pointwise() {
             true => None,
             // SAFETY: im2col writes every element it covers before the GEMM reads it.
@@ -295,23 +336,6 @@ mod device {
             let xs = x.slice(i0 * g.in_len()..(i0 + imgs) * g.in_len());
             let plan = Gemm::fwd(g, imgs, bias.is_some());
             let mut ys = y.slice_mut(i0 * g.co * p..(i0 + imgs) * g.co * p);
-            // The bias per chunk too: one launch over all of y could pass 2^31 elements.
-            if let Some((b, per_image)) = bias {
-                let bs = match per_image {
-                    true => b.slice(i0 * g.co..(i0 + imgs) * g.co),
-                    false => b.slice(..),
-                };
-                let args = [imgs, g.co, p, per_image as usize].map(|v| v as i32);
-                let mut bld = fill.builder();
-                bld.arg(&bs);
-                bld.arg(&mut ys);
-                args.iter().for_each(|v| {
-                    bld.arg(v);
-                });
-                // SAFETY: argument types and order match diffuse_bias_fill_f32's signature.
-                unsafe { bld.launch(grid_stride(imgs * g.co * p)) }.w()?;
-                super::super::cuda::launched();
-            }
             match &mut col {
                 None => gemm(dev, &plan, w, &xs, &mut ys)?,
                 Some(col) => {
@@ -331,6 +355,11 @@ mod device {
         dy: &CudaView<f32>,
         w: &CudaView<f32>,
     ) -> candle_core::Result<CudaSlice<f32>> {
+        #[cfg(feature = "cudnn")]
+        if let Some(dx) = super::super::cudnn_conv::bwd_input(dev, g, dy, w)? {
+            super::super::cuda::launched();
+            return Ok(dx);
+        }
         let (k, p, step) = (g.k(), g.out_len(), chunk(g));
         // SAFETY: every element is written by the GEMM (1x1) or by col2im.
         let mut dx = unsafe { dev.alloc::<f32>(g.n * g.in_len())? };
@@ -374,6 +403,11 @@ mod device {
         x: &CudaView<f32>,
         dy: &CudaView<f32>,
     ) -> candle_core::Result<CudaSlice<f32>> {
+        #[cfg(feature = "cudnn")]
+        if let Some(dw) = super::super::cudnn_conv::bwd_weight(dev, g, x, dy)? {
+            super::super::cuda::launched();
+            return Ok(dw);
+        }
         let (k, p, step) = (g.k(), g.out_len(), chunk(g));
         let first = step.min(g.n);
         // SAFETY: the first GEMM (beta 0) writes all of dw; im2col and the transpose write

@@ -12,6 +12,7 @@ pub mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod cuda_conv;
+mod cudnn_conv;
 mod direct;
 mod flash;
 mod gemm;
@@ -36,6 +37,12 @@ pub fn cuda_kernel_launches() -> usize {
     return cuda::launches();
     #[cfg(not(feature = "cuda"))]
     0
+}
+
+/// cuDNN convolution calls so far in this process: nonzero only in a cuDNN build
+/// (`FEATURES=cudnn`) whose CUDA convolutions ran through cuDNN (src/kernels/cudnn_conv.rs).
+pub fn cudnn_convolutions() -> usize {
+    cudnn_conv::calls()
 }
 
 use candle_core::{CpuStorage, DType, Layout, Tensor};
