@@ -267,15 +267,20 @@ fn fused_group_norm_matches_candle_on_the_device() {
 }
 
 /// A cuDNN build (`FEATURES=cudnn`) on CUDA, our kernels on and `DIFFUSE_CUDNN` not 0, must
-/// have run its convolutions through cuDNN (`calls` of them); any other build or switch none.
+/// have run one convolution and both its gradients through cuDNN (`calls`: 3, so no pass fell
+/// back to our path); any other build or switch none.
 fn cudnn_checked(dev: &Device, calls: usize) {
     let on = |v: &str| std::env::var(v).map_or(true, |v| v != "0");
     let want = dev.is_cuda()
         && env!("DIFFUSE_BACKENDS").contains("cudnn")
         && on("DIFFUSE_CUDA_KERNELS")
         && on("DIFFUSE_CUDNN");
-    println!("conv2d: {calls} cuDNN convolution calls (expected: {want})");
-    assert_eq!(calls > 0, want, "cuDNN calls: {calls}");
+    let expected = if want { 3 } else { 0 };
+    println!("conv2d: {calls} cuDNN convolution calls (expected {expected})");
+    assert_eq!(
+        calls, expected,
+        "cuDNN calls (forward, input and weight gradients)"
+    );
 }
 
 /// conv2d (`kernels::conv2d`: on CUDA our im2col/col2im kernels around cuBLAS, or in a cuDNN

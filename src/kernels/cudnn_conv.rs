@@ -8,16 +8,30 @@
 //! heuristic, a zeroed workspace) and has no backward of its own (its gradients ran as more
 //! forward convolutions of odd shapes): on an H200 it left the GPU 89% idle in our cifar10 train
 //! step (README "GPU (CUDA)"). Here each shape's descriptors and algorithms are chosen once and
-//! kept (per thread: a cuDNN handle is not thread-safe), the workspace is one buffer per device
+//! kept (per thread and device: a cuDNN handle is not thread-safe), the workspace is one buffer
 //! that only grows, and the algorithm is the heuristics' fastest deterministic one whose
 //! workspace is at most 1 GiB, so a seed reproduces a run on the same device. Math: FMA only
-//! (exact f32, what diffusers gets with TF32 off) unless Candle's TF32 switch is on
-//! (`DIFFUSE_TF32=1`), when cuDNN's default math may use TF32 tensor cores, as PyTorch's
-//! convolutions do by default.
+//! (f32 throughout, what diffusers gets with TF32 off; FFT or Winograd algorithms may round
+//! differently from im2col) unless Candle's TF32 switch is on (`DIFFUSE_TF32=1`), when cuDNN's
+//! default math may use TF32 tensor cores, as PyTorch's convolutions do by default. What cuDNN
+//! cannot set up or run (short of a failed kernel) falls back to our path with a warning.
 #![cfg_attr(not(feature = "cudnn"), allow(dead_code))]
 
 /// The largest workspace an algorithm may ask for (bytes); the column budget's size.
 const WORKSPACE_CAP: usize = 1 << 30;
+
+/// The math an entry of cuDNN's heuristic list runs with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Math {
+    /// FMA only: f32 throughout.
+    Fma,
+    /// cuDNN's default: TF32 tensor cores allowed for f32 data (Ampere and later).
+    Default,
+    /// Tensor cores (TF32 for f32 data).
+    TensorOp,
+    /// Tensor cores, allowed to convert f32 down to f16: never taken.
+    Conversion,
+}
 
 /// One entry of cuDNN's heuristic list (fastest first), as the choice reads it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,14 +40,19 @@ struct Candidate {
     ok: bool,
     /// Bitwise reproducible (no atomics in its sums).
     deterministic: bool,
-    /// Tensor-core math (TF32 for f32 data).
-    tensor_op: bool,
+    math: Math,
 }
 
 impl Candidate {
     /// Whether the choice may take it: it runs, it is deterministic, and TF32 only when asked.
     fn usable(&self, tf32: bool) -> bool {
-        self.ok && self.deterministic && (tf32 || !self.tensor_op)
+        self.ok
+            && self.deterministic
+            && match self.math {
+                Math::Fma => true,
+                Math::Default | Math::TensorOp => tf32,
+                Math::Conversion => false,
+            }
     }
 }
 
@@ -65,19 +84,22 @@ pub(crate) fn calls() -> usize {
 #[cfg(feature = "cudnn")]
 mod device {
     use super::super::conv::Geom;
-    use super::{choose, Candidate, WORKSPACE_CAP};
+    use super::{choose, Candidate, Math, WORKSPACE_CAP};
     use candle_core::cuda_backend::cudarc::cudnn::{result, sys};
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut,
+    };
     use candle_core::cuda_backend::{CudaDevice, DeviceId};
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::ffi::c_void;
-    use std::sync::OnceLock;
+    use std::sync::{Arc, OnceLock};
 
     type Res<T> = Result<T, result::CudnnError>;
 
     /// Whether this process uses cuDNN: not with `DIFFUSE_CUDNN=0`, nor where the library does
-    /// not load (one warning; our im2col path then runs).
+    /// not load or is older than 9 (cudarc's bindings are cuDNN 9's: an older library's status
+    /// codes would not be valid values of them). One warning; our im2col path then runs.
     fn enabled() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
         *ON.get_or_init(|| {
@@ -85,13 +107,20 @@ mod device {
                 return false;
             }
             // SAFETY: only tries to open the library (dlopen).
-            let found = unsafe { sys::is_culib_present() };
-            if !found {
+            if !unsafe { sys::is_culib_present() } {
                 tracing::warn!(
                     "cuDNN (libcudnn) not found: convolutions run on diffuse's own CUDA path"
                 );
+                return false;
             }
-            found
+            let v = result::get_version();
+            if v < 90000 {
+                tracing::warn!(
+                    "cuDNN {v} is older than 9: convolutions run on diffuse's own CUDA path"
+                );
+                return false;
+            }
+            true
         })
     }
 
@@ -138,10 +167,15 @@ mod device {
         Ok(t)
     }
 
-    /// A convolution descriptor for `g` (f32 accumulation, cross-correlation as conv2d).
-    fn conv(g: &Geom) -> Res<Conv> {
+    /// A convolution descriptor for `g` (f32 accumulation, cross-correlation as conv2d) with
+    /// the math the heuristics are asked under: FMA only, or cuDNN's default with TF32.
+    fn conv(g: &Geom, tf32: bool) -> Res<Conv> {
         let c = Conv(result::create_convolution_descriptor()?);
         let (p, s) = (g.pad as i32, g.stride as i32);
+        let math = match tf32 {
+            true => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
+            false => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+        };
         // SAFETY: a live descriptor.
         unsafe {
             result::set_convolution2d_descriptor(
@@ -154,8 +188,9 @@ mod device {
                 1,
                 sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
                 sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-            )
-        }?;
+            )?;
+            result::set_convolution_math_type(c.0, math)?;
+        }
         Ok(c)
     }
 
@@ -168,18 +203,12 @@ mod device {
         Candidate {
             ok: status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS,
             deterministic: det == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC,
-            tensor_op: matches!(
-                math,
-                M::CUDNN_TENSOR_OP_MATH | M::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
-            ),
-        }
-    }
-
-    /// The math a candidate runs with: FMA only (exact f32) unless TF32 is on, then its own.
-    fn math(tf32: bool, own: sys::cudnnMathType_t) -> sys::cudnnMathType_t {
-        match tf32 {
-            true => own,
-            false => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+            math: match math {
+                M::CUDNN_FMA_MATH => Math::Fma,
+                M::CUDNN_DEFAULT_MATH => Math::Default,
+                M::CUDNN_TENSOR_OP_MATH => Math::TensorOp,
+                _ => Math::Conversion,
+            },
         }
     }
 
@@ -190,8 +219,16 @@ mod device {
         workspace: usize,
     }
 
+    /// The three passes, as `Plan::refused` indexes them.
+    #[derive(Clone, Copy, Debug)]
+    enum Pass {
+        Fwd = 0,
+        Data = 1,
+        Filter = 2,
+    }
+
     /// A shape's descriptors and each pass's choice (None: cuDNN offered nothing usable, and
-    /// that pass runs on our path).
+    /// that pass runs on our path; `refused` too once cuDNN declined to run the choice).
     struct Plan {
         x: Tensor4,
         w: Filter4,
@@ -199,14 +236,19 @@ mod device {
         fwd: Option<Chosen<sys::cudnnConvolutionFwdAlgo_t>>,
         data: Option<Chosen<sys::cudnnConvolutionBwdDataAlgo_t>>,
         filter: Option<Chosen<sys::cudnnConvolutionBwdFilterAlgo_t>>,
+        refused: [bool; 3],
     }
 
-    /// Runs cuDNN's heuristic (`list` fills up to 8 entries and says how many) and keeps the
+    /// Entries asked of each heuristic: more than any pass has algorithms, as an algorithm may
+    /// come back once per math.
+    const LIST: usize = 16;
+
+    /// Runs cuDNN's heuristic (`list` fills up to LIST entries and says how many) and keeps the
     /// choice; `size` asks the workspace of an algorithm under the descriptor's current math.
     fn pick<A: Copy, P>(
         g: &Geom,
         tf32: bool,
-        list: impl FnOnce(&Conv, &mut [P; 8]) -> Res<usize>,
+        list: impl FnOnce(&Conv, &mut [P; LIST]) -> Res<usize>,
         read: impl Fn(
             &P,
         ) -> (
@@ -217,22 +259,23 @@ mod device {
         ),
         size: impl Fn(&Conv, A) -> Res<usize>,
     ) -> Res<Option<Chosen<A>>> {
-        let c = conv(g)?;
+        let c = conv(g, tf32)?;
         // SAFETY: a plain C struct of enums and numbers, all-zero valid; cuDNN fills it.
-        let mut perf: [P; 8] = unsafe { std::mem::zeroed() };
-        let n = list(&c, &mut perf)?.min(8);
+        let mut perf: [P; LIST] = unsafe { std::mem::zeroed() };
+        let n = list(&c, &mut perf)?.min(LIST);
         let entries: Vec<_> = perf[..n].iter().map(&read).collect();
         let cands: Vec<_> = entries.iter().map(|e| candidate(e.1, e.2, e.3)).collect();
+        // Each candidate sized under its own math (FMA, by `usable`, unless TF32 is on).
         let found = choose(&cands, tf32, WORKSPACE_CAP, |i| {
             // SAFETY: a live descriptor.
-            unsafe { result::set_convolution_math_type(c.0, math(tf32, entries[i].3)) }.ok()?;
+            unsafe { result::set_convolution_math_type(c.0, entries[i].3) }.ok()?;
             size(&c, entries[i].0).ok()
         });
         let Some((i, workspace)) = found else {
             return Ok(None);
         };
         // SAFETY: a live descriptor; the winner's math, which its workspace was sized for.
-        unsafe { result::set_convolution_math_type(c.0, math(tf32, entries[i].3)) }?;
+        unsafe { result::set_convolution_math_type(c.0, entries[i].3) }?;
         Ok(Some(Chosen {
             conv: c,
             algo: entries[i].0,
@@ -255,8 +298,9 @@ mod device {
                 )
             }?;
             let mut count = 0;
+            let req = LIST as i32;
             // SAFETY (the three heuristics and workspace queries): live handle and
-            // descriptors, `perf` holds the 8 entries requested.
+            // descriptors, `perf` holds the LIST entries requested.
             let fwd = pick(
                 g,
                 tf32,
@@ -267,7 +311,7 @@ mod device {
                         w.0,
                         c.0,
                         y.0,
-                        8,
+                        req,
                         &mut count,
                         perf.as_mut_ptr(),
                     )
@@ -290,7 +334,7 @@ mod device {
                         y.0,
                         c.0,
                         x.0,
-                        8,
+                        req,
                         &mut count,
                         perf.as_mut_ptr(),
                     )
@@ -313,7 +357,7 @@ mod device {
                         y.0,
                         c.0,
                         w.0,
-                        8,
+                        req,
                         &mut count,
                         perf.as_mut_ptr(),
                     )
@@ -333,6 +377,7 @@ mod device {
                 fwd,
                 data,
                 filter,
+                refused: [false; 3],
             })
         }
     }
@@ -340,12 +385,14 @@ mod device {
     /// A shape as the plans are keyed: the geometry and the math.
     type Key = ([usize; 9], bool);
 
-    /// One device's cuDNN state on this thread. Fields drop in order: plans, then the
-    /// workspace, then the handle.
+    /// One device's cuDNN state on this thread. Fields drop in order: plans, the workspace,
+    /// the handle, then the stream, which keeps the CUDA context alive until the handle is gone.
     struct State {
-        plans: HashMap<Key, Plan>,
+        /// None: cuDNN could not set the shape up (warned; our path runs it).
+        plans: HashMap<Key, Option<Plan>>,
         workspace: Option<CudaSlice<u8>>,
         handle: Handle,
+        _stream: Arc<CudaStream>,
     }
 
     thread_local! {
@@ -355,33 +402,31 @@ mod device {
 
     fn start(dev: &CudaDevice) -> Res<State> {
         let stream = dev.cuda_stream();
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(|_| result::CudnnError(sys::cudnnStatus_t::CUDNN_STATUS_NOT_INITIALIZED))?;
         let handle = Handle(result::create_handle()?);
-        // SAFETY: a live handle and Candle's stream, which outlives the device's use here.
+        // SAFETY: a live handle and Candle's stream, kept alive by the state.
         unsafe { result::set_stream(handle.0, stream.cu_stream() as sys::cudaStream_t) }?;
         Ok(State {
             plans: HashMap::new(),
             workspace: None,
             handle,
+            _stream: stream,
         })
     }
 
-    /// Whether cuDNN takes `g`: every tensor's elements within i32, which cuDNN's 4-d
-    /// descriptors index, and nothing empty.
+    /// Whether cuDNN takes `g`: nothing empty, every tensor's elements within i32, which
+    /// cuDNN's 4-d descriptors index.
     fn fits_cudnn(g: &Geom) -> bool {
         let lim = i32::MAX as usize;
-        g.n > 0
-            && g.ci > 0
-            && g.co > 0
+        [g.n, g.ci, g.h, g.w, g.co, g.kh, g.kw]
+            .iter()
+            .all(|&d| d > 0)
             && g.n * g.ci * g.h * g.w <= lim
             && g.n * g.co * g.oh * g.ow <= lim
             && g.co * g.ci * g.kh * g.kw <= lim
+            && g.stride.max(g.pad) <= lim
     }
 
-    /// The pass's raw pointers and workspace, for `run` to launch.
+    /// The pass's descriptors and workspace, for the launch.
     struct Ready<'a, A> {
         h: sys::cudnnHandle_t,
         plan: &'a Plan,
@@ -389,18 +434,58 @@ mod device {
         ws: (*mut c_void, usize),
     }
 
-    /// Finds (or makes) the plan of `g` on `dev`, makes the workspace big enough for the pass
-    /// `which` selects, and hands them to `f`; Ok(None) where cuDNN is off, unavailable or
-    /// has no usable algorithm for the pass (the caller then runs our path).
+    /// How a launch went.
+    enum Outcome<T> {
+        Ran(T),
+        /// Not tried (a pointer cuDNN's kernels may not take): our path runs this call.
+        Skipped,
+        /// cuDNN returned this status without running.
+        Refused(result::CudnnError),
+    }
+
+    /// Pointers cuDNN is handed: 16-byte aligned (its vectorised kernels' loads), as fresh
+    /// allocations are; a view at an odd offset goes to our path.
+    fn aligned(ptrs: &[u64]) -> bool {
+        ptrs.iter().all(|p| p % 16 == 0)
+    }
+
+    /// A launch's status as an outcome: a failed kernel is an error (the stream is no longer
+    /// trustworthy); any other refusal falls back to our path.
+    fn outcome<T>(r: Res<()>, out: T) -> candle_core::Result<Outcome<T>> {
+        use sys::cudnnStatus_t as S;
+        match r {
+            Ok(()) => Ok(Outcome::Ran(out)),
+            Err(e) => match e.0 {
+                S::CUDNN_STATUS_EXECUTION_FAILED
+                | S::CUDNN_STATUS_EXECUTION_FAILED_CUDA_DRIVER
+                | S::CUDNN_STATUS_EXECUTION_FAILED_CUBLAS
+                | S::CUDNN_STATUS_EXECUTION_FAILED_CUDART
+                | S::CUDNN_STATUS_EXECUTION_FAILED_CURAND => Err(candle_core::Error::Msg(format!(
+                    "cuDNN convolution failed: {e:?}"
+                ))),
+                _ => Ok(Outcome::Refused(e)),
+            },
+        }
+    }
+
+    /// Finds (or makes) the plan of `g` on `dev`, makes the workspace big enough for `pass`
+    /// (whose choice `which` reads), and hands them to `f`; Ok(None) where cuDNN is off,
+    /// unavailable, or does not take this shape or pass (the caller then runs our path).
     fn with_plan<A, T>(
         dev: &CudaDevice,
         g: &Geom,
+        pass: Pass,
         which: impl Fn(&Plan) -> Option<&Chosen<A>>,
-        f: impl FnOnce(Ready<'_, A>) -> candle_core::Result<T>,
+        f: impl FnOnce(Ready<'_, A>) -> candle_core::Result<Outcome<T>>,
     ) -> candle_core::Result<Option<T>> {
         if !enabled() || !fits_cudnn(g) {
             return Ok(None);
         }
+        // cuDNN's setup and launches act on the thread's current context: this device's.
+        dev.cuda_stream()
+            .context()
+            .bind_to_thread()
+            .map_err(candle_core::Error::wrap)?;
         let tf32 = candle_core::cuda::gemm_reduced_precision_f32();
         STATE.with(|s| {
             let mut s = s.borrow_mut();
@@ -421,16 +506,19 @@ mod device {
                 [g.n, g.ci, g.h, g.w, g.co, g.kh, g.kw, g.stride, g.pad],
                 tf32,
             );
-            let plan = match state.plans.entry(key) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let plan = Plan::new(h, g, tf32).map_err(|e| {
-                        candle_core::Error::Msg(format!("cuDNN setup of conv2d {g:?}: {e:?}"))
-                    })?;
-                    e.insert(plan)
-                }
+            let plan = state.plans.entry(key).or_insert_with(|| {
+                Plan::new(h, g, tf32)
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            "cuDNN could not set up conv2d {g:?} ({e:?}): it runs on diffuse's own CUDA path"
+                        )
+                    })
+                    .ok()
+            });
+            let Some(plan) = plan else {
+                return Ok(None);
             };
-            let Some(chosen) = which(plan) else {
+            let Some(chosen) = which(plan).filter(|_| !plan.refused[pass as usize]) else {
                 return Ok(None);
             };
             let need = chosen.workspace;
@@ -449,14 +537,26 @@ mod device {
                 }
                 _ => ((std::ptr::null_mut(), 0), None),
             };
-            let out = f(Ready {
+            let ready = Ready {
                 h,
                 plan,
                 chosen,
                 ws,
-            })?;
-            super::CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok(Some(out))
+            };
+            match f(ready)? {
+                Outcome::Ran(out) => {
+                    super::CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(Some(out))
+                }
+                Outcome::Skipped => Ok(None),
+                Outcome::Refused(e) => {
+                    tracing::warn!(
+                        "cuDNN declined conv2d {g:?} ({pass:?}: {e:?}): it runs on diffuse's own CUDA path"
+                    );
+                    plan.refused[pass as usize] = true;
+                    Ok(None)
+                }
+            }
         })
     }
 
@@ -473,6 +573,7 @@ mod device {
         let ran = with_plan(
             dev,
             g,
+            Pass::Fwd,
             |p| p.fwd.as_ref(),
             |r| {
                 let (alpha, beta) = (1f32, accumulate as u8 as f32);
@@ -480,10 +581,13 @@ mod device {
                 // The guards record each buffer's use on the stream once the pass is queued.
                 let ((px, _gx), (pw, _gw), (py, _gy)) =
                     (x.device_ptr(&s), w.device_ptr(&s), y.device_ptr_mut(&s));
+                if !aligned(&[px, pw, py]) {
+                    return Ok(Outcome::Skipped);
+                }
                 // SAFETY: every pointer is a live buffer on the handle's stream (Candle's), of the
                 // descriptors' shapes (the callers' contiguous views); the workspace is as large as
                 // the algorithm asked.
-                unsafe {
+                let r = unsafe {
                     result::convolution_forward(
                         r.h,
                         &alpha as *const f32 as *const c_void,
@@ -499,8 +603,8 @@ mod device {
                         r.plan.y.0,
                         py as *mut c_void,
                     )
-                }
-                .map_err(candle_core::Error::wrap)
+                };
+                outcome(r, ())
             },
         )?;
         Ok(ran.is_some())
@@ -517,15 +621,19 @@ mod device {
         with_plan(
             dev,
             g,
+            Pass::Data,
             |p| p.data.as_ref(),
             |r| {
                 // SAFETY: beta 0: cuDNN writes every element without reading it.
                 let mut dx = unsafe { dev.alloc::<f32>(g.n * g.in_len())? };
                 let (alpha, beta) = (1f32, 0f32);
-                {
+                let res = {
                     let s = dev.cuda_stream();
                     let ((pw, _gw), (pdy, _gdy), (pdx, _gdx)) =
                         (w.device_ptr(&s), dy.device_ptr(&s), dx.device_ptr_mut(&s));
+                    if !aligned(&[pw, pdy, pdx]) {
+                        return Ok(Outcome::Skipped);
+                    }
                     // SAFETY: as in `fwd`.
                     unsafe {
                         result::convolution_backward_data(
@@ -544,9 +652,8 @@ mod device {
                             pdx as *mut c_void,
                         )
                     }
-                    .map_err(candle_core::Error::wrap)?;
-                }
-                Ok(dx)
+                };
+                outcome(res, dx)
             },
         )
     }
@@ -562,15 +669,19 @@ mod device {
         with_plan(
             dev,
             g,
+            Pass::Filter,
             |p| p.filter.as_ref(),
             |r| {
                 // SAFETY: beta 0: cuDNN writes every element without reading it.
                 let mut dw = unsafe { dev.alloc::<f32>(g.co * g.k())? };
                 let (alpha, beta) = (1f32, 0f32);
-                {
+                let res = {
                     let s = dev.cuda_stream();
                     let ((px, _gx), (pdy, _gdy), (pdw, _gdw)) =
                         (x.device_ptr(&s), dy.device_ptr(&s), dw.device_ptr_mut(&s));
+                    if !aligned(&[px, pdy, pdw]) {
+                        return Ok(Outcome::Skipped);
+                    }
                     // SAFETY: as in `fwd`.
                     unsafe {
                         result::convolution_backward_filter(
@@ -589,9 +700,8 @@ mod device {
                             pdw as *mut c_void,
                         )
                     }
-                    .map_err(candle_core::Error::wrap)?;
-                }
-                Ok(dw)
+                };
+                outcome(res, dw)
             },
         )
     }
@@ -599,35 +709,42 @@ mod device {
 
 #[cfg(test)]
 mod tests {
-    use super::{choose, Candidate};
+    use super::{choose, Candidate, Math};
 
-    fn c(ok: bool, deterministic: bool, tensor_op: bool) -> Candidate {
+    fn c(ok: bool, deterministic: bool, math: Math) -> Candidate {
         Candidate {
             ok,
             deterministic,
-            tensor_op,
+            math,
         }
     }
 
-    /// The choice skips what cannot run, is not reproducible, uses TF32 unasked, or needs
-    /// more workspace than the cap (or whose size query fails), and keeps the heuristics'
-    /// order otherwise.
+    /// The choice skips what cannot run, is not reproducible, is not FMA-only in f32 (or may
+    /// convert to f16 at all), needs more workspace than the cap (or whose size query fails),
+    /// and keeps the heuristics' order otherwise.
     #[test]
     fn the_fastest_deterministic_algorithm_within_the_cap_is_chosen() {
+        use Math::*;
         let list = [
-            c(false, true, false), // cannot run
-            c(true, false, false), // atomics: not reproducible
-            c(true, true, true),   // TF32
-            c(true, true, false),  // workspace over the cap
-            c(true, true, false),  // size query refused
-            c(true, true, false),  // the f32 choice
+            c(false, true, Fma),       // cannot run
+            c(true, false, Fma),       // atomics: not reproducible
+            c(true, true, Conversion), // may round f32 to f16
+            c(true, true, TensorOp),   // TF32
+            c(true, true, Default),    // TF32 allowed
+            c(true, true, Fma),        // workspace over the cap
+            c(true, true, Fma),        // size query refused
+            c(true, true, Fma),        // the f32 choice
         ];
-        let ws = [0, 0, 10, 2000, 0, 300];
-        let size = |i: usize| (i != 4).then_some(ws[i]);
-        assert_eq!(choose(&list, false, 1000, size), Some((5, 300)));
-        assert_eq!(choose(&list, true, 1000, size), Some((2, 10)));
+        let ws = [0, 0, 0, 10, 20, 2000, 0, 300];
+        let size = |i: usize| (i != 6).then_some(ws[i]);
+        assert_eq!(choose(&list, false, 1000, size), Some((7, 300)));
+        assert_eq!(choose(&list, true, 1000, size), Some((3, 10)));
+        assert_eq!(
+            choose(&list[4..], true, 1000, |i| size(i + 4)),
+            Some((0, 20))
+        );
         assert_eq!(choose(&list, false, 100, size), None);
-        assert_eq!(choose(&list[..2], true, 1000, size), None);
+        assert_eq!(choose(&list[..3], true, 1000, size), None);
         assert_eq!(choose(&[], false, 1000, size), None);
     }
 }
