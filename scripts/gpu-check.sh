@@ -77,11 +77,12 @@ for vars in DIFFUSE_CUDA_KERNELS=0 DIFFUSE_TF32=1; do
     --test-threads 1 --nocapture 2>&1 | grep -E "max abs|relative|launches|^test |test result|panicked" | tee -a "$report"
 done
 # The cuDNN build's convolutions (src/kernels/cudnn_conv.rs): conv2d and its gradients, the
-# golden UNets and 50 training steps against the CPU, f32 (FMA math) and with TF32.
+# half-precision conv2d, golden UNets and 50 training steps against the CPU, f32 (FMA math)
+# and with TF32.
 if [ "${CUDNN:-1}" = 1 ] && [ -x gpu/device-test-cudnn ]; then
   for vars in DIFFUSE_TF32=0 DIFFUSE_TF32=1; do
     say "the cuDNN build, $vars:"
-    env $vars DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 120 gpu/device-test-cudnn conv2d_and golden_unets \
+    env $vars DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 120 gpu/device-test-cudnn conv2d_and half_precision golden_unets \
       fifty_training_steps --test-threads 1 --nocapture 2>&1 |
       grep -E "max abs|relative|launches|^test |test result|panicked|cuDNN" | tee -a "$report"
   done
@@ -124,10 +125,10 @@ run_ours() { # name model-config dataset batch steps [VAR=1 ...: the variant's e
     --save-tensors "$tmp/$name.f32.st" -o "$tmp/$name.png" >/dev/null 2>"$tmp/$name.serr"
   local t2=$(date +%s.%N)
   say "| $name | ours | $prec | $(ips "$tmp/$name/loss.csv") | $(python3 -c "print(f'{$t2 - $t1:.2f}')") s (whole command) |"
-  { [ -n "$vars" ] || [ "$exe" != "$bin" ]; } && return
+  [ -n "$vars" ] && return
   for dt in ${DTYPES-bf16 f16}; do # sample --dtype: time, and distance from the f32 draw
     t1=$(date +%s.%N)
-    if timeout 90 $bin sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 \
+    if timeout 90 $exe sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 \
       --dtype "$dt" --save-tensors "$tmp/$name.$dt.st" -o "$tmp/$name.$dt.png" >/dev/null 2>"$tmp/$name.serr"; then
       t2=$(date +%s.%N)
       say "| $name | ours | sampling --dtype $dt ($(st_diff "$tmp/$name.$dt.st" "$tmp/$name.f32.st")) | | $(python3 -c "print(f'{$t2 - $t1:.2f}')") s (whole command) |"

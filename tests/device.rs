@@ -267,20 +267,17 @@ fn fused_group_norm_matches_candle_on_the_device() {
 }
 
 /// A cuDNN build (`FEATURES=cudnn`) on CUDA, our kernels on and `DIFFUSE_CUDNN` not 0, must
-/// have run one convolution and both its gradients through cuDNN (`calls`: 3, so no pass fell
-/// back to our path); any other build or switch none.
-fn cudnn_checked(dev: &Device, calls: usize) {
+/// have run its convolution passes through cuDNN (`calls`: `passes`, so none fell back to our
+/// path or Candle's); any other build or switch none.
+fn cudnn_checked(dev: &Device, calls: usize, passes: usize) {
     let on = |v: &str| std::env::var(v).map_or(true, |v| v != "0");
     let want = dev.is_cuda()
         && env!("DIFFUSE_BACKENDS").contains("cudnn")
         && on("DIFFUSE_CUDA_KERNELS")
         && on("DIFFUSE_CUDNN");
-    let expected = if want { 3 } else { 0 };
+    let expected = if want { passes } else { 0 };
     println!("conv2d: {calls} cuDNN convolution calls (expected {expected})");
-    assert_eq!(
-        calls, expected,
-        "cuDNN calls (forward, input and weight gradients)"
-    );
+    assert_eq!(calls, expected, "cuDNN convolution calls");
 }
 
 /// conv2d (`kernels::conv2d`: on CUDA our im2col/col2im kernels around cuBLAS, or in a cuDNN
@@ -356,7 +353,8 @@ fn conv2d_and_its_gradients_match_the_cpu_on_the_device() {
         };
         let before = diffuse::kernels::cudnn_convolutions();
         let (ours, want) = (run(&dev), run(&cpu));
-        cudnn_checked(&dev, diffuse::kernels::cudnn_convolutions() - before);
+        // The forward and both gradients.
+        cudnn_checked(&dev, diffuse::kernels::cudnn_convolutions() - before, 3);
         for (name, (a, e)) in ["y", "dx", "dw", "db"].iter().zip(ours.iter().zip(&want)) {
             assert_eq!(a.dims(), e.dims(), "{name}");
             let scale = max_abs_diff(e, &e.zeros_like().unwrap()).max(1.0);
@@ -369,6 +367,61 @@ fn conv2d_and_its_gradients_match_the_cpu_on_the_device() {
         }
     }
     println!("conv2d and gradients on {dev:?} vs the CPU: max relative diff {worst:.3e} (tolerance 1e-4)");
+}
+
+/// conv2d in half precision (what `sample --dtype` runs; in a cuDNN build on CUDA, cuDNN's
+/// tensor cores through `kernels::conv2d`, else Candle's conv2d) against the CPU's f32 conv2d
+/// of the same half-rounded inputs and bias: within 4 units of the type's rounding of the
+/// largest output (f16 2^-11, bf16 2^-8), so only the sums' order and the output's rounding
+/// differ. bf16 only off the CPU (Candle has no CPU bf16 matmul).
+#[test]
+fn half_precision_conv2d_matches_f32_on_the_device() {
+    use candle_core::DType;
+    let dev = device();
+    let cpu = Device::Cpu;
+    let mut rng = NoiseRng::new(23);
+    let dtypes: &[(DType, f64)] = if dev.is_cpu() {
+        &[(DType::F16, 4.0 / 2048.0)]
+    } else {
+        &[(DType::F16, 4.0 / 2048.0), (DType::BF16, 4.0 / 256.0)]
+    };
+    // (n, ci, h, w, co, k, stride, pad)
+    let cases = [
+        (4, 32, 16, 16, 64, 3, 1, 1),
+        (2, 64, 8, 8, 32, 1, 1, 0),
+        (3, 16, 9, 7, 24, 3, 2, 1),
+    ];
+    for &(dt, tol) in dtypes {
+        for (n, ci, h, w, co, k, stride, pad) in cases {
+            let half = |t: Tensor| t.to_dtype(dt).unwrap();
+            let x = half(rng.randn((n, ci, h, w), &cpu).unwrap());
+            let wt = half(
+                rng.randn((co, ci, k, k), &cpu)
+                    .unwrap()
+                    .affine(0.1, 0.0)
+                    .unwrap(),
+            );
+            let b = half(rng.randn(co, &cpu).unwrap());
+            let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let want =
+                diffuse::kernels::conv2d(&f32_of(&x), &f32_of(&wt), Some(&f32_of(&b)), stride, pad)
+                    .unwrap();
+            let on = |t: &Tensor| t.to_device(&dev).unwrap();
+            let before = diffuse::kernels::cudnn_convolutions();
+            let got =
+                diffuse::kernels::conv2d(&on(&x), &on(&wt), Some(&on(&b)), stride, pad).unwrap();
+            cudnn_checked(&dev, diffuse::kernels::cudnn_convolutions() - before, 1);
+            assert_eq!(got.dtype(), dt);
+            let got = f32_of(&got.to_device(&cpu).unwrap());
+            let scale = max_abs_diff(&want, &want.zeros_like().unwrap()).max(1.0);
+            let d = max_abs_diff(&got, &want) / scale;
+            println!("conv2d {dt:?} {n}x{ci}x{h}x{w} -> {co}, {k}x{k} s{stride} on {dev:?} vs f32: {d:.2e} of the largest output (tolerance {tol:.1e})");
+            assert!(
+                d < tol,
+                "{dt:?} n{n} c{ci} {h}x{w} -> {co} {k}x{k} s{stride}: {d}"
+            );
+        }
+    }
 }
 
 /// Nearest 2x upsampling and its gradient (`kernels::upsample_nearest2x`: on CUDA

@@ -359,7 +359,8 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
             "--dtype f16 on the CPU runs Candle's generic ops, ~13x slower than f32's kernels"
         );
     }
-    if device.is_cuda() && req.precision != unet::Precision::F32 {
+    // A cuDNN build runs half precision on cuDNN's tensor cores (src/kernels/cudnn_conv.rs).
+    if device.is_cuda() && req.precision != unet::Precision::F32 && !cfg!(feature = "cudnn") {
         tracing::warn!(
             "--dtype {} on CUDA runs Candle's convolutions; f32 runs ours and is faster (DIFFUSE_TF32=1 faster still)",
             req.precision.dtype().as_str()

@@ -570,6 +570,13 @@ pub fn conv2d(
             Some(b) => x.apply_op3(&w, &b.contiguous()?, op)?,
         });
     }
+    // Half precision on CUDA in a cuDNN build: cuDNN's tensor cores with cached plans.
+    #[cfg(feature = "cudnn")]
+    let y = match super::cudnn_conv::half_conv2d(x, w, stride, padding)? {
+        Some(y) => y,
+        None => x.conv2d(w, padding, stride, 1, 1)?,
+    };
+    #[cfg(not(feature = "cudnn"))]
     let y = x.conv2d(w, padding, stride, 1, 1)?;
     Ok(match b {
         None => y,

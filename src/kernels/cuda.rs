@@ -45,9 +45,13 @@ pub(crate) fn grid_stride(total: usize) -> LaunchConfig {
 
 /// Whether the CUDA kernels serve `ts`: all f32 on a CUDA device, unless DIFFUSE_CUDA_KERNELS=0.
 pub(crate) fn enabled(ts: &[&Tensor]) -> bool {
+    switched() && applies(ts)
+}
+
+/// Whether our CUDA paths are on: not with `DIFFUSE_CUDA_KERNELS=0`.
+pub(crate) fn switched() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("DIFFUSE_CUDA_KERNELS").map_or(true, |v| v != "0"))
-        && applies(ts)
 }
 
 /// All f32 on a CUDA device: what the kernels take (tests call them regardless of the switch).

@@ -148,6 +148,8 @@ pub(crate) use device::{bwd_input, bwd_weight, fwd};
 #[cfg(feature = "cuda")]
 mod device {
     use super::super::cuda::grid_stride;
+    #[cfg(feature = "cudnn")]
+    use super::super::cudnn_conv::Data;
     use super::{chunk, Gemm, Geom};
     use candle_core::cuda_backend::cudarc::cublas::{result, sys};
     use candle_core::cuda_backend::cudarc::driver::{
@@ -322,7 +324,7 @@ mod device {
         }
         // A cuDNN build's convolutions (src/kernels/cudnn_conv.rs), where it takes the shape.
         #[cfg(feature = "cudnn")]
-        if super::super::cudnn_conv::fwd(dev, g, x, w, &mut y, bias.is_some())? {
+        if super::super::cudnn_conv::fwd(dev, g, Data::F32, x, w, &mut y, bias.is_some())? {
             super::super::cuda::launched();
             return Ok(y);
         }

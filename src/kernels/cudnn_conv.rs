@@ -20,6 +20,14 @@
 /// The largest workspace an algorithm may ask for (bytes); the column budget's size.
 const WORKSPACE_CAP: usize = 1 << 30;
 
+/// The element type of a cuDNN convolution's tensors (its sums are f32 whatever the type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Data {
+    F32,
+    F16,
+    Bf16,
+}
+
 /// The math an entry of cuDNN's heuristic list runs with.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Math {
@@ -71,7 +79,7 @@ fn choose(
 }
 
 #[cfg(feature = "cudnn")]
-pub(crate) use device::{bwd_input, bwd_weight, fwd};
+pub(crate) use device::{bwd_input, bwd_weight, fwd, half_conv2d};
 
 /// cuDNN convolution calls so far in this process (each pass counts one): what the device test
 /// reads to show that a cuDNN build's convolutions are cuDNN's.
@@ -81,15 +89,23 @@ pub(crate) fn calls() -> usize {
     CALLS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+fn counted<T>(ran: Option<T>) -> Option<T> {
+    if ran.is_some() {
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    ran
+}
+
 #[cfg(feature = "cudnn")]
 mod device {
     use super::super::conv::Geom;
-    use super::{choose, Candidate, Math, WORKSPACE_CAP};
+    use super::{choose, Candidate, Data, Math, WORKSPACE_CAP};
     use candle_core::cuda_backend::cudarc::cudnn::{result, sys};
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut,
+        CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr,
     };
     use candle_core::cuda_backend::{CudaDevice, DeviceId};
+    use candle_core::{CustomOp2, DType, Layout, Shape, Tensor};
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::ffi::c_void;
@@ -153,14 +169,22 @@ mod device {
         }
     }
 
-    fn tensor(dims: [usize; 4]) -> Res<Tensor4> {
+    fn data_type(d: Data) -> sys::cudnnDataType_t {
+        match d {
+            Data::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            Data::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
+            Data::Bf16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+        }
+    }
+
+    fn tensor(dims: [usize; 4], d: Data) -> Res<Tensor4> {
         let t = Tensor4(result::create_tensor_descriptor()?);
         // SAFETY: a live descriptor; the dims fit i32 (`fits_cudnn`).
         unsafe {
             result::set_tensor4d_descriptor(
                 t.0,
                 sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
-                sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                data_type(d),
                 dims.map(|d| d as i32),
             )
         }?;
@@ -168,13 +192,15 @@ mod device {
     }
 
     /// A convolution descriptor for `g` (f32 accumulation, cross-correlation as conv2d) with
-    /// the math the heuristics are asked under: FMA only, or cuDNN's default with TF32.
-    fn conv(g: &Geom, tf32: bool) -> Res<Conv> {
+    /// the math the heuristics are asked under: f32 FMA only, or cuDNN's default with TF32;
+    /// tensor cores for half precision (as PyTorch sets them).
+    fn conv(g: &Geom, tf32: bool, d: Data) -> Res<Conv> {
         let c = Conv(result::create_convolution_descriptor()?);
         let (p, s) = (g.pad as i32, g.stride as i32);
-        let math = match tf32 {
-            true => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
-            false => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+        let math = match (d, tf32) {
+            (Data::F32, true) => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
+            (Data::F32, false) => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+            _ => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
         };
         // SAFETY: a live descriptor.
         unsafe {
@@ -248,6 +274,7 @@ mod device {
     fn pick<A: Copy, P>(
         g: &Geom,
         tf32: bool,
+        d: Data,
         list: impl FnOnce(&Conv, &mut [P; LIST]) -> Res<usize>,
         read: impl Fn(
             &P,
@@ -259,14 +286,16 @@ mod device {
         ),
         size: impl Fn(&Conv, A) -> Res<usize>,
     ) -> Res<Option<Chosen<A>>> {
-        let c = conv(g, tf32)?;
+        let c = conv(g, tf32, d)?;
+        // Half precision runs on tensor cores whatever TF32 says (f16 entries never convert).
+        let tensor_cores = tf32 || d != Data::F32;
         // SAFETY: a plain C struct of enums and numbers, all-zero valid; cuDNN fills it.
         let mut perf: [P; LIST] = unsafe { std::mem::zeroed() };
         let n = list(&c, &mut perf)?.min(LIST);
         let entries: Vec<_> = perf[..n].iter().map(&read).collect();
         let cands: Vec<_> = entries.iter().map(|e| candidate(e.1, e.2, e.3)).collect();
         // Each candidate sized under its own math (FMA, by `usable`, unless TF32 is on).
-        let found = choose(&cands, tf32, WORKSPACE_CAP, |i| {
+        let found = choose(&cands, tensor_cores, WORKSPACE_CAP, |i| {
             // SAFETY: a live descriptor.
             unsafe { result::set_convolution_math_type(c.0, entries[i].3) }.ok()?;
             size(&c, entries[i].0).ok()
@@ -284,15 +313,17 @@ mod device {
     }
 
     impl Plan {
-        fn new(h: sys::cudnnHandle_t, g: &Geom, tf32: bool) -> Res<Self> {
-            let x = tensor([g.n, g.ci, g.h, g.w])?;
-            let y = tensor([g.n, g.co, g.oh, g.ow])?;
+        /// The descriptors and choices of `g` in `d`; the gradients' only for f32 (half
+        /// precision is for sampling).
+        fn new(h: sys::cudnnHandle_t, g: &Geom, tf32: bool, d: Data) -> Res<Self> {
+            let x = tensor([g.n, g.ci, g.h, g.w], d)?;
+            let y = tensor([g.n, g.co, g.oh, g.ow], d)?;
             let w = Filter4(result::create_filter_descriptor()?);
             // SAFETY: a live descriptor; the dims fit i32.
             unsafe {
                 result::set_filter4d_descriptor(
                     w.0,
-                    sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                    data_type(d),
                     sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
                     [g.co, g.ci, g.kh, g.kw].map(|d| d as i32),
                 )
@@ -304,6 +335,7 @@ mod device {
             let fwd = pick(
                 g,
                 tf32,
+                d,
                 |c, perf| unsafe {
                     result::get_convolution_forward_algorithm(
                         h,
@@ -324,9 +356,21 @@ mod device {
                     result::get_convolution_forward_workspace_size(h, x.0, w.0, c.0, y.0, a)
                 },
             )?;
+            if d != Data::F32 {
+                return Ok(Self {
+                    x,
+                    w,
+                    y,
+                    fwd,
+                    data: None,
+                    filter: None,
+                    refused: [false; 3],
+                });
+            }
             let data = pick(
                 g,
                 tf32,
+                d,
                 |c, perf| unsafe {
                     result::get_convolution_backward_data_algorithm(
                         h,
@@ -350,6 +394,7 @@ mod device {
             let filter = pick(
                 g,
                 tf32,
+                d,
                 |c, perf| unsafe {
                     result::get_convolution_backward_filter_algorithm(
                         h,
@@ -382,8 +427,8 @@ mod device {
         }
     }
 
-    /// A shape as the plans are keyed: the geometry and the math.
-    type Key = ([usize; 9], bool);
+    /// A shape as the plans are keyed: the geometry, the math and the element type.
+    type Key = ([usize; 9], bool, Data);
 
     /// One device's cuDNN state on this thread. Fields drop in order: plans, the workspace,
     /// the handle, then the stream, which keeps the CUDA context alive until the handle is gone.
@@ -446,7 +491,7 @@ mod device {
     /// Pointers cuDNN is handed: 16-byte aligned (its vectorised kernels' loads), as fresh
     /// allocations are; a view at an odd offset goes to our path.
     fn aligned(ptrs: &[u64]) -> bool {
-        ptrs.iter().all(|p| p % 16 == 0)
+        ptrs.iter().all(|p| p.is_multiple_of(16))
     }
 
     /// A launch's status as an outcome: a failed kernel is an error (the stream is no longer
@@ -474,6 +519,7 @@ mod device {
     fn with_plan<A, T>(
         dev: &CudaDevice,
         g: &Geom,
+        d: Data,
         pass: Pass,
         which: impl Fn(&Plan) -> Option<&Chosen<A>>,
         f: impl FnOnce(Ready<'_, A>) -> candle_core::Result<Outcome<T>>,
@@ -505,9 +551,10 @@ mod device {
             let key = (
                 [g.n, g.ci, g.h, g.w, g.co, g.kh, g.kw, g.stride, g.pad],
                 tf32,
+                d,
             );
             let plan = state.plans.entry(key).or_insert_with(|| {
-                Plan::new(h, g, tf32)
+                Plan::new(h, g, tf32, d)
                     .inspect_err(|e| {
                         tracing::warn!(
                             "cuDNN could not set up conv2d {g:?} ({e:?}): it runs on diffuse's own CUDA path"
@@ -544,10 +591,7 @@ mod device {
                 ws,
             };
             match f(ready)? {
-                Outcome::Ran(out) => {
-                    super::CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Ok(Some(out))
-                }
+                Outcome::Ran(out) => Ok(Some(out)),
                 Outcome::Skipped => Ok(None),
                 Outcome::Refused(e) => {
                     tracing::warn!(
@@ -560,19 +604,22 @@ mod device {
         })
     }
 
-    /// y = conv2d(x, w) into `y` ([n, co, oh, ow]): onto what `y` holds (the bias) when
-    /// `accumulate`, else over it. Ok(false) where cuDNN does not take it.
-    pub(crate) fn fwd(
+    /// y = conv2d(x, w) into `y` ([n, co, oh, ow]) of element type `d` (T's): onto what `y`
+    /// holds (the bias) when `accumulate`, else over it. Ok(false) where cuDNN does not take it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fwd<T: DeviceRepr>(
         dev: &CudaDevice,
         g: &Geom,
-        x: &CudaView<f32>,
-        w: &CudaView<f32>,
-        y: &mut CudaSlice<f32>,
+        d: Data,
+        x: &CudaView<T>,
+        w: &CudaView<T>,
+        y: &mut CudaSlice<T>,
         accumulate: bool,
     ) -> candle_core::Result<bool> {
         let ran = with_plan(
             dev,
             g,
+            d,
             Pass::Fwd,
             |p| p.fwd.as_ref(),
             |r| {
@@ -607,7 +654,7 @@ mod device {
                 outcome(r, ())
             },
         )?;
-        Ok(ran.is_some())
+        Ok(super::counted(ran).is_some())
     }
 
     /// dx [n, ci, h, w] of conv2d(x, w) for the output gradient dy; None where cuDNN does not
@@ -621,6 +668,7 @@ mod device {
         with_plan(
             dev,
             g,
+            Data::F32,
             Pass::Data,
             |p| p.data.as_ref(),
             |r| {
@@ -656,6 +704,7 @@ mod device {
                 outcome(res, dx)
             },
         )
+        .map(super::counted)
     }
 
     /// dw [co, ci, kh, kw] of conv2d(x, w) for the output gradient dy; None where cuDNN does
@@ -669,6 +718,7 @@ mod device {
         with_plan(
             dev,
             g,
+            Data::F32,
             Pass::Filter,
             |p| p.filter.as_ref(),
             |r| {
@@ -704,6 +754,131 @@ mod device {
                 outcome(res, dw)
             },
         )
+        .map(super::counted)
+    }
+
+    /// Whether `fwd` will take `g` in `d` (plan made, workspace sized): checked before an op
+    /// is committed to cuDNN, since inside it there is no other path to fall back to.
+    fn takes(dev: &CudaDevice, g: &Geom, d: Data) -> candle_core::Result<bool> {
+        let ready = with_plan(
+            dev,
+            g,
+            d,
+            Pass::Fwd,
+            |p| p.fwd.as_ref(),
+            |_| Ok(Outcome::Ran(())),
+        )?;
+        Ok(ready.is_some())
+    }
+
+    /// conv2d of half-precision CUDA tensors (f16, bf16) that need no gradient, on cuDNN's
+    /// tensor cores with the cached plans: what `sample --dtype` runs in a cuDNN build. Candle's
+    /// conv2d would set cuDNN up on every call. Ok(None) where this does not apply (the caller
+    /// runs Candle's conv2d): other dtypes or devices, a tensor that tracks gradients, our
+    /// kernels or cuDNN switched off, a shape cuDNN does not take, a view not 16-byte aligned.
+    pub(crate) fn half_conv2d(
+        x: &Tensor,
+        w: &Tensor,
+        stride: usize,
+        pad: usize,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let d = match x.dtype() {
+            DType::F16 => Data::F16,
+            DType::BF16 => Data::Bf16,
+            _ => return Ok(None),
+        };
+        let candle_core::Device::Cuda(dev) = x.device() else {
+            return Ok(None);
+        };
+        if w.dtype() != x.dtype()
+            || !w.device().same_device(x.device())
+            || x.track_op()
+            || w.track_op()
+            || !super::super::cuda::switched()
+        {
+            return Ok(None);
+        }
+        let Ok(g) = Geom::new(x.dims(), w.dims(), stride, pad) else {
+            return Ok(None); // Candle's conv2d says what is wrong
+        };
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        // 8 half-precision elements: 16 bytes (allocations themselves are aligned).
+        let aligned = |t: &Tensor| t.layout().start_offset().is_multiple_of(8);
+        if !aligned(&x) || !aligned(&w) || !takes(dev, &g, d)? {
+            return Ok(None);
+        }
+        Ok(Some(x.apply_op2_no_bwd(&w, &HalfConv { stride, pad, d })?))
+    }
+
+    /// The contiguous elements of a half-precision input.
+    fn slice<'a, T: candle_core::cuda_backend::CudaDType>(
+        s: &'a candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<CudaView<'a, T>> {
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("cuDNN conv2d: contiguous input expected")
+        };
+        Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+    }
+
+    /// `half_conv2d`'s op (forward only).
+    struct HalfConv {
+        stride: usize,
+        pad: usize,
+        d: Data,
+    }
+
+    impl HalfConv {
+        fn run<T: DeviceRepr + candle_core::cuda_backend::CudaDType>(
+            &self,
+            g: &Geom,
+            (s1, l1): (&candle_core::CudaStorage, &Layout),
+            (s2, l2): (&candle_core::CudaStorage, &Layout),
+        ) -> candle_core::Result<candle_core::CudaStorage> {
+            let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
+            let dev = &s1.device;
+            // SAFETY: beta 0: cuDNN writes every element without reading it.
+            let mut y = unsafe { dev.alloc::<T>(g.n * g.co * g.out_len())? };
+            if !fwd(dev, g, self.d, &x, &w, &mut y, false)? {
+                candle_core::bail!(
+                    "cuDNN declined conv2d {g:?} in {:?} after taking it (DIFFUSE_CUDNN=0 runs Candle's)",
+                    self.d
+                )
+            }
+            Ok(candle_core::CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        }
+    }
+
+    impl CustomOp2 for HalfConv {
+        fn name(&self) -> &'static str {
+            "diffuse-cudnn-conv2d-half"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("diffuse-cudnn-conv2d-half runs on CUDA only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &candle_core::CudaStorage,
+            l1: &Layout,
+            s2: &candle_core::CudaStorage,
+            l2: &Layout,
+        ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+            let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+            let y = match self.d {
+                Data::F16 => self.run::<half::f16>(&g, (s1, l1), (s2, l2))?,
+                Data::Bf16 => self.run::<half::bf16>(&g, (s1, l1), (s2, l2))?,
+                Data::F32 => candle_core::bail!("diffuse-cudnn-conv2d-half: f32 input"),
+            };
+            Ok((y, Shape::from((g.n, g.co, g.oh, g.ow))))
+        }
     }
 }
 
