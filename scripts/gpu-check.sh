@@ -84,7 +84,7 @@ if [ "${CUDNN:-1}" = 1 ] && [ -x gpu/device-test-cudnn ]; then
     say "the cuDNN build, $vars:"
     env $vars DIFFUSE_TEST_DEVICE=$dev DIFFUSE_REPO=$PWD timeout 120 gpu/device-test-cudnn conv2d_and half_precision golden_unets \
       fifty_training_steps --test-threads 1 --nocapture 2>&1 |
-      grep -E "max abs|relative|launches|^test |test result|panicked|cuDNN" | tee -a "$report"
+      grep -E "max abs|relative|launches|tolerance|^test |test result|panicked|cuDNN" | tee -a "$report"
   done
 fi
 say '```'

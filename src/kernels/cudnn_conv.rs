@@ -52,13 +52,14 @@ struct Candidate {
 }
 
 impl Candidate {
-    /// Whether the choice may take it: it runs, it is deterministic, and TF32 only when asked.
-    fn usable(&self, tf32: bool) -> bool {
+    /// Whether the choice may take it: it runs, it is deterministic, and tensor cores (TF32
+    /// for f32 data) only when allowed.
+    fn usable(&self, tensor_cores: bool) -> bool {
         self.ok
             && self.deterministic
             && match self.math {
                 Math::Fma => true,
-                Math::Default | Math::TensorOp => tf32,
+                Math::Default | Math::TensorOp => tensor_cores,
                 Math::Conversion => false,
             }
     }
@@ -68,13 +69,13 @@ impl Candidate {
 /// it (None: cuDNN refused the query), is within `cap`.
 fn choose(
     list: &[Candidate],
-    tf32: bool,
+    tensor_cores: bool,
     cap: usize,
     mut workspace: impl FnMut(usize) -> Option<usize>,
 ) -> Option<(usize, usize)> {
     list.iter()
         .enumerate()
-        .filter(|(_, c)| c.usable(tf32))
+        .filter(|(_, c)| c.usable(tensor_cores))
         .find_map(|(i, _)| workspace(i).filter(|&w| w <= cap).map(|w| (i, w)))
 }
 
@@ -82,7 +83,8 @@ fn choose(
 pub(crate) use device::{bwd_input, bwd_weight, fwd, half_conv2d};
 
 /// cuDNN convolution calls so far in this process (each pass counts one): what the device test
-/// reads to show that a cuDNN build's convolutions are cuDNN's.
+/// reads to show that a cuDNN build's convolutions are cuDNN's (one test at a time: the GPU
+/// check runs it with `--test-threads 1`).
 static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 pub(crate) fn calls() -> usize {
@@ -532,7 +534,8 @@ mod device {
             .context()
             .bind_to_thread()
             .map_err(candle_core::Error::wrap)?;
-        let tf32 = candle_core::cuda::gemm_reduced_precision_f32();
+        // TF32 concerns f32 data only: half-precision plans are keyed without it.
+        let tf32 = candle_core::cuda::gemm_reduced_precision_f32() && d == Data::F32;
         STATE.with(|s| {
             let mut s = s.borrow_mut();
             let state = s.entry(dev.id()).or_insert_with(|| match start(dev) {
@@ -807,7 +810,12 @@ mod device {
         if !aligned(&x) || !aligned(&w) || !takes(dev, &g, d)? {
             return Ok(None);
         }
-        Ok(Some(x.apply_op2_no_bwd(&w, &HalfConv { stride, pad, d })?))
+        match x.apply_op2_no_bwd(&w, &HalfConv { stride, pad, d }) {
+            Ok(y) => Ok(Some(y)),
+            // cuDNN declined at launch (now marked, so `takes` says no): Candle's conv2d.
+            Err(_) if !takes(dev, &g, d)? => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The contiguous elements of a half-precision input.
