@@ -660,6 +660,46 @@ mod device {
         Ok(super::counted(ran).is_some())
     }
 
+    /// A gradient pass in f32: allocates its `len` outputs and hands `raw` the pass's plan,
+    /// the two inputs' pointers (`a`, `b` in the cuDNN call's order) and the output's.
+    #[allow(clippy::too_many_arguments)]
+    fn gradient<A>(
+        dev: &CudaDevice,
+        g: &Geom,
+        pass: Pass,
+        which: impl Fn(&Plan) -> Option<&Chosen<A>>,
+        a: &CudaView<f32>,
+        b: &CudaView<f32>,
+        len: usize,
+        raw: impl FnOnce(&Ready<'_, A>, *const c_void, *const c_void, *mut c_void) -> Res<()>,
+    ) -> candle_core::Result<Option<CudaSlice<f32>>> {
+        with_plan(dev, g, Data::F32, pass, which, |r| {
+            // SAFETY: beta 0: cuDNN writes every element without reading it.
+            let mut out = unsafe { dev.alloc::<f32>(len)? };
+            let res = {
+                let s = dev.cuda_stream();
+                // The guards record each buffer's use on the stream once the pass is queued.
+                let ((pa, _ga), (pb, _gb), (po, _go)) =
+                    (a.device_ptr(&s), b.device_ptr(&s), out.device_ptr_mut(&s));
+                if !aligned(&[pa, pb, po]) {
+                    return Ok(Outcome::Skipped);
+                }
+                raw(
+                    &r,
+                    pa as *const c_void,
+                    pb as *const c_void,
+                    po as *mut c_void,
+                )
+            };
+            outcome(res, out)
+        })
+        .map(super::counted)
+    }
+
+    /// cuDNN's alpha and beta for the gradients (f32 data: f32 scalars, on the host).
+    const ONE: f32 = 1.0;
+    const ZERO: f32 = 0.0;
+
     /// dx [n, ci, h, w] of conv2d(x, w) for the output gradient dy; None where cuDNN does not
     /// take it.
     pub(crate) fn bwd_input(
@@ -668,46 +708,35 @@ mod device {
         dy: &CudaView<f32>,
         w: &CudaView<f32>,
     ) -> candle_core::Result<Option<CudaSlice<f32>>> {
-        with_plan(
+        gradient(
             dev,
             g,
-            Data::F32,
             Pass::Data,
             |p| p.data.as_ref(),
-            |r| {
-                // SAFETY: beta 0: cuDNN writes every element without reading it.
-                let mut dx = unsafe { dev.alloc::<f32>(g.n * g.in_len())? };
-                let (alpha, beta) = (1f32, 0f32);
-                let res = {
-                    let s = dev.cuda_stream();
-                    let ((pw, _gw), (pdy, _gdy), (pdx, _gdx)) =
-                        (w.device_ptr(&s), dy.device_ptr(&s), dx.device_ptr_mut(&s));
-                    if !aligned(&[pw, pdy, pdx]) {
-                        return Ok(Outcome::Skipped);
-                    }
-                    // SAFETY: as in `fwd`.
-                    unsafe {
-                        result::convolution_backward_data(
-                            r.h,
-                            &alpha as *const f32 as *const c_void,
-                            r.plan.w.0,
-                            pw as *const c_void,
-                            r.plan.y.0,
-                            pdy as *const c_void,
-                            r.chosen.conv.0,
-                            r.chosen.algo,
-                            r.ws.0,
-                            r.ws.1,
-                            &beta as *const f32 as *const c_void,
-                            r.plan.x.0,
-                            pdx as *mut c_void,
-                        )
-                    }
-                };
-                outcome(res, dx)
+            w,
+            dy,
+            g.n * g.in_len(),
+            |r, pw, pdy, pdx| {
+                // SAFETY: as in `fwd`.
+                unsafe {
+                    result::convolution_backward_data(
+                        r.h,
+                        &ONE as *const f32 as *const c_void,
+                        r.plan.w.0,
+                        pw,
+                        r.plan.y.0,
+                        pdy,
+                        r.chosen.conv.0,
+                        r.chosen.algo,
+                        r.ws.0,
+                        r.ws.1,
+                        &ZERO as *const f32 as *const c_void,
+                        r.plan.x.0,
+                        pdx,
+                    )
+                }
             },
         )
-        .map(super::counted)
     }
 
     /// dw [co, ci, kh, kw] of conv2d(x, w) for the output gradient dy; None where cuDNN does
@@ -718,46 +747,35 @@ mod device {
         x: &CudaView<f32>,
         dy: &CudaView<f32>,
     ) -> candle_core::Result<Option<CudaSlice<f32>>> {
-        with_plan(
+        gradient(
             dev,
             g,
-            Data::F32,
             Pass::Filter,
             |p| p.filter.as_ref(),
-            |r| {
-                // SAFETY: beta 0: cuDNN writes every element without reading it.
-                let mut dw = unsafe { dev.alloc::<f32>(g.co * g.k())? };
-                let (alpha, beta) = (1f32, 0f32);
-                let res = {
-                    let s = dev.cuda_stream();
-                    let ((px, _gx), (pdy, _gdy), (pdw, _gdw)) =
-                        (x.device_ptr(&s), dy.device_ptr(&s), dw.device_ptr_mut(&s));
-                    if !aligned(&[px, pdy, pdw]) {
-                        return Ok(Outcome::Skipped);
-                    }
-                    // SAFETY: as in `fwd`.
-                    unsafe {
-                        result::convolution_backward_filter(
-                            r.h,
-                            &alpha as *const f32 as *const c_void,
-                            r.plan.x.0,
-                            px as *const c_void,
-                            r.plan.y.0,
-                            pdy as *const c_void,
-                            r.chosen.conv.0,
-                            r.chosen.algo,
-                            r.ws.0,
-                            r.ws.1,
-                            &beta as *const f32 as *const c_void,
-                            r.plan.w.0,
-                            pdw as *mut c_void,
-                        )
-                    }
-                };
-                outcome(res, dw)
+            x,
+            dy,
+            g.co * g.k(),
+            |r, px, pdy, pdw| {
+                // SAFETY: as in `fwd`.
+                unsafe {
+                    result::convolution_backward_filter(
+                        r.h,
+                        &ONE as *const f32 as *const c_void,
+                        r.plan.x.0,
+                        px,
+                        r.plan.y.0,
+                        pdy,
+                        r.chosen.conv.0,
+                        r.chosen.algo,
+                        r.ws.0,
+                        r.ws.1,
+                        &ZERO as *const f32 as *const c_void,
+                        r.plan.w.0,
+                        pdw,
+                    )
+                }
             },
         )
-        .map(super::counted)
     }
 
     /// Whether `fwd` will take `g` in `d` (plan made, workspace sized): checked before an op
