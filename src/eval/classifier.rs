@@ -1,8 +1,8 @@
 //! The feature network: a small convolutional classifier (two 3x3 conv + max-pool stages, a
 //! 128-unit hidden layer, 10 classes) for [C, H, W] images in [-1, 1] (H and W multiples of 4),
 //! trained by `diffuse eval --train-features` from a seed on a dataset's training images
-//! (about three minutes on 2 CPU cores). Its 128 hidden units are the feature space
-//! of our FID/KID; its predictions say which class a sample shows. Weights are saved as
+//! (MNIST's recipe: 39 epochs, 56 s on 2 CPU cores). Its 128 hidden units are the feature
+//! space of our FID/KID; its predictions say which class a sample shows. Weights are saved as
 //! safetensors with what made them in the metadata (`FeatureInfo`).
 use crate::core::rng::NoiseRng;
 use crate::error::{Error, Result};
@@ -174,11 +174,11 @@ impl Classifier {
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
         self.check(x)?;
         let p = &self.params;
+        // The project's conv2d: our CPU kernels (MNIST's 39 epochs 206 -> 56 s on 2 cores against
+        // Candle's), our CUDA path or a cuDNN build's cached cuDNN calls.
         let conv = |x: &Tensor, w: &Var, b: &Var| -> Result<Tensor> {
-            let y = x.conv2d(w, 1, 1, 1, 1)?;
-            Ok(y.broadcast_add(&b.reshape((1, (), 1, 1))?)?
-                .relu()?
-                .max_pool2d(2)?)
+            let y = crate::kernels::conv::conv2d(x, w, Some(b), 1, 1)?;
+            Ok(y.relu()?.max_pool2d(2)?)
         };
         let h = conv(x, &p[0], &p[1])?;
         let h = conv(&h, &p[2], &p[3])?;
