@@ -62,6 +62,8 @@ say "# diffuse GPU check ($dev), $(date -u +%FT%TZ)"
 say ""
 say "- machine: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
 say "- binary: $($bin --version)"
+# The cuDNN the cuDNN build loads (PyTorch's, through LD_LIBRARY_PATH above) and PyTorch's own.
+say "- cuDNN: $(python3 -c 'import torch; print(torch.backends.cudnn.version(), "(PyTorch", torch.__version__ + ")")' 2>/dev/null || echo 'no PyTorch here')"
 say "- first use: $($bin noise data/sample.png --t 500 --device "$dev" -o "$tmp/probe.png" 2>&1 | tail -1)"
 
 if want 1; then

@@ -138,6 +138,7 @@ mod device {
                 );
                 return false;
             }
+            tracing::info!("cuDNN {v}: CUDA convolutions run through it");
             true
         })
     }
