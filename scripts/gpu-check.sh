@@ -120,7 +120,9 @@ run_ours() { # name model-config dataset batch steps [VAR=1 ...: the variant's e
   local name=$1 cfg=$2 data=$3 b=$4 steps=$5 vars=${6:-} exe=${7:-$bin}
   local prec=${vars:-f32}
   [ "$exe" != "$bin" ] && prec="$prec, $($exe --version | sed 's/.*(//; s/)//') build"
-  timeout 150 env $vars $exe $(train_args "$cfg" "$data" "$b" "$steps" "$tmp/$name") >/dev/null 2>"$tmp/$name.err" ||
+  # The cuDNN build logs each shape's algorithm choices (read into the report below).
+  local log=; [ "$exe" = gpu/diffuse-cudnn ] && log="RUST_LOG=warn,diffuse::progress=info,diffuse::kernels::cudnn_conv=debug"
+  timeout 150 env $vars $log $exe $(train_args "$cfg" "$data" "$b" "$steps" "$tmp/$name") >/dev/null 2>"$tmp/$name.err" ||
     { say "| $name | ours | $prec | failed: $(tail -1 "$tmp/$name.err") | |"; return; }
   local t1=$(date +%s.%N)
   timeout 90 env $vars $exe sample --device "$dev" --model "$tmp/$name" -n "${SAMPLE_N:-256}" --batch-size 256 --steps 50 \
@@ -182,6 +184,14 @@ if [ -n "${PYTHONPATH:-}" ]; then
     done
   done
 fi
+fi
+
+if want 2 && ls "$tmp"/*-cudnn*.err >/dev/null 2>&1; then # what cuDNN chose, per shape and pass
+  say ""
+  say "cuDNN's choices in the cuDNN build's training runs (pass, type, shape: algorithm, its place in the heuristics' list, workspace; the list's first entry):"
+  say '```'
+  cat "$tmp"/*-cudnn*.err | grep -o 'cuDNN .*' | sort -u | head -${CUDNN_LINES:-200} | tee -a "$report"
+  say '```'
 fi
 
 if want 2; then # same seed, data, t and noise: each variant's losses against the default f32 build's

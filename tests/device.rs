@@ -275,6 +275,13 @@ fn cudnn_checked(dev: &Device, calls: usize, passes: usize) {
         && env!("DIFFUSE_BACKENDS").contains("cudnn")
         && on("DIFFUSE_CUDA_KERNELS")
         && on("DIFFUSE_CUDNN");
+    if dev.is_cuda() {
+        assert_eq!(
+            diffuse::kernels::cudnn_in_use(),
+            want,
+            "kernels::cudnn_in_use"
+        );
+    }
     let expected = if want { passes } else { 0 };
     println!("conv2d: {calls} cuDNN convolution calls (expected {expected})");
     assert_eq!(calls, expected, "cuDNN convolution calls");

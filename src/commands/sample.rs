@@ -359,10 +359,12 @@ pub fn run(req: &SampleRequest, device: &Device) -> Result<Vec<PathBuf>> {
             "--dtype f16 on the CPU runs Candle's generic ops, ~13x slower than f32's kernels"
         );
     }
-    // A cuDNN build runs half precision on cuDNN's tensor cores (src/kernels/cudnn_conv.rs).
-    if device.is_cuda() && req.precision != unet::Precision::F32 && !cfg!(feature = "cudnn") {
+    // With cuDNN in use, half precision runs on its tensor cores (src/kernels/cudnn_conv.rs);
+    // otherwise on Candle's convolutions, slower than our f32 ones.
+    if device.is_cuda() && req.precision != unet::Precision::F32 && !crate::kernels::cudnn_in_use()
+    {
         tracing::warn!(
-            "--dtype {} on CUDA runs Candle's convolutions; f32 runs ours and is faster (DIFFUSE_TF32=1 faster still)",
+            "--dtype {} on CUDA without cuDNN runs Candle's convolutions; f32 runs ours and is faster (DIFFUSE_TF32=1 faster still)",
             req.precision.dtype().as_str()
         );
     }

@@ -82,6 +82,15 @@ fn choose(
 #[cfg(feature = "cudnn")]
 pub(crate) use device::{bwd_input, bwd_weight, fwd, half_conv2d};
 
+/// Whether this process's CUDA convolutions go through cuDNN: a cuDNN build, its library (9
+/// or later) loaded, and neither `DIFFUSE_CUDNN=0` nor `DIFFUSE_CUDA_KERNELS=0`.
+pub(crate) fn in_use() -> bool {
+    #[cfg(feature = "cudnn")]
+    return device::enabled() && super::cuda::switched();
+    #[cfg(not(feature = "cudnn"))]
+    false
+}
+
 /// cuDNN convolution calls so far in this process (each pass counts one): what the device test
 /// reads to show that a cuDNN build's convolutions are cuDNN's (one test at a time: the GPU
 /// check runs it with `--test-threads 1`).
@@ -118,7 +127,7 @@ mod device {
     /// Whether this process uses cuDNN: not with `DIFFUSE_CUDNN=0`, nor where the library does
     /// not load or is older than 9 (cudarc's bindings are cuDNN 9's: an older library's status
     /// codes would not be valid values of them). One warning; our im2col path then runs.
-    fn enabled() -> bool {
+    pub(super) fn enabled() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
         *ON.get_or_init(|| {
             if std::env::var("DIFFUSE_CUDNN").is_ok_and(|v| v == "0") {
@@ -241,6 +250,14 @@ mod device {
         }
     }
 
+    /// `g` as the log lines name it: n x ci x h x w -> co, kernel, stride, padding.
+    fn shape(g: &Geom) -> String {
+        format!(
+            "{}x{}x{}x{} -> {} {}x{} s{} p{}",
+            g.n, g.ci, g.h, g.w, g.co, g.kh, g.kw, g.stride, g.pad
+        )
+    }
+
     /// One pass's choice: its descriptor (math type set), algorithm and workspace bytes.
     struct Chosen<A> {
         conv: Conv,
@@ -252,7 +269,7 @@ mod device {
     #[derive(Clone, Copy, Debug)]
     enum Pass {
         Fwd = 0,
-        Data = 1,
+        Input = 1,
         Filter = 2,
     }
 
@@ -274,10 +291,11 @@ mod device {
 
     /// Runs cuDNN's heuristic (`list` fills up to LIST entries and says how many) and keeps the
     /// choice; `size` asks the workspace of an algorithm under the descriptor's current math.
-    fn pick<A: Copy, P>(
+    fn pick<A: Copy + std::fmt::Debug, P>(
         g: &Geom,
         tf32: bool,
         d: Data,
+        pass: Pass,
         list: impl FnOnce(&Conv, &mut [P; LIST]) -> Res<usize>,
         read: impl Fn(
             &P,
@@ -303,9 +321,25 @@ mod device {
             unsafe { result::set_convolution_math_type(c.0, entries[i].3) }.ok()?;
             size(&c, entries[i].0).ok()
         });
+        // What was chosen and what the heuristics put first: the GPU check's record of what
+        // determinism and the math cost (RUST_LOG=diffuse::kernels::cudnn_conv=debug).
+        let first = entries.first().map_or("none".into(), |e| {
+            format!("{:?} {:?} {:?} {:?}", e.0, e.3, e.2, e.1)
+        });
         let Some((i, workspace)) = found else {
+            tracing::debug!(
+                "cuDNN {pass:?} {d:?} tf32={tf32} {}: none of {n} usable (first {first}): our path",
+                shape(g)
+            );
             return Ok(None);
         };
+        tracing::debug!(
+            "cuDNN {pass:?} {d:?} tf32={tf32} {}: {:?} {:?} (entry {i} of {n}, workspace {} KiB; first {first})",
+            shape(g),
+            entries[i].0,
+            entries[i].3,
+            workspace.div_ceil(1024)
+        );
         // SAFETY: a live descriptor; the winner's math, which its workspace was sized for.
         unsafe { result::set_convolution_math_type(c.0, entries[i].3) }?;
         Ok(Some(Chosen {
@@ -339,6 +373,7 @@ mod device {
                 g,
                 tf32,
                 d,
+                Pass::Fwd,
                 |c, perf| unsafe {
                     result::get_convolution_forward_algorithm(
                         h,
@@ -374,6 +409,7 @@ mod device {
                 g,
                 tf32,
                 d,
+                Pass::Input,
                 |c, perf| unsafe {
                     result::get_convolution_backward_data_algorithm(
                         h,
@@ -398,6 +434,7 @@ mod device {
                 g,
                 tf32,
                 d,
+                Pass::Filter,
                 |c, perf| unsafe {
                     result::get_convolution_backward_filter_algorithm(
                         h,
@@ -712,7 +749,7 @@ mod device {
         gradient(
             dev,
             g,
-            Pass::Data,
+            Pass::Input,
             |p| p.data.as_ref(),
             w,
             dy,

@@ -45,6 +45,13 @@ pub fn cudnn_convolutions() -> usize {
     cudnn_conv::calls()
 }
 
+/// Whether CUDA convolutions run through cuDNN in this process (a cuDNN build with libcudnn 9
+/// loaded and neither `DIFFUSE_CUDNN=0` nor `DIFFUSE_CUDA_KERNELS=0`); false in other builds.
+/// The first call in a cuDNN build loads the library (and warns if it is missing).
+pub fn cudnn_in_use() -> bool {
+    cudnn_conv::in_use()
+}
+
 use candle_core::{CpuStorage, DType, Layout, Tensor};
 
 /// True when the fast CPU path applies to all of `ts`.
