@@ -165,6 +165,8 @@ if [ "${CUDNN:-1}" = 1 ] && [ -x gpu/diffuse-cudnn ]; then # the cuDNN build (FE
   run_ours mnist-b64-cudnn mnist mnist 64 "${MNIST_STEPS:-200}" "" gpu/diffuse-cudnn
   run_ours cifar10-b128-cudnn cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" "" gpu/diffuse-cudnn
   run_ours cifar10-b128-cudnn-tf32 cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" DIFFUSE_TF32=1 gpu/diffuse-cudnn
+  # PyTorch eager's own default: TF32 and cuDNN's non-deterministic algorithms allowed.
+  run_ours cifar10-b128-cudnn-tf32-nondet cifar10 "$tmp/rgb" 128 "${CIFAR_STEPS:-40}" "DIFFUSE_TF32=1 DIFFUSE_CUDNN_DETERMINISTIC=0" gpu/diffuse-cudnn
   run_ours mnist-b64-cudnn-tf32 mnist mnist 64 "${MNIST_STEPS:-200}" DIFFUSE_TF32=1 gpu/diffuse-cudnn
 fi
 if [ -n "${PYTHONPATH:-}" ]; then

@@ -10,7 +10,8 @@
 //! step (README "GPU (CUDA)"). Here each shape's descriptors and algorithms are chosen once and
 //! kept (per thread and device: a cuDNN handle is not thread-safe), the workspace is one buffer
 //! that only grows, and the algorithm is the heuristics' fastest deterministic one whose
-//! workspace is at most 1 GiB, so a seed reproduces a run on the same device. Math: FMA only
+//! workspace is at most 1 GiB, so a seed reproduces a run on the same device
+//! (`DIFFUSE_CUDNN_DETERMINISTIC=0` lifts that, as PyTorch's default does). Math: FMA only
 //! (f32 throughout, what diffusers gets with TF32 off; FFT or Winograd algorithms may round
 //! differently from im2col) unless Candle's TF32 switch is on (`DIFFUSE_TF32=1`), when cuDNN's
 //! default math may use TF32 tensor cores, as PyTorch's convolutions do by default. What cuDNN
@@ -51,15 +52,26 @@ struct Candidate {
     math: Math,
 }
 
+/// What a run allows the choice to take.
+#[derive(Clone, Copy, Debug)]
+struct Allowed {
+    /// Tensor cores: TF32 for f32 data (`DIFFUSE_TF32=1`), always for half precision.
+    tensor_cores: bool,
+    /// Algorithms whose sums use atomics, so a seed no longer reproduces a run bit for bit:
+    /// only with `DIFFUSE_CUDNN_DETERMINISTIC=0` (PyTorch's default, `cudnn.deterministic`
+    /// False; the GPU check measures what it buys).
+    nondeterministic: bool,
+}
+
 impl Candidate {
-    /// Whether the choice may take it: it runs, it is deterministic, and tensor cores (TF32
-    /// for f32 data) only when allowed.
-    fn usable(&self, tensor_cores: bool) -> bool {
+    /// Whether the choice may take it: it runs, it is deterministic unless allowed not to be,
+    /// and tensor cores (TF32 for f32 data) only when allowed.
+    fn usable(&self, allowed: Allowed) -> bool {
         self.ok
-            && self.deterministic
+            && (self.deterministic || allowed.nondeterministic)
             && match self.math {
                 Math::Fma => true,
-                Math::Default | Math::TensorOp => tensor_cores,
+                Math::Default | Math::TensorOp => allowed.tensor_cores,
                 Math::Conversion => false,
             }
     }
@@ -69,13 +81,13 @@ impl Candidate {
 /// it (None: cuDNN refused the query), is within `cap`.
 fn choose(
     list: &[Candidate],
-    tensor_cores: bool,
+    allowed: Allowed,
     cap: usize,
     mut workspace: impl FnMut(usize) -> Option<usize>,
 ) -> Option<(usize, usize)> {
     list.iter()
         .enumerate()
-        .filter(|(_, c)| c.usable(tensor_cores))
+        .filter(|(_, c)| c.usable(allowed))
         .find_map(|(i, _)| workspace(i).filter(|&w| w <= cap).map(|w| (i, w)))
 }
 
@@ -110,7 +122,7 @@ fn counted<T>(ran: Option<T>) -> Option<T> {
 #[cfg(feature = "cudnn")]
 mod device {
     use super::super::conv::Geom;
-    use super::{choose, Candidate, Data, Math, WORKSPACE_CAP};
+    use super::{choose, Allowed, Candidate, Data, Math, WORKSPACE_CAP};
     use candle_core::cuda_backend::cudarc::cudnn::{result, sys};
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr,
@@ -149,6 +161,21 @@ mod device {
             }
             tracing::info!("cuDNN {v}: CUDA convolutions run through it");
             true
+        })
+    }
+
+    /// `DIFFUSE_CUDNN_DETERMINISTIC=0`: the heuristics' non-deterministic algorithms may be
+    /// taken too (read once; said once, as runs are then not bitwise reproducible).
+    fn nondeterministic() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| {
+            let on = std::env::var("DIFFUSE_CUDNN_DETERMINISTIC").is_ok_and(|v| v == "0");
+            if on {
+                tracing::warn!(
+                    "DIFFUSE_CUDNN_DETERMINISTIC=0: cuDNN may sum gradients with atomics, so a seed no longer reproduces a run bit for bit"
+                );
+            }
+            on
         })
     }
 
@@ -308,15 +335,18 @@ mod device {
         size: impl Fn(&Conv, A) -> Res<usize>,
     ) -> Res<Option<Chosen<A>>> {
         let c = conv(g, tf32, d)?;
-        // Half precision runs on tensor cores whatever TF32 says (f16 entries never convert).
-        let tensor_cores = tf32 || d != Data::F32;
+        let allowed = Allowed {
+            // Half precision runs on tensor cores whatever TF32 says (f16 entries never convert).
+            tensor_cores: tf32 || d != Data::F32,
+            nondeterministic: nondeterministic(),
+        };
         // SAFETY: a plain C struct of enums and numbers, all-zero valid; cuDNN fills it.
         let mut perf: [P; LIST] = unsafe { std::mem::zeroed() };
         let n = list(&c, &mut perf)?.min(LIST);
         let entries: Vec<_> = perf[..n].iter().map(&read).collect();
         let cands: Vec<_> = entries.iter().map(|e| candidate(e.1, e.2, e.3)).collect();
         // Each candidate sized under its own math (FMA, by `usable`, unless TF32 is on).
-        let found = choose(&cands, tensor_cores, WORKSPACE_CAP, |i| {
+        let found = choose(&cands, allowed, WORKSPACE_CAP, |i| {
             // SAFETY: a live descriptor.
             unsafe { result::set_convolution_math_type(c.0, entries[i].3) }.ok()?;
             size(&c, entries[i].0).ok()
@@ -334,10 +364,11 @@ mod device {
             return Ok(None);
         };
         tracing::debug!(
-            "cuDNN {pass:?} {d:?} tf32={tf32} {}: {:?} {:?} (entry {i} of {n}, workspace {} KiB; first {first})",
+            "cuDNN {pass:?} {d:?} tf32={tf32} {}: {:?} {:?} {:?} (entry {i} of {n}, workspace {} KiB; first {first})",
             shape(g),
             entries[i].0,
             entries[i].3,
+            entries[i].2,
             workspace.div_ceil(1024)
         );
         // SAFETY: a live descriptor; the winner's math, which its workspace was sized for.
@@ -948,7 +979,7 @@ mod device {
 
 #[cfg(test)]
 mod tests {
-    use super::{choose, Candidate, Math};
+    use super::{choose, Allowed, Candidate, Math};
 
     fn c(ok: bool, deterministic: bool, math: Math) -> Candidate {
         Candidate {
@@ -958,9 +989,9 @@ mod tests {
         }
     }
 
-    /// The choice skips what cannot run, is not reproducible, is not FMA-only in f32 (or may
-    /// convert to f16 at all), needs more workspace than the cap (or whose size query fails),
-    /// and keeps the heuristics' order otherwise.
+    /// The choice skips what cannot run, is not reproducible (unless allowed), is not FMA-only
+    /// in f32 (or may convert to f16 at all), needs more workspace than the cap (or whose size
+    /// query fails), and keeps the heuristics' order otherwise.
     #[test]
     fn the_fastest_deterministic_algorithm_within_the_cap_is_chosen() {
         use Math::*;
@@ -976,14 +1007,28 @@ mod tests {
         ];
         let ws = [0, 0, 0, 10, 20, 2000, 0, 300];
         let size = |i: usize| (i != 6).then_some(ws[i]);
-        assert_eq!(choose(&list, false, 1000, size), Some((7, 300)));
-        assert_eq!(choose(&list, true, 1000, size), Some((3, 10)));
+        let f32 = Allowed {
+            tensor_cores: false,
+            nondeterministic: false,
+        };
+        let tf32 = Allowed {
+            tensor_cores: true,
+            ..f32
+        };
+        assert_eq!(choose(&list, f32, 1000, size), Some((7, 300)));
+        assert_eq!(choose(&list, tf32, 1000, size), Some((3, 10)));
         assert_eq!(
-            choose(&list[4..], true, 1000, |i| size(i + 4)),
+            choose(&list[4..], tf32, 1000, |i| size(i + 4)),
             Some((0, 20))
         );
-        assert_eq!(choose(&list, false, 100, size), None);
-        assert_eq!(choose(&list[..3], true, 1000, size), None);
-        assert_eq!(choose(&[], false, 1000, size), None);
+        assert_eq!(choose(&list, f32, 100, size), None);
+        assert_eq!(choose(&list[..3], tf32, 1000, size), None);
+        assert_eq!(choose(&[], f32, 1000, size), None);
+        // DIFFUSE_CUDNN_DETERMINISTIC=0: the atomics entry, the heuristics' second, is taken.
+        let any = Allowed {
+            nondeterministic: true,
+            ..f32
+        };
+        assert_eq!(choose(&list, any, 1000, size), Some((1, 0)));
     }
 }
