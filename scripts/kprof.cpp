@@ -5,7 +5,9 @@
 // At exit it writes a table to $KPROF_OUT (else stderr): the top $KPROF_TOP (default 20)
 // kernels by total GPU time, with calls and mean duration, after a summary line: kernel
 // time, copy time, and the span from the first to the last record (the difference is the GPU
-// waiting for the host: launch overhead).
+// waiting for the host: launch overhead). A second table splits the top $KPROF_SHAPES
+// (default 15) by launch shape (grid and block), which for a generic kernel (Candle's
+// elementwise ops and sums size their grid by the elements) says which tensor sizes cost.
 //
 // Build (`make gpu-profiler`): g++ -shared -fPIC against CUPTI 13.0's headers and library
 // (the nvidia-cuda-cupti wheel); run: CUDA_INJECTION64_PATH=gpu/libkprof.so KPROF_OUT=f cmd.
@@ -28,7 +30,7 @@ struct Stat {
 };
 
 std::mutex mu;
-std::unordered_map<std::string, Stat> kernels;
+std::unordered_map<std::string, Stat> kernels, shapes;
 unsigned long long kernel_ns = 0, copy_ns = 0, first = ~0ull, last = 0, dropped = 0;
 
 std::string demangle(const char *name) {
@@ -60,9 +62,14 @@ void CUPTIAPI completed(CUcontext, uint32_t, uint8_t *buffer, size_t, size_t val
       case CUPTI_ACTIVITY_KIND_KERNEL:
       case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
         auto *k = reinterpret_cast<CUpti_ActivityKernel10 *>(r);
-        Stat &s = kernels[demangle(k->name)];
-        s.calls++;
-        s.ns += k->end - k->start;
+        std::string name = demangle(k->name);
+        char dims[96];
+        snprintf(dims, sizeof dims, " <<<%dx%dx%d, %dx%dx%d>>>", k->gridX, k->gridY, k->gridZ, k->blockX,
+                 k->blockY, k->blockZ);
+        for (Stat *s : {&kernels[name], &shapes[name + dims]}) {
+          s->calls++;
+          s->ns += k->end - k->start;
+        }
         kernel_ns += k->end - k->start;
         span(k->start, k->end);
         break;
@@ -89,22 +96,14 @@ void CUPTIAPI completed(CUcontext, uint32_t, uint8_t *buffer, size_t, size_t val
   free(buffer);
 }
 
-void report() {
-  cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
-  std::lock_guard<std::mutex> lock(mu);
-  const char *path = getenv("KPROF_OUT");
-  FILE *f = path ? fopen(path, "w") : stderr;
-  if (!f) f = stderr;
-  std::vector<std::pair<std::string, Stat>> v(kernels.begin(), kernels.end());
+// The `top` entries of `m` by total time, as a markdown table.
+void table(FILE *f, const std::unordered_map<std::string, Stat> &m, const char *env, size_t top,
+           const char *what) {
+  std::vector<std::pair<std::string, Stat>> v(m.begin(), m.end());
   std::sort(v.begin(), v.end(), [](auto &a, auto &b) { return a.second.ns > b.second.ns; });
-  double wall = last > first ? (last - first) / 1e6 : 0;
-  fprintf(f, "kernels %.1f ms (%zu names), copies/memsets %.1f ms, GPU span %.1f ms (%.0f%% busy)%s\n\n",
-          kernel_ns / 1e6, v.size(), copy_ns / 1e6, wall,
-          wall > 0 ? 100.0 * (kernel_ns + copy_ns) / 1e6 / wall : 0.0,
-          dropped ? " [records dropped]" : "");
-  fprintf(f, "| share | total ms | calls | mean us | kernel |\n|---|---|---|---|---|\n");
-  const char *top = getenv("KPROF_TOP");
-  size_t n = std::min(v.size(), static_cast<size_t>(top ? atoi(top) : 20));
+  const char *e = getenv(env);
+  size_t n = std::min(v.size(), e ? static_cast<size_t>(atoi(e)) : top);
+  fprintf(f, "| share | total ms | calls | mean us | %s |\n|---|---|---|---|---|\n", what);
   for (size_t i = 0; i < n; i++) {
     const Stat &s = v[i].second;
     std::string name = v[i].first;
@@ -113,6 +112,22 @@ void report() {
     fprintf(f, "| %.1f%% | %.1f | %llu | %.1f | `%s` |\n", 100.0 * s.ns / (kernel_ns ? kernel_ns : 1),
             s.ns / 1e6, s.calls, s.ns / 1e3 / s.calls, name.c_str());
   }
+}
+
+void report() {
+  cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  std::lock_guard<std::mutex> lock(mu);
+  const char *path = getenv("KPROF_OUT");
+  FILE *f = path ? fopen(path, "w") : stderr;
+  if (!f) f = stderr;
+  double wall = last > first ? (last - first) / 1e6 : 0;
+  fprintf(f, "kernels %.1f ms (%zu names), copies/memsets %.1f ms, GPU span %.1f ms (%.0f%% busy)%s\n\n",
+          kernel_ns / 1e6, kernels.size(), copy_ns / 1e6, wall,
+          wall > 0 ? 100.0 * (kernel_ns + copy_ns) / 1e6 / wall : 0.0,
+          dropped ? " [records dropped]" : "");
+  table(f, kernels, "KPROF_TOP", 20, "kernel");
+  fprintf(f, "\nBy launch shape (grid, block):\n\n");
+  table(f, shapes, "KPROF_SHAPES", 15, "kernel <<<grid, block>>>");
   if (f != stderr) fclose(f);
 }
 
