@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 4] = ["group_norm", "adamw", "conv", "upsample"];
+const KERNELS: [&str; 5] = ["group_norm", "adamw", "conv", "upsample", "sum_squares"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -31,6 +31,7 @@ fn main() {
         .filter(|p| p.exists())
         .unwrap_or_else(|| "nvcc".into());
     println!("cargo:rerun-if-changed=src/kernels/cuda/grid.cuh");
+    println!("cargo:rerun-if-changed=src/kernels/cuda/block_sum.cuh");
     for k in KERNELS {
         let src = format!("src/kernels/cuda/{k}.cu");
         println!("cargo:rerun-if-changed={src}");

@@ -79,3 +79,15 @@ fn conv_kernels_equal_their_definitions() {
 fn upsample_kernels_equal_their_definitions() {
     emulate("src/kernels/cuda/upsample.cu", "upsample_check.cpp", 4);
 }
+
+/// The sum of squares over many tensors (src/kernels/cuda/sum_squares.cu, global-norm
+/// clipping): pieces across tensors of odd sizes, an empty one, a view at an offset, 32 and 256
+/// threads, against float64 within 1e-6 relative, bit-equal on a repeat.
+#[test]
+fn sum_squares_kernels_match_float64() {
+    emulate(
+        "src/kernels/cuda/sum_squares.cu",
+        "sum_squares_check.cpp",
+        2,
+    );
+}

@@ -471,6 +471,43 @@ fn upsample_and_its_gradient_match_the_cpu_on_the_device() {
     }
 }
 
+/// `kernels::sum_squares` (global-norm clipping's sum: on CUDA our kernels, elsewhere Candle's
+/// ops) against the float64 sum on the CPU: 300 small tensors (past one launch's 240 pieces),
+/// one of 2^17 + 5 elements (three pieces), a 4-d one, an empty one, and a view at an offset
+/// (as the multi-process path hands gradients); relative tolerance 1e-5.
+#[test]
+fn sum_of_squares_matches_float64_on_the_device() {
+    let dev = device();
+    let mut rng = NoiseRng::new(9);
+    let cpu = Device::Cpu;
+    let mut ts: Vec<Tensor> = (0..300)
+        .map(|i| rng.randn(1 + i % 37, &cpu).unwrap())
+        .collect();
+    ts.push(rng.randn((1 << 17) + 5, &cpu).unwrap());
+    ts.push(rng.randn((64, 3, 3, 3), &cpu).unwrap());
+    ts.push(Tensor::zeros(0, candle_core::DType::F32, &cpu).unwrap());
+    let mut on: Vec<Tensor> = ts.iter().map(|t| t.to_device(&dev).unwrap()).collect();
+    let flat = rng.randn(1000, &cpu).unwrap();
+    ts.push(flat.narrow(0, 3, 990).unwrap());
+    on.push(flat.to_device(&dev).unwrap().narrow(0, 3, 990).unwrap());
+    let want: f64 = ts
+        .iter()
+        .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .map(|v| v as f64 * v as f64)
+        .sum();
+    let refs: Vec<&Tensor> = on.iter().collect();
+    let got = kernel_launches_checked(&dev, "sum of squares", || {
+        diffuse::kernels::sum_squares(&refs).unwrap().unwrap()
+    });
+    let got = got.to_device(&cpu).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let rel = (got - want).abs() / want;
+    println!(
+        "sum of squares on {dev:?}: {got} vs float64 {want}: relative {rel:.1e} (tolerance 1e-5)"
+    );
+    assert!(rel < 1e-5, "{got} vs {want}");
+    assert!(diffuse::kernels::sum_squares(&[]).unwrap().is_none());
+}
+
 /// The fused AdamW (`kernels::adamw::step`: the CPU kernel on the CPU, the CUDA kernel on
 /// CUDA, with the clipping scale read on the device there) against the composite update written
 /// with Candle's ops on the same device: three steps, with and without a gradient scale.

@@ -19,6 +19,7 @@ mod gemm;
 pub mod norm;
 mod par;
 pub mod reference;
+mod sum_squares;
 pub mod upsample;
 mod winograd;
 
@@ -28,6 +29,7 @@ pub use bias::{add_row_bias, linear};
 pub use conv::conv2d;
 pub use flash::attention_channels_first;
 pub use norm::{group_norm, group_norm_fused, group_norm_silu};
+pub use sum_squares::sum_squares;
 pub use upsample::upsample_nearest2x;
 
 /// How many times the hand-written CUDA kernels (group norm, AdamW, convolution, upsampling)

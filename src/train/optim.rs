@@ -128,17 +128,15 @@ impl AdamW {
         let Some(max_norm) = max_norm else {
             return Ok(None);
         };
-        let mut total: Option<Tensor> = None;
-        for s in &self.slots {
-            if let Some(g) = grads.get(s.var.as_tensor()) {
-                let sq = g.sqr()?.sum_all()?;
-                total = Some(match total {
-                    Some(t) => (t + sq)?,
-                    None => sq,
-                });
-            }
-        }
-        let Some(total) = total else { return Ok(None) };
+        let gs: Vec<&Tensor> = self
+            .slots
+            .iter()
+            .filter_map(|s| grads.get(s.var.as_tensor()))
+            .collect();
+        // On CUDA a few launches for all the gradients; elsewhere Candle's ops, in this order.
+        let Some(total) = crate::kernels::sum_squares(&gs)? else {
+            return Ok(None);
+        };
         let norm = total.sqrt()?;
         // min(1, max_norm / (norm + 1e-6)), like torch.nn.utils.clip_grad_norm_.
         let f = ((norm + 1e-6)?.recip()? * max_norm)?.clamp(0f64, 1f64)?;

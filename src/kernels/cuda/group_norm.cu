@@ -2,20 +2,9 @@
 // (sample, group). Candle's GroupNorm is ~10 full-size broadcast ops forward and ~25 backward;
 // these read x twice and write y once forward, and read x and dy four times and write dx once
 // backward (the statistics are recomputed: cheaper than storing them, and stateless).
-// Compiled to PTX by build.rs for `--features cuda`; used only with DIFFUSE_CUDA_KERNELS=1 until
-// a GPU run has checked it (src/kernels/norm.rs).
-
-// The sum of v over the block, returned to every thread. blockDim.x is a multiple of 32.
-__device__ float block_sum(float v, float *red) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  __syncthreads();  // red may still be being read by the previous call
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  v = lane < warps ? red[lane] : 0.f;
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+// Compiled to PTX by build.rs for `--features cuda`; the default on CUDA since an H200 run
+// matched Candle's ops (DIFFUSE_CUDA_KERNELS=0 turns it off; src/kernels/norm.rs).
+#include "block_sum.cuh"
 
 // Mean and 1/sqrt(var + eps) of one block of m values: two passes, the second centred (a large
 // mean would otherwise cancel the variance), as the CPU kernel does.
