@@ -5,7 +5,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 5] = ["group_norm", "adamw", "conv", "upsample", "sum_squares"];
+const KERNELS: [&str; 6] = [
+    "group_norm",
+    "adamw",
+    "conv",
+    "upsample",
+    "sum_squares",
+    "ema",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -32,6 +39,7 @@ fn main() {
         .unwrap_or_else(|| "nvcc".into());
     println!("cargo:rerun-if-changed=src/kernels/cuda/grid.cuh");
     println!("cargo:rerun-if-changed=src/kernels/cuda/block_sum.cuh");
+    println!("cargo:rerun-if-changed=src/kernels/cuda/pieces.cuh");
     for k in KERNELS {
         let src = format!("src/kernels/cuda/{k}.cu");
         println!("cargo:rerun-if-changed={src}");

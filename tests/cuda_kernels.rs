@@ -91,3 +91,10 @@ fn sum_squares_kernels_match_float64() {
         2,
     );
 }
+
+/// The EMA's multi-tensor update (src/kernels/cuda/ema.cu): three updates, pieces across
+/// tensors of odd sizes, bit-equal to the composite written out in float.
+#[test]
+fn ema_kernel_equals_the_composite_in_float() {
+    emulate("src/kernels/cuda/ema.cu", "ema_check.cpp", 2);
+}

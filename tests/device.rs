@@ -508,6 +508,52 @@ fn sum_of_squares_matches_float64_on_the_device() {
     assert!(diffuse::kernels::sum_squares(&[]).unwrap().is_none());
 }
 
+/// The EMA's in-place update (`kernels::ema::update_in_place`: on CUDA our multi-tensor
+/// kernel, elsewhere declined so the caller runs Candle's ops) against the composite on the
+/// same device: three updates of 200 tensors of odd sizes and one of 2^17 + 5 elements
+/// (pieces across launches), bit-equal.
+#[test]
+fn ema_update_matches_the_composite_on_the_device() {
+    let dev = device();
+    let mut rng = NoiseRng::new(11);
+    let cpu = Device::Cpu;
+    let mut sizes: Vec<usize> = (0..200).map(|i| 1 + i % 23).collect();
+    sizes.push((1 << 17) + 5);
+    let on = |t: Tensor| t.to_device(&dev).unwrap();
+    let shadows: Vec<Tensor> = sizes
+        .iter()
+        .map(|&n| on(rng.randn(n, &cpu).unwrap()))
+        .collect();
+    let mut want: Vec<Tensor> = shadows.iter().map(|s| s.copy().unwrap()).collect();
+    let switched =
+        dev.is_cuda() && std::env::var("DIFFUSE_CUDA_KERNELS").map_or(true, |v| v != "0");
+    for step in 0..3 {
+        let d = f64::min(0.999, (1.0 + step as f64) / (10.0 + step as f64));
+        let params: Vec<Tensor> = sizes
+            .iter()
+            .map(|&n| on(rng.randn(n, &cpu).unwrap()))
+            .collect();
+        let (s, p): (Vec<&Tensor>, Vec<&Tensor>) =
+            (shadows.iter().collect(), params.iter().collect());
+        let ran = kernel_launches_checked(&dev, "EMA update", || {
+            diffuse::kernels::ema::update_in_place(&s, &p, d).unwrap()
+        });
+        assert_eq!(ran, switched, "update_in_place ran");
+        for (w, p) in want.iter_mut().zip(&params) {
+            *w = ((&*w * d).unwrap() + (p * (1.0 - d)).unwrap()).unwrap();
+        }
+    }
+    if switched {
+        let worst = shadows
+            .iter()
+            .zip(&want)
+            .map(|(s, w)| max_abs_diff(&s.to_device(&cpu).unwrap(), &w.to_device(&cpu).unwrap()))
+            .fold(0f64, f64::max);
+        println!("EMA update on {dev:?} vs composite: max abs diff {worst:.2e} (tolerance 0)");
+        assert_eq!(worst, 0.0);
+    }
+}
+
 /// The fused AdamW (`kernels::adamw::step`: the CPU kernel on the CPU, the CUDA kernel on
 /// CUDA, with the clipping scale read on the device there) against the composite update written
 /// with Candle's ops on the same device: three steps, with and without a gradient scale.

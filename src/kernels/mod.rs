@@ -14,10 +14,13 @@ mod cuda;
 mod cuda_conv;
 mod cudnn_conv;
 mod direct;
+pub mod ema;
 mod flash;
 mod gemm;
 pub mod norm;
 mod par;
+#[cfg(feature = "cuda")]
+mod pieces;
 pub mod reference;
 mod sum_squares;
 pub mod upsample;

@@ -32,6 +32,18 @@ impl Ema {
     /// shadow = d * shadow + (1 - d) * param, for vars sorted by name.
     pub fn update(&mut self, vars: &[(String, Var)]) -> Result<()> {
         let d = self.current_decay();
+        debug_assert!(self
+            .shadow
+            .iter()
+            .zip(vars)
+            .all(|((n, _), (vn, _))| n == vn));
+        // On CUDA all tensors in a few launches, in place (the same float operations).
+        let shadows: Vec<&Tensor> = self.shadow.iter().map(|(_, s)| s).collect();
+        let params: Vec<&Tensor> = vars.iter().map(|(_, v)| v.as_tensor()).collect();
+        if crate::kernels::ema::update_in_place(&shadows, &params, d)? {
+            self.updates += 1;
+            return Ok(());
+        }
         for ((n, s), (vn, v)) in self.shadow.iter_mut().zip(vars) {
             debug_assert_eq!(n, vn);
             // detach: a Var operand would chain every update into one autograd graph.

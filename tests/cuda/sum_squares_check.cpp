@@ -36,13 +36,13 @@ int main() {
     float got[2];
     for (int run = 0; run < 2; run++) {
       std::vector<float> part(ptrs.size(), -1.f);
-      // Launches of at most `per` pieces, as the host splits a table larger than PIECES.
-      const unsigned per = threads == 32 ? 3 : PIECES;
+      // Launches of at most `per` pieces, as the host splits a table of more than 240.
+      const unsigned per = threads == 32 ? 3 : 240;
       for (unsigned first = 0; first < ptrs.size(); first += per) {
-        Pieces t{};
+        Pieces<1, 240> t{};
         t.count = std::min<unsigned>(per, (unsigned)ptrs.size() - first);
         t.first = first;
-        for (unsigned b = 0; b < t.count; b++) t.ptr[b] = ptrs[first + b], t.len[b] = lens[first + b];
+        for (unsigned b = 0; b < t.count; b++) t.ptr[0][b] = ptrs[first + b], t.len[b] = lens[first + b];
         launch(t.count, threads, [&] { diffuse_sum_squares_part_f32(t, part.data()); });
       }
       launch(1, threads, [&] {

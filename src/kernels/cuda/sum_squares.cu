@@ -1,26 +1,15 @@
 // The sum of squares of many f32 tensors in a few launches: what global-norm gradient clipping
 // needs every step. Candle's composite is sqr, sum_all and an add per gradient tensor: ~550
-// launches a step at the mnist preset (182 tensors), whose step is launch-bound. The host cuts
-// the tensors into pieces of at most 2^16 elements (a large tensor spreads over many blocks)
-// and passes up to PIECES of them per launch in the kernel's parameters, as PyTorch's
-// multi-tensor kernels do (no copy to the device); each block sums one piece, then one block
-// sums the pieces' sums. Fixed orders throughout: the same gradients give the same bits.
+// launches a step at the mnist preset (182 tensors), whose step is launch-bound. Each block
+// sums one piece (pieces.cuh: up to 240 a launch), then one block sums the pieces' sums.
+// Fixed orders throughout: the same gradients give the same bits.
 #include "block_sum.cuh"
+#include "pieces.cuh"
 
-#define PIECES 240
-
-// One launch's pieces: addresses and lengths, how many, and where their sums go in `part`.
-// 2,888 bytes: within the 4 KiB of kernel parameters every CUDA device takes.
-struct Pieces {
-  unsigned long long ptr[PIECES];
-  unsigned len[PIECES];
-  unsigned count, first;
-};
-
-// part[t.first + b] = sum of x^2 over piece b (grid: t.count blocks).
-extern "C" __global__ void diffuse_sum_squares_part_f32(const Pieces t, float *part) {
+// part[t.first + b] = sum of x^2 over piece b.
+extern "C" __global__ void diffuse_sum_squares_part_f32(const Pieces<1, 240> t, float *part) {
   __shared__ float red[32];
-  const float *x = reinterpret_cast<const float *>(t.ptr[blockIdx.x]);
+  const float *x = piece(t, 0);
   const unsigned n = t.len[blockIdx.x];
   float acc = 0.f;
   for (unsigned j = threadIdx.x; j < n; j += blockDim.x) acc = fmaf(x[j], x[j], acc);
