@@ -44,11 +44,12 @@ fn group_norm_kernels_match_float64_and_finite_differences() {
     emulate("src/kernels/cuda/group_norm.cu", "group_norm_check.cpp", 7);
 }
 
-/// AdamW: three steps with and without a gradient scale, through the grid-stride loop, equal
-/// to the update written out in float in the composite's order (a wrong index is caught).
+/// AdamW over pieces of several tensors: three steps with and without a gradient scale, in
+/// launches of 2 pieces and of all of them, equal to the update written out in float in the
+/// composite's order (a wrong index is caught).
 #[test]
 fn adamw_kernel_equals_the_composite_order_in_float() {
-    emulate("src/kernels/cuda/adamw.cu", "adamw_check.cpp", 2);
+    emulate("src/kernels/cuda/adamw.cu", "adamw_check.cpp", 4);
 }
 
 /// Candle's im2col as vendored (32-bit indices where they fit, 64-bit otherwise): both index

@@ -554,32 +554,50 @@ fn ema_update_matches_the_composite_on_the_device() {
     }
 }
 
-/// The fused AdamW (`kernels::adamw::step`: the CPU kernel on the CPU, the CUDA kernel on
-/// CUDA, with the clipping scale read on the device there) against the composite update written
-/// with Candle's ops on the same device: three steps, with and without a gradient scale.
+/// The fused AdamW (`kernels::adamw::step_many`: the CPU kernel on the CPU, one pass per
+/// tensor; on CUDA all tensors in a few multi-tensor launches, the clipping scale read on the
+/// device) against the composite update written with Candle's ops on the same device: three
+/// steps, with and without a gradient scale, over 120 small tensors (pieces across launches)
+/// and one of 2^20 + 3001 elements (many pieces) whose gradient is a view at an offset, as the
+/// multi-process path hands it.
 #[test]
 fn fused_adamw_matches_the_composite_on_the_device() {
     use diffuse::kernels::adamw::{self, AdamWScalars};
     let dev = device();
     let mut rng = NoiseRng::new(5);
-    // More than the kernel's 4096 x 256 threads (its grid-stride loop wraps), and the
-    // gradient a view at an offset, as the multi-process path hands it.
-    let n = (1 << 20) + 3001;
+    let mut sizes: Vec<usize> = (0..120).map(|i| 1 + (i * 7) % 61).collect();
+    sizes.push((1 << 20) + 3001);
     let on = |t: Tensor| t.to_device(&dev).unwrap();
+    let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
     for clip in [None, Some(0.37f32)] {
-        let p0 = on(rng.randn(n, &Device::Cpu).unwrap());
-        let fused = candle_core::Var::from_tensor(&p0).unwrap();
-        let mut mv = on(Tensor::zeros(2 * n, candle_core::DType::F32, &Device::Cpu).unwrap());
-        let (mut p, mut m, mut v) = (
-            p0.clone(),
-            p0.zeros_like().unwrap(),
-            p0.zeros_like().unwrap(),
-        );
+        let vars: Vec<candle_core::Var> = sizes
+            .iter()
+            .map(|&n| {
+                candle_core::Var::from_tensor(&on(rng.randn(n, &Device::Cpu).unwrap())).unwrap()
+            })
+            .collect();
+        let mut mvs: Vec<Tensor> = sizes
+            .iter()
+            .map(|&n| on(Tensor::zeros(2 * n, candle_core::DType::F32, &Device::Cpu).unwrap()))
+            .collect();
+        // The composite's p, m, v per tensor.
+        let mut want: Vec<(Tensor, Tensor, Tensor)> = vars
+            .iter()
+            .map(|v| {
+                let p = v.as_tensor().copy().unwrap();
+                (p.clone(), p.zeros_like().unwrap(), p.zeros_like().unwrap())
+            })
+            .collect();
         let (b1, b2, eps, lr, wd) = (0.95, 0.999, 1e-8, 1e-3, 1e-2);
         for t in 1..=3 {
-            let g = on(rng.randn(n + 7, &Device::Cpu).unwrap())
-                .narrow(0, 7, n)
-                .unwrap();
+            let gs: Vec<Tensor> = sizes
+                .iter()
+                .map(|&n| {
+                    on(rng.randn(n + 7, &Device::Cpu).unwrap())
+                        .narrow(0, 7, n)
+                        .unwrap()
+                })
+                .collect();
             let (bc1, bc2) = (1.0 - f64::powi(b1, t), 1.0 - f64::powi(b2, t));
             let scale_t = clip.map(|s| on(Tensor::new(&[s], &Device::Cpu).unwrap()));
             let h = AdamWScalars {
@@ -593,23 +611,34 @@ fn fused_adamw_matches_the_composite_on_the_device() {
                 scale: clip.filter(|_| dev.is_cpu()),
             };
             let device_scale = scale_t.as_ref().filter(|_| !dev.is_cpu());
-            mv = adamw::step(fused.as_tensor(), &g, &mv, h, device_scale).unwrap();
+            let items: Vec<(&Tensor, &Tensor, &Tensor)> = vars
+                .iter()
+                .zip(&gs)
+                .zip(&mvs)
+                .map(|((v, g), mv)| (v.as_tensor(), g, mv))
+                .collect();
+            mvs = adamw::step_many(&items, h, device_scale).unwrap();
             // The composite (train::optim's update on other devices).
-            let g = match &scale_t {
-                Some(s) => g.broadcast_mul(s).unwrap(),
-                None => g,
-            };
-            m = ((&m * b1).unwrap() + (&g * (1.0 - b1)).unwrap()).unwrap();
-            v = ((&v * b2).unwrap() + (g.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap();
-            let upd = ((&m / bc1).unwrap() / ((&v / bc2).unwrap().sqrt().unwrap() + eps).unwrap())
+            for ((p, m, v), g) in want.iter_mut().zip(&gs) {
+                let g = match &scale_t {
+                    Some(s) => g.broadcast_mul(s).unwrap(),
+                    None => g.clone(),
+                };
+                *m = ((&*m * b1).unwrap() + (&g * (1.0 - b1)).unwrap()).unwrap();
+                *v = ((&*v * b2).unwrap() + (g.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap();
+                let upd = ((&*m / bc1).unwrap()
+                    / ((&*v / bc2).unwrap().sqrt().unwrap() + eps).unwrap())
                 .unwrap();
-            p = ((&p * (1.0 - lr * wd)).unwrap() - (upd * lr).unwrap()).unwrap();
+                *p = ((&*p * (1.0 - lr * wd)).unwrap() - (upd * lr).unwrap()).unwrap();
+            }
         }
-        let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
-        let dp = max_abs_diff(&cpu(fused.as_tensor()), &cpu(&p));
-        let dm = max_abs_diff(&cpu(&mv.narrow(0, 0, n).unwrap()), &cpu(&m));
-        let dv = max_abs_diff(&cpu(&mv.narrow(0, n, n).unwrap()), &cpu(&v));
-        println!("fused AdamW on {dev:?} (scale {clip:?}) vs composite: weights {dp:.2e}, m {dm:.2e}, v {dv:.2e} (tolerance 1e-6)");
+        let (mut dp, mut dm, mut dv) = (0f64, 0f64, 0f64);
+        for (((var, mv), (p, m, v)), &n) in vars.iter().zip(&mvs).zip(&want).zip(&sizes) {
+            dp = dp.max(max_abs_diff(&cpu(var.as_tensor()), &cpu(p)));
+            dm = dm.max(max_abs_diff(&cpu(&mv.narrow(0, 0, n).unwrap()), &cpu(m)));
+            dv = dv.max(max_abs_diff(&cpu(&mv.narrow(0, n, n).unwrap()), &cpu(v)));
+        }
+        println!("fused AdamW on {dev:?} (scale {clip:?}, {} tensors) vs composite: weights {dp:.2e}, m {dm:.2e}, v {dv:.2e} (tolerance 1e-6)", sizes.len());
         assert!(dp < 1e-6 && dm < 1e-6 && dv < 1e-6, "{dp} {dm} {dv}");
     }
 }

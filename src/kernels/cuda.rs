@@ -1,5 +1,6 @@
 //! Hand-written CUDA kernels (src/kernels/cuda/*.cu, compiled to PTX by build.rs) as Candle
-//! custom ops: group norm (optionally fused with silu) forward and backward, and AdamW.
+//! custom ops: group norm (optionally fused with silu) forward and backward; and what the other
+//! CUDA paths share (the switch, launch counts, grid-stride launches, contiguous views).
 //!
 //! Candle's GroupNorm on CUDA is ~10 full-size broadcast ops forward and ~25 backward; the
 //! fused kernels read x twice and write once forward, read x and dy four times and write once
@@ -7,17 +8,14 @@
 //! (tests/cuda_kernels.rs), and on an H200 (the GPU check's device test: golden UNets and 50
 //! training steps as with Candle's ops, launches counted). They are the default on CUDA
 //! (cifar10 preset train step 221 -> 312 images/s there); `DIFFUSE_CUDA_KERNELS=0` turns them
-//! off. AdamW: one launch per parameter where the composite update takes ~16.
+//! off.
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{
-    CpuStorage, CudaStorage, CustomOp3, DType, InplaceOp3, Layout, Shape, Storage, Tensor,
-};
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/group_norm.ptx"));
 const MODULE: &str = "diffuse_group_norm";
-const ADAMW_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
 /// Launches of these kernels so far in this process: what the GPU check's device test reads to
 /// show that the default reaches them (and that `DIFFUSE_CUDA_KERNELS=0` keeps them off).
 static LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -221,118 +219,4 @@ pub(crate) fn group_norm_bwd(
     let dgamma = sums.narrow(1, 0, 1)?.reshape(gamma.shape())?;
     let dbeta = sums.narrow(1, 1, 1)?.reshape(beta.shape())?;
     Ok((dx, dgamma, dbeta))
-}
-
-/// AdamW in place on p (the destination) from g and mv; the kernel writes the new moments into
-/// mv, the optimizer's own [m | v] buffer, which no other tensor shares. The gradient scale is
-/// a one-element f32 tensor on the device (Candle exports in-place ops of three tensors only).
-struct AdamW {
-    c: super::adamw::Consts,
-    scale: Option<Tensor>,
-}
-
-impl InplaceOp3 for AdamW {
-    fn name(&self) -> &'static str {
-        "diffuse-adamw (cuda)"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &mut CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<()> {
-        candle_core::bail!("{}: CUDA tensors expected", self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        dst: &mut CudaStorage,
-        dst_l: &Layout,
-        gs: &CudaStorage,
-        gl: &Layout,
-        ms: &CudaStorage,
-        ml: &Layout,
-    ) -> candle_core::Result<()> {
-        let n = dst_l.shape().elem_count();
-        let (ng, nm) = (gl.shape().elem_count(), ml.shape().elem_count());
-        if ng != n || nm != 2 * n {
-            candle_core::bail!("adamw: {n} weights, {ng} gradients, {nm} moments")
-        }
-        let (g, mv) = (view(self.name(), gs, gl)?, view(self.name(), ms, ml)?);
-        let scale_storage = self.scale.as_ref().map(|t| t.storage_and_layout());
-        let scale = match &scale_storage {
-            Some((st, sl)) => match &**st {
-                Storage::Cuda(cs) if cs.device().id() == dst.device().id() => {
-                    view(self.name(), cs, sl)?
-                }
-                _ => {
-                    candle_core::bail!("adamw: the gradient scale must be on the same CUDA device")
-                }
-            },
-            // Unread (has_scale 0): any valid pointer.
-            None => view(self.name(), gs, gl)?,
-        };
-        let dev = dst.device().clone();
-        let Some((a, b)) = dst_l.contiguous_offsets() else {
-            candle_core::bail!("adamw: contiguous weights expected")
-        };
-        let mut p = dst.as_cuda_slice_mut::<f32>()?.slice_mut(a..b);
-        let func = dev.get_or_load_custom_func("diffuse_adamw_f32", "diffuse_adamw", ADAMW_PTX)?;
-        let c = self.c;
-        let mut bld = func.builder();
-        bld.arg(&mut p);
-        bld.arg(&g);
-        bld.arg(&mv);
-        bld.arg(&scale);
-        candle_core::builder_arg!(
-            bld,
-            self.scale.is_some() as i32,
-            n as i64,
-            c.b1,
-            c.omb1,
-            c.b2,
-            c.omb2,
-            c.ibc1,
-            c.ibc2,
-            c.eps,
-            c.decay,
-            c.lr
-        );
-        let cfg = LaunchConfig {
-            grid_dim: ((n as u32).div_ceil(THREADS).clamp(1, 4096), 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: argument types and order match diffuse_adamw_f32's signature.
-        unsafe { bld.launch(cfg) }.w()?;
-        launched();
-        Ok(())
-    }
-}
-
-/// One AdamW update of p in place, the moments mv = [m | v] (contiguous) in place too; the
-/// gradient scaled by the one-element `scale` if given (read on the device).
-pub(crate) fn adamw_step(
-    p: &Tensor,
-    g: &Tensor,
-    mv: &Tensor,
-    h: &super::adamw::AdamWScalars,
-    scale: Option<&Tensor>,
-) -> candle_core::Result<()> {
-    let scale = match scale {
-        Some(s) => Some(s.to_dtype(DType::F32)?.flatten_all()?.contiguous()?),
-        None => None,
-    };
-    if scale.as_ref().is_some_and(|s| s.elem_count() != 1) {
-        candle_core::bail!("adamw: the gradient scale must have one element")
-    }
-    let op = AdamW {
-        c: super::adamw::Consts::new(h),
-        scale,
-    };
-    p.inplace_op3(g, mv, &op)
 }

@@ -157,35 +157,57 @@ impl AdamW {
             }
             _ => None,
         };
-        for s in self.slots.iter_mut() {
+        // The fused update's slots and their [m | v], updated together below.
+        let mut fused: Vec<(usize, Tensor)> = Vec::new();
+        let mut on_cpu = false;
+        for (i, s) in self.slots.iter_mut().enumerate() {
             let Some(g) = grads.get(s.var.as_tensor()) else {
                 continue;
             };
             let theta = s.var.as_tensor();
-            let on_cpu = theta.device().is_cpu();
+            on_cpu = theta.device().is_cpu();
             if !adamw::applies(theta, g, &s.m)
                 || (on_cpu && scale.is_some() && host_scale.is_none())
             {
                 s.composite_update(g, p, (bc1, bc2), lr, scale)?;
                 continue;
             }
-            // One pass in place: on the CPU bit-identical to the composite; on CUDA
-            // (unless DIFFUSE_CUDA_KERNELS=0) the same operations, the clipping scale read on the device.
             let mv = match &s.mv {
                 Some(mv) => mv.clone(),
                 None => Tensor::cat(&[s.m.flatten_all()?, s.v.flatten_all()?], 0)?,
             };
-            let h = AdamWScalars {
-                beta1: p.beta1,
-                beta2: p.beta2,
-                bc1,
-                bc2,
-                eps: p.eps,
-                lr,
-                weight_decay: p.weight_decay,
-                scale: host_scale,
-            };
-            let mv = adamw::step(theta, g, &mv, h, scale.filter(|_| !on_cpu))?;
+            fused.push((i, mv));
+        }
+        if fused.is_empty() {
+            return Ok(());
+        }
+        // In place: on the CPU one pass per tensor, bit-identical to the composite; on CUDA
+        // (unless DIFFUSE_CUDA_KERNELS=0) all tensors in a few launches, the same operations,
+        // the clipping scale read on the device.
+        let h = AdamWScalars {
+            beta1: p.beta1,
+            beta2: p.beta2,
+            bc1,
+            bc2,
+            eps: p.eps,
+            lr,
+            weight_decay: p.weight_decay,
+            scale: host_scale,
+        };
+        let mvs = {
+            let items: Vec<(&Tensor, &Tensor, &Tensor)> = fused
+                .iter()
+                .map(|(i, mv)| {
+                    let theta = self.slots[*i].var.as_tensor();
+                    let g = grads.get(theta).expect("a fused slot has a gradient");
+                    (theta, g, mv)
+                })
+                .collect();
+            adamw::step_many(&items, h, scale.filter(|_| !on_cpu))?
+        };
+        for ((i, _), mv) in fused.into_iter().zip(mvs) {
+            let s = &mut self.slots[i];
+            let theta = s.var.as_tensor();
             let n = theta.elem_count();
             s.m = mv.narrow(0, 0, n)?.reshape(theta.shape())?;
             s.v = mv.narrow(0, n, n)?.reshape(theta.shape())?;
