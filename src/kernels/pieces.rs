@@ -30,6 +30,14 @@ pub(crate) struct Table<const K: usize, const P: usize> {
 // SAFETY: plain numbers, passed by value as a kernel's parameter.
 unsafe impl<const K: usize, const P: usize> DeviceRepr for Table<K, P> {}
 
+// The sizes nvcc gives the kernels' first parameter (`.param .align 8 .b8 ..._param_0[N]` in
+// sum_squares.ptx, ema.ptx and adamw.ptx): the layouts agree.
+const _: () = assert!(
+    std::mem::size_of::<Table<1, 240>>() == 2888
+        && std::mem::size_of::<Table<2, 190>>() == 3808
+        && std::mem::size_of::<Table<4, 100>>() == 3608
+);
+
 impl<const K: usize, const P: usize> Table<K, P> {
     /// Within the 4 KiB of kernel parameters every CUDA device takes (with room for scalars).
     const FITS: () = assert!(std::mem::size_of::<Self>() <= 3840);
