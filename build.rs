@@ -37,6 +37,9 @@ fn main() {
         .map(|h| PathBuf::from(h).join("bin/nvcc"))
         .filter(|p| p.exists())
         .unwrap_or_else(|| "nvcc".into());
+    // The byte sizes of the kernels' struct parameters (`.param .align 8 .b8 <kernel>_param_0[N]`),
+    // for src/kernels/pieces.rs to check its tables' layout against.
+    let mut params = String::new();
     println!("cargo:rerun-if-changed=src/kernels/cuda/grid.cuh");
     println!("cargo:rerun-if-changed=src/kernels/cuda/block_sum.cuh");
     println!("cargo:rerun-if-changed=src/kernels/cuda/pieces.cuh");
@@ -66,5 +69,16 @@ fn main() {
             l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")
         });
         assert!(!spills, "{k}.ptx spills registers:\n{log}");
+        let text = std::fs::read_to_string(&ptx).expect("the PTX just written");
+        for line in text.lines().map(str::trim) {
+            let Some(rest) = line.strip_prefix(".param .align 8 .b8 ") else {
+                continue;
+            };
+            if let Some((name, size)) = rest.trim_end_matches(',').split_once("_param_0[") {
+                let size = size.trim_end_matches(']');
+                params += &format!("pub const {}: usize = {size};\n", name.to_uppercase());
+            }
+        }
     }
+    std::fs::write(out.join("ptx_params.rs"), params).expect("OUT_DIR is writable");
 }

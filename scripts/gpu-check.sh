@@ -121,7 +121,7 @@ run_ours() { # name model-config dataset batch steps [VAR=1 ...: the variant's e
   local prec=${vars:-f32}
   [ "$exe" != "$bin" ] && prec="$prec, $($exe --version | sed 's/.*(//; s/)//') build"
   # The cuDNN build logs each shape's algorithm choices (read into the report below).
-  local log=; [ "$exe" = gpu/diffuse-cudnn ] && log="RUST_LOG=warn,diffuse::progress=info,diffuse::kernels::cudnn_conv=debug"
+  local log=; [ "$exe" = gpu/diffuse-cudnn ] && log="RUST_LOG=warn,hf_hub=off,diffuse::progress=info,diffuse::kernels::cudnn_conv=debug"
   timeout 150 env $vars $log $exe $(train_args "$cfg" "$data" "$b" "$steps" "$tmp/$name") >/dev/null 2>"$tmp/$name.err" ||
     { say "| $name | ours | $prec | failed: $(tail -1 "$tmp/$name.err") | |"; return; }
   local t1=$(date +%s.%N)

@@ -6,7 +6,9 @@
 //! the convolution's im2col (both layouts), col2im and bias fill with their definitions and the
 //! multiply-shift division with '/'; upsample_check.cpp the 2x nearest upsampling and its
 //! adjoint; im2col_check.cpp
-//! the vendored candle-kernels im2col's index arithmetic with the definition. The PTX and the
+//! the vendored candle-kernels im2col's index arithmetic with the definition; sum_squares_check.cpp
+//! and ema_check.cpp the multi-tensor sum of squares (float64) and EMA update (the float
+//! composite), adamw_check.cpp covering AdamW's multi-tensor launches too. The PTX and the
 //! launch from Rust are what only a GPU run checks (tests/device.rs).
 use std::path::Path;
 use std::process::Command;
@@ -19,7 +21,16 @@ fn emulate(kernel: &str, check: &str, cases: usize) -> String {
     let bin = exe.path().join("check");
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let status = Command::new(&cxx)
-        .args(["-std=c++20", "-O1", "-pthread", "-x", "c++"])
+        // No contraction into fused multiply-adds (GCC's default on FMA hosts): the checks
+        // compare with float references exactly.
+        .args([
+            "-std=c++20",
+            "-O1",
+            "-ffp-contract=off",
+            "-pthread",
+            "-x",
+            "c++",
+        ])
         .arg(format!("-DKERNEL=\"{}\"", root.join(kernel).display()))
         .arg(root.join("tests/cuda").join(check))
         .arg("-o")

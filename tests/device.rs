@@ -473,8 +473,8 @@ fn upsample_and_its_gradient_match_the_cpu_on_the_device() {
 
 /// `kernels::sum_squares` (global-norm clipping's sum: on CUDA our kernels, elsewhere Candle's
 /// ops) against the float64 sum on the CPU: 300 small tensors (past one launch's 240 pieces),
-/// one of 2^17 + 5 elements (three pieces), a 4-d one, an empty one, and a view at an offset
-/// (as the multi-process path hands gradients); relative tolerance 1e-5.
+/// one of 2^17 + 5 elements (three pieces), a 4-d one and a view at an offset (as the
+/// multi-process path hands gradients); relative tolerance 1e-5, and bit-equal on a repeat.
 #[test]
 fn sum_of_squares_matches_float64_on_the_device() {
     let dev = device();
@@ -485,7 +485,6 @@ fn sum_of_squares_matches_float64_on_the_device() {
         .collect();
     ts.push(rng.randn((1 << 17) + 5, &cpu).unwrap());
     ts.push(rng.randn((64, 3, 3, 3), &cpu).unwrap());
-    ts.push(Tensor::zeros(0, candle_core::DType::F32, &cpu).unwrap());
     let mut on: Vec<Tensor> = ts.iter().map(|t| t.to_device(&dev).unwrap()).collect();
     let flat = rng.randn(1000, &cpu).unwrap();
     ts.push(flat.narrow(0, 3, 990).unwrap());
@@ -499,12 +498,14 @@ fn sum_of_squares_matches_float64_on_the_device() {
     let got = kernel_launches_checked(&dev, "sum of squares", || {
         diffuse::kernels::sum_squares(&refs).unwrap().unwrap()
     });
-    let got = got.to_device(&cpu).unwrap().to_scalar::<f32>().unwrap() as f64;
-    let rel = (got - want).abs() / want;
-    println!(
-        "sum of squares on {dev:?}: {got} vs float64 {want}: relative {rel:.1e} (tolerance 1e-5)"
-    );
+    let got = got.to_device(&cpu).unwrap().to_scalar::<f32>().unwrap();
+    let again = diffuse::kernels::sum_squares(&refs).unwrap().unwrap();
+    let again = again.to_device(&cpu).unwrap().to_scalar::<f32>().unwrap();
+    let rel = (got as f64 - want).abs() / want;
+    let same = got.to_bits() == again.to_bits();
+    println!("sum of squares on {dev:?}: {got} vs float64 {want}: relative {rel:.1e} (tolerance 1e-5); repeat bit-equal: {same}");
     assert!(rel < 1e-5, "{got} vs {want}");
+    assert!(same, "the same gradients, another sum: {got} then {again}");
     assert!(diffuse::kernels::sum_squares(&[]).unwrap().is_none());
 }
 
@@ -556,10 +557,10 @@ fn ema_update_matches_the_composite_on_the_device() {
 
 /// The fused AdamW (`kernels::adamw::step_many`: the CPU kernel on the CPU, one pass per
 /// tensor; on CUDA all tensors in a few multi-tensor launches, the clipping scale read on the
-/// device) against the composite update written with Candle's ops on the same device: three
-/// steps, with and without a gradient scale, over 120 small tensors (pieces across launches)
-/// and one of 2^20 + 3001 elements (many pieces) whose gradient is a view at an offset, as the
-/// multi-process path hands it.
+/// device) against the composite update written with Candle's ops on the same device, equal:
+/// three steps, with and without a gradient scale, over 120 small tensors (pieces across
+/// launches) and one of 2^20 + 3001 elements (many pieces) whose gradient is a view at an
+/// offset, as the multi-process path hands it.
 #[test]
 fn fused_adamw_matches_the_composite_on_the_device() {
     use diffuse::kernels::adamw::{self, AdamWScalars};
@@ -638,7 +639,8 @@ fn fused_adamw_matches_the_composite_on_the_device() {
             dm = dm.max(max_abs_diff(&cpu(&mv.narrow(0, 0, n).unwrap()), &cpu(m)));
             dv = dv.max(max_abs_diff(&cpu(&mv.narrow(0, n, n).unwrap()), &cpu(v)));
         }
-        println!("fused AdamW on {dev:?} (scale {clip:?}, {} tensors) vs composite: weights {dp:.2e}, m {dm:.2e}, v {dv:.2e} (tolerance 1e-6)", sizes.len());
-        assert!(dp < 1e-6 && dm < 1e-6 && dv < 1e-6, "{dp} {dm} {dv}");
+        // The same float operations in the same order: equal, not merely close.
+        println!("fused AdamW on {dev:?} (scale {clip:?}, {} tensors) vs composite: weights {dp:.2e}, m {dm:.2e}, v {dv:.2e} (tolerance 0)", sizes.len());
+        assert!(dp == 0.0 && dm == 0.0 && dv == 0.0, "{dp} {dm} {dv}");
     }
 }

@@ -202,6 +202,14 @@ pub fn step_many(
             return Ok(device::step_many(items, &h, device_scale)?);
         }
     }
+    if items
+        .iter()
+        .any(|(p, g, mv)| !p.device().is_cpu() || !g.device().is_cpu() || !mv.device().is_cpu())
+    {
+        return Err(Error::invalid(
+            "adamw: the fused update takes f32 tensors all on the CPU or all on one CUDA device",
+        ));
+    }
     if device_scale.is_some() {
         return Err(Error::invalid(
             "adamw: a device gradient scale is for CUDA tensors; give h.scale on the CPU",

@@ -358,13 +358,15 @@ mod device {
         });
         let Some((i, workspace)) = found else {
             tracing::debug!(
-                "cuDNN {pass:?} {d:?} tf32={tf32} {}: none of {n} usable (first {first}): our path",
+                "cuDNN {pass:?} {d:?} tf32={tf32} nondet={} {}: none of {n} usable (first {first}): our path",
+                allowed.nondeterministic,
                 shape(g)
             );
             return Ok(None);
         };
         tracing::debug!(
-            "cuDNN {pass:?} {d:?} tf32={tf32} {}: {:?} {:?} {:?} (entry {i} of {n}, workspace {} KiB; first {first})",
+            "cuDNN {pass:?} {d:?} tf32={tf32} nondet={} {}: {:?} {:?} {:?} (entry {i} of {n}, workspace {} KiB; first {first})",
+            allowed.nondeterministic,
             shape(g),
             entries[i].0,
             entries[i].3,

@@ -1,8 +1,9 @@
 //! The EMA's update (src/train/ema.rs) over every parameter tensor at once, in place, on CUDA:
 //! shadow = d * shadow + (1 - d) * param in a few multi-tensor launches
 //! (src/kernels/cuda/ema.cu, src/kernels/pieces.rs) where Candle's composite takes three per
-//! tensor. The same f32 operations in the same order, so the result is the composite's, bit
-//! for bit. Elsewhere the caller runs the composite (on the CPU launches cost nothing).
+//! tensor. The same f32 operations in the same order, so the result has the composite's bits
+//! (but for the sign of a zero). Elsewhere the caller runs the composite (on the CPU launches
+//! cost nothing).
 use crate::error::Result;
 use candle_core::Tensor;
 

@@ -19,7 +19,6 @@ mod flash;
 mod gemm;
 pub mod norm;
 mod par;
-#[cfg(feature = "cuda")]
 mod pieces;
 pub mod reference;
 mod sum_squares;

@@ -159,13 +159,16 @@ impl AdamW {
         };
         // The fused update's slots and their [m | v], updated together below.
         let mut fused: Vec<(usize, Tensor)> = Vec::new();
-        let mut on_cpu = false;
+        // The model's parameters live on one device.
+        let on_cpu = self
+            .slots
+            .first()
+            .is_some_and(|s| s.var.as_tensor().device().is_cpu());
         for (i, s) in self.slots.iter_mut().enumerate() {
             let Some(g) = grads.get(s.var.as_tensor()) else {
                 continue;
             };
             let theta = s.var.as_tensor();
-            on_cpu = theta.device().is_cpu();
             if !adamw::applies(theta, g, &s.m)
                 || (on_cpu && scale.is_some() && host_scale.is_none())
             {
