@@ -190,10 +190,7 @@ pub fn step_many(
     #[cfg(feature = "cuda")]
     {
         let all: Vec<&Tensor> = items.iter().flat_map(|(p, g, mv)| [*p, *g, *mv]).collect();
-        let one_device = all
-            .first()
-            .is_some_and(|f| all.iter().all(|t| t.device().same_device(f.device())));
-        if one_device && super::cuda_f32(&all, false) {
+        if super::pieces::takes(&all, false) {
             if h.scale.is_some() {
                 return Err(Error::invalid(
                     "adamw: on CUDA the gradient scale is a device tensor (device_scale), not h.scale",

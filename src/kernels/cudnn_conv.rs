@@ -356,23 +356,24 @@ mod device {
         let first = entries.first().map_or("none".into(), |e| {
             format!("{:?} {:?} {:?} {:?}", e.0, e.3, e.2, e.1)
         });
-        let Some((i, workspace)) = found else {
-            tracing::debug!(
-                "cuDNN {pass:?} {d:?} tf32={tf32} nondet={} {}: none of {n} usable (first {first}): our path",
-                allowed.nondeterministic,
-                shape(g)
-            );
-            return Ok(None);
+        let taken = match found {
+            Some((i, ws)) => format!(
+                "{:?} {:?} {:?} (entry {i} of {n}, workspace {} KiB)",
+                entries[i].0,
+                entries[i].3,
+                entries[i].2,
+                ws.div_ceil(1024)
+            ),
+            None => format!("none of {n} usable, our path"),
         };
         tracing::debug!(
-            "cuDNN {pass:?} {d:?} tf32={tf32} nondet={} {}: {:?} {:?} {:?} (entry {i} of {n}, workspace {} KiB; first {first})",
+            "cuDNN {pass:?} {d:?} tf32={tf32} nondet={} {}: {taken}; first {first}",
             allowed.nondeterministic,
-            shape(g),
-            entries[i].0,
-            entries[i].3,
-            entries[i].2,
-            workspace.div_ceil(1024)
+            shape(g)
         );
+        let Some((i, workspace)) = found else {
+            return Ok(None);
+        };
         // SAFETY: a live descriptor; the winner's math, which its workspace was sized for.
         unsafe { result::set_convolution_math_type(c.0, entries[i].3) }?;
         Ok(Some(Chosen {

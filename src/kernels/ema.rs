@@ -10,24 +10,21 @@ use candle_core::Tensor;
 /// shadow = d * shadow + (1 - d) * param for each pair, in place: true where it ran (CUDA, all
 /// f32 on one device, our kernels on, matching shapes, contiguous shadows), false where the
 /// caller should run Candle's ops instead.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 pub fn update_in_place(shadows: &[&Tensor], params: &[&Tensor], d: f64) -> Result<bool> {
     #[cfg(feature = "cuda")]
     {
         let all: Vec<&Tensor> = shadows.iter().chain(params).copied().collect();
-        let fits = shadows.len() == params.len()
+        let pairs = shadows.len() == params.len()
             && shadows
                 .iter()
                 .zip(params)
-                .all(|(s, p)| s.is_contiguous() && s.shape() == p.shape())
-            && all
-                .first()
-                .is_some_and(|f| all.iter().all(|t| t.device().same_device(f.device())));
-        if fits && super::cuda_f32(&all, true) {
+                .all(|(s, p)| s.is_contiguous() && s.shape() == p.shape());
+        if pairs && super::pieces::takes(&all, true) {
             device::update(shadows, params, d)?;
             return Ok(true);
         }
     }
-    let _ = (shadows, params, d);
     Ok(false)
 }
 

@@ -34,8 +34,9 @@ pub use norm::{group_norm, group_norm_fused, group_norm_silu};
 pub use sum_squares::sum_squares;
 pub use upsample::upsample_nearest2x;
 
-/// How many times the hand-written CUDA kernels (group norm, AdamW, convolution, upsampling)
-/// have been launched in this process; 0 in builds without `cuda`.
+/// How many times the hand-written CUDA kernels (group norm, AdamW, convolution, upsampling,
+/// the gradient norm's sum of squares, the EMA) have been launched in this process; 0 in
+/// builds without `cuda`.
 pub fn cuda_kernel_launches() -> usize {
     #[cfg(feature = "cuda")]
     return cuda::launches();

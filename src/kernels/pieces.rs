@@ -6,6 +6,16 @@
 //! sum of squares, AdamW and the EMA. The kernels' side is src/kernels/cuda/pieces.cuh.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
+use candle_core::Tensor;
+
+/// Whether a multi-tensor launch takes `ts`: at least one tensor, all f32 on one CUDA device
+/// in a CUDA build, and with `switched` only unless `DIFFUSE_CUDA_KERNELS=0`.
+pub(crate) fn takes(ts: &[&Tensor], switched: bool) -> bool {
+    ts.first()
+        .is_some_and(|f| ts.iter().all(|t| t.device().same_device(f.device())))
+        && super::cuda_f32(ts, switched)
+}
+
 /// Elements per piece (one block's share).
 const PIECE: usize = 1 << 16;
 /// Threads per block.

@@ -15,11 +15,8 @@ use candle_core::Tensor;
 /// for no tensors.
 pub fn sum_squares(ts: &[&Tensor]) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
-    if let Some(first) = ts.first() {
-        let same = ts.iter().all(|t| t.device().same_device(first.device()));
-        if same && super::cuda_f32(ts, true) {
-            return Ok(Some(device::sum_squares(ts)?));
-        }
+    if super::pieces::takes(ts, true) {
+        return Ok(Some(device::sum_squares(ts)?));
     }
     let mut total: Option<Tensor> = None;
     for t in ts {

@@ -40,14 +40,11 @@ impl Ema {
         // On CUDA all tensors in a few launches, in place (the same float operations).
         let shadows: Vec<&Tensor> = self.shadow.iter().map(|(_, s)| s).collect();
         let params: Vec<&Tensor> = vars.iter().map(|(_, v)| v.as_tensor()).collect();
-        if crate::kernels::ema::update_in_place(&shadows, &params, d)? {
-            self.updates += 1;
-            return Ok(());
-        }
-        for ((n, s), (vn, v)) in self.shadow.iter_mut().zip(vars) {
-            debug_assert_eq!(n, vn);
-            // detach: a Var operand would chain every update into one autograd graph.
-            *s = ((&*s * d)? + (v.as_tensor().detach() * (1.0 - d))?)?.detach();
+        if !crate::kernels::ema::update_in_place(&shadows, &params, d)? {
+            for ((_, s), (_, v)) in self.shadow.iter_mut().zip(vars) {
+                // detach: a Var operand would chain every update into one autograd graph.
+                *s = ((&*s * d)? + (v.as_tensor().detach() * (1.0 - d))?)?.detach();
+            }
         }
         self.updates += 1;
         Ok(())
