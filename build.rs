@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 6] = [
+const KERNELS: [&str; 7] = [
     "group_norm",
     "adamw",
     "conv",
     "upsample",
+    "softmax",
     "sum_squares",
     "ema",
 ];
@@ -41,7 +42,7 @@ fn main() {
     // for src/kernels/pieces.rs to check its tables' layout against.
     let mut params = String::new();
     println!("cargo:rerun-if-changed=src/kernels/cuda/grid.cuh");
-    println!("cargo:rerun-if-changed=src/kernels/cuda/block_sum.cuh");
+    println!("cargo:rerun-if-changed=src/kernels/cuda/block_reduce.cuh");
     println!("cargo:rerun-if-changed=src/kernels/cuda/pieces.cuh");
     for k in KERNELS {
         let src = format!("src/kernels/cuda/{k}.cu");

@@ -5,7 +5,8 @@
 //! differences; adamw_check.cpp AdamW with the update written out in float; conv_check.cpp
 //! the convolution's im2col (both layouts), col2im and bias fill with their definitions and the
 //! multiply-shift division with '/'; upsample_check.cpp the 2x nearest upsampling and its
-//! adjoint; im2col_check.cpp
+//! adjoint; softmax_check.cpp the attention's row softmax with float64 and its backward with
+//! central differences; im2col_check.cpp
 //! the vendored candle-kernels im2col's index arithmetic with the definition; sum_squares_check.cpp
 //! and ema_check.cpp the multi-tensor sum of squares (float64) and EMA update (the float
 //! composite), adamw_check.cpp covering AdamW's multi-tensor launches too. The PTX and the
@@ -90,6 +91,15 @@ fn conv_kernels_equal_their_definitions() {
 #[test]
 fn upsample_kernels_equal_their_definitions() {
     emulate("src/kernels/cuda/upsample.cu", "upsample_check.cpp", 4);
+}
+
+/// The attention's row softmax of scale * x (src/kernels/cuda/softmax.cu): the forward within
+/// 1e-6 of float64, the backward within 1e-5 (relative to its scale) of central differences;
+/// rows of 1 to 1,000 (shorter than a warp, not a multiple of the block, several elements per
+/// thread) and scores whose exponentials would overflow without the row maximum.
+#[test]
+fn softmax_kernels_match_float64_and_finite_differences() {
+    emulate("src/kernels/cuda/softmax.cu", "softmax_check.cpp", 7);
 }
 
 /// The sum of squares over many tensors (src/kernels/cuda/sum_squares.cu, global-norm

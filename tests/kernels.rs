@@ -247,6 +247,27 @@ fn softmax_matches_candle_forward_and_gradient() {
     }
 }
 
+/// softmax(scale * x) with the scale folded into our op, against Candle's affine op and softmax.
+#[test]
+fn scaled_softmax_matches_candle_forward_and_gradient() {
+    for (i, (xs, scale)) in [
+        (vec![8, 64, 64], 0.125),
+        (vec![3, 5, 37], 1.0 / 16.0),
+        (vec![2, 16, 16], 3.0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = (randn(350 + i as u64, xs) * 4.0).unwrap();
+        check(
+            &format!("softmax of {scale} x {xs:?}"),
+            &[x],
+            |t| kernels::scaled_softmax_last_dim(&t[0], *scale).unwrap(),
+            |t| reference::scaled_softmax_last_dim(&t[0], *scale).unwrap(),
+        );
+    }
+}
+
 #[test]
 fn attention_with_fused_softmax_matches_candle() {
     let (b, n, d) = (16, 196, 64);

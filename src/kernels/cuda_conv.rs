@@ -2,7 +2,7 @@
 //! (src/kernels/cuda/conv.cu) around cuBLAS GEMMs, for the forward and both gradients.
 //!
 //! Candle's CUDA conv2d is im2col + GEMM too, but its im2col was the top kernel of our
-//! cifar10 train step on an H200 (41% of GPU time in f32, 54% with TF32: README "GPU (CUDA)"):
+//! cifar10 train step on an H200 (41% of GPU time in f32, 54% with TF32: docs/gpu.md):
 //! it writes the columns pixel-major, so its reads stride across channels and kernel rows, its
 //! GEMM's output needs a transposing copy, and the backward ran two more convolutions through
 //! it (a zero-dilated gradient for dx, an image-sized kernel for dw). Here the columns are laid

@@ -7,7 +7,7 @@
 //! Candle's cuDNN conv2d sets everything up on every call (descriptors, the algorithm
 //! heuristic, a zeroed workspace) and has no backward of its own (its gradients ran as more
 //! forward convolutions of odd shapes): on an H200 it left the GPU 89% idle in our cifar10 train
-//! step (README "GPU (CUDA)"). Here each shape's descriptors and algorithms are chosen once and
+//! step (docs/gpu.md). Here each shape's descriptors and algorithms are chosen once and
 //! kept (per thread and device: a cuDNN handle is not thread-safe), the workspace is one buffer
 //! that only grows, and the algorithm is the heuristics' fastest deterministic one whose
 //! workspace is at most 1 GiB, so a seed reproduces a run on the same device

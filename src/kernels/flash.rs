@@ -169,7 +169,8 @@ impl CustomOp3 for Attn {
 }
 
 /// (softmax(scale * q k^T) v)^T from q^T, k^T, v^T of [items, d, n]: attention on
-/// channels-first operands. Candle's matmuls and softmax off the CPU.
+/// channels-first operands. Off the CPU, Candle's matmuls around our softmax (a CUDA kernel
+/// for f32 scores, Candle's ops elsewhere).
 pub fn attention_channels_first(
     qt: &Tensor,
     kt: &Tensor,
@@ -190,5 +191,11 @@ pub fn attention_channels_first(
             .contiguous()?
             .apply_op3(&kt.contiguous()?, &vt.contiguous()?, op)?);
     }
-    super::reference::attention_channels_first(qt, kt, vt, scale)
+    super::reference::attention_channels_first_with(
+        qt,
+        kt,
+        vt,
+        scale,
+        super::attn::scaled_softmax_last_dim,
+    )
 }

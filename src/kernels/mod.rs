@@ -26,7 +26,7 @@ pub mod upsample;
 mod winograd;
 
 pub use act::silu;
-pub use attn::softmax_last_dim;
+pub use attn::{scaled_softmax_last_dim, softmax_last_dim};
 pub use bias::{add_row_bias, linear};
 pub use conv::conv2d;
 pub use flash::attention_channels_first;
@@ -35,7 +35,7 @@ pub use sum_squares::sum_squares;
 pub use upsample::upsample_nearest2x;
 
 /// How many times the hand-written CUDA kernels (group norm, AdamW, convolution, upsampling,
-/// the gradient norm's sum of squares, the EMA) have been launched in this process; 0 in
+/// the attention's softmax, the gradient norm's sum of squares, the EMA) have been launched in this process; 0 in
 /// builds without `cuda`.
 pub fn cuda_kernel_launches() -> usize {
     #[cfg(feature = "cuda")]

@@ -54,6 +54,15 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax(x, candle_core::D::Minus1)?)
 }
 
+/// softmax(scale * x) as the attention writes it: the scores scaled (an affine op), then the
+/// softmax; no scaling op for a scale of 1.
+pub fn scaled_softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
+    match scale == 1.0 {
+        true => softmax_last_dim(x),
+        false => softmax_last_dim(&(x * scale)?),
+    }
+}
+
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     Ok(x.upsample_nearest2d(2 * h, 2 * w)?)
@@ -84,14 +93,25 @@ pub fn attention_channels_first(
     vt: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
+    attention_channels_first_with(qt, kt, vt, scale, scaled_softmax_last_dim)
+}
+
+/// The same with a given `softmax(scores, scale)` = softmax(scale * scores) (ours or Candle's).
+pub fn attention_channels_first_with(
+    qt: &Tensor,
+    kt: &Tensor,
+    vt: &Tensor,
+    scale: f64,
+    softmax: impl Fn(&Tensor, f64) -> Result<Tensor>,
+) -> Result<Tensor> {
     let dt = qt.dtype();
     if dt == DType::F16 || dt == DType::BF16 {
         // Half precision: scale q before the product so large heads' scores stay in f16's
         // range, and take the softmax in f32, as diffusers' attention does (upcast_softmax).
         let s = (qt * scale)?.t()?.matmul(kt)?.to_dtype(DType::F32)?;
-        let p = softmax_last_dim(&s)?.to_dtype(dt)?;
+        let p = softmax(&s, 1.0)?.to_dtype(dt)?;
         return Ok(vt.matmul(&p.t()?)?);
     }
-    let s = (qt.t()?.matmul(kt)? * scale)?;
-    Ok(vt.matmul(&softmax_last_dim(&s)?.t()?)?)
+    let s = qt.t()?.matmul(kt)?;
+    Ok(vt.matmul(&softmax(&s, scale)?.t()?)?)
 }

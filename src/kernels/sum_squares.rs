@@ -2,8 +2,8 @@
 //! needs every step (src/train/optim.rs).
 //!
 //! Candle's composite is `sqr`, `sum_all` and an add per tensor: three launches per gradient,
-//! ~550 a step at the mnist preset (182 tensors), whose GPU step is launch-bound (README "GPU
-//! (CUDA)"). On CUDA (unless `DIFFUSE_CUDA_KERNELS=0`) all the tensors go through
+//! ~550 a step at the mnist preset (182 tensors), whose GPU step is launch-bound (docs/gpu.md).
+//! On CUDA (unless `DIFFUSE_CUDA_KERNELS=0`) all the tensors go through
 //! src/kernels/cuda/sum_squares.cu in a few launches instead (src/kernels/pieces.rs: pieces of
 //! at most 2^16 elements, up to 240 per launch), then one block sums the pieces' sums, in fixed
 //! orders (the same gradients give the same bits). Elsewhere, the composite, so the

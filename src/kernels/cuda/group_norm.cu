@@ -4,7 +4,7 @@
 // backward (the statistics are recomputed: cheaper than storing them, and stateless).
 // Compiled to PTX by build.rs for `--features cuda`; the default on CUDA since an H200 run
 // matched Candle's ops (DIFFUSE_CUDA_KERNELS=0 turns it off; src/kernels/norm.rs).
-#include "block_sum.cuh"
+#include "block_reduce.cuh"
 
 // Mean and 1/sqrt(var + eps) of one block of m values: two passes, the second centred (a large
 // mean would otherwise cancel the variance), as the CPU kernel does.

@@ -3,7 +3,7 @@
 // launches a step at the mnist preset (182 tensors), whose step is launch-bound. Each block
 // sums one piece (pieces.cuh: up to 240 a launch), then one block sums the pieces' sums.
 // Fixed orders throughout: the same gradients give the same bits.
-#include "block_sum.cuh"
+#include "block_reduce.cuh"
 #include "pieces.cuh"
 
 // part[t.first + b] = sum of x^2 over piece b.
