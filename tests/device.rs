@@ -269,7 +269,8 @@ fn fused_group_norm_matches_candle_on_the_device() {
 /// The attention's softmax of scale * scores (on CUDA our kernels, with `DIFFUSE_CUDA_KERNELS=0`
 /// Candle's ops) against Candle's affine op and softmax on the same device, forward and
 /// gradient: rows shorter than a warp, the cifar10 preset's [items, 256, 256] scores, rows
-/// longer than a block; probabilities within 1e-6, gradients within 1e-5 of their scale.
+/// longer than a block, and a transposed view (as attention hands a score's transpose);
+/// probabilities within 1e-6, gradients within 1e-5 of their scale.
 #[test]
 fn scaled_softmax_matches_candle_on_the_device() {
     use candle_core::Var;
@@ -277,11 +278,11 @@ fn scaled_softmax_matches_candle_on_the_device() {
     let dev = device();
     let mut rng = NoiseRng::new(17);
     let mut worst = [0f64; 2];
-    for (dims, scale) in [
-        ([6, 5, 16], 0.125),
-        ([8, 256, 256], 1.0 / 16.0),
-        ([3, 37, 53], 0.5),
-        ([2, 3, 1100], 1.0),
+    for (dims, scale, transposed) in [
+        ([6, 5, 16], 0.125, false),
+        ([8, 256, 256], 1.0 / 16.0, false),
+        ([3, 53, 37], 0.5, true),
+        ([2, 3, 1100], 1.0, false),
     ] {
         let r = |rng: &mut NoiseRng| {
             rng.randn(&dims[..], &Device::Cpu)
@@ -290,17 +291,26 @@ fn scaled_softmax_matches_candle_on_the_device() {
                 .unwrap()
         };
         let x = Var::from_tensor(&r(&mut rng).affine(8.0, 0.5).unwrap()).unwrap();
-        let w = r(&mut rng);
+        let input = || match transposed {
+            true => x.as_tensor().transpose(1, 2).unwrap(),
+            false => x.as_tensor().clone(),
+        };
+        let w = r(&mut rng).reshape(input().shape()).unwrap();
         let run = |ours: bool| {
-            let y = match ours {
-                true => kernel_launches_checked(&dev, "softmax", || {
-                    scaled_softmax_last_dim(x.as_tensor(), scale).unwrap()
-                }),
-                false => reference::scaled_softmax_last_dim(x.as_tensor(), scale).unwrap(),
+            let go = || {
+                let y = match ours {
+                    true => scaled_softmax_last_dim(&input(), scale).unwrap(),
+                    false => reference::scaled_softmax_last_dim(&input(), scale).unwrap(),
+                };
+                let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                (y, grads.get(x.as_tensor()).unwrap().clone())
             };
-            let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let (y, dx) = match ours {
+                true => kernel_launches_checked(&dev, "softmax", go),
+                false => go(),
+            };
             let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
-            [cpu(&y), cpu(grads.get(x.as_tensor()).unwrap())]
+            [cpu(&y), cpu(&dx)]
         };
         let (ours, theirs) = (run(true), run(false));
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {

@@ -169,8 +169,9 @@ impl CustomOp3 for Attn {
 }
 
 /// (softmax(scale * q k^T) v)^T from q^T, k^T, v^T of [items, d, n]: attention on
-/// channels-first operands. Off the CPU, Candle's matmuls around our softmax (a CUDA kernel
-/// for f32 scores, Candle's ops elsewhere).
+/// channels-first operands. Elsewhere (other devices, half precision), Candle's matmuls around
+/// `attn::scaled_softmax_last_dim`: our op for f32 scores on the CPU (half precision takes its
+/// softmax in f32) and on CUDA, Candle's ops otherwise.
 pub fn attention_channels_first(
     qt: &Tensor,
     kt: &Tensor,

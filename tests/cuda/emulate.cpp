@@ -1,10 +1,13 @@
 // Runs CUDA kernel source on the CPU: each thread of a block is an OS thread, __syncthreads a
-// barrier, warp shuffles go through shared slots between barriers. Blocks run one after another.
+// barrier, warp shuffles go through shared slots between barriers of the warp alone (so warps
+// run apart between __syncthreads, as on a GPU, and a missing one can show as a race). Blocks
+// run one after another.
 #include <barrier>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -14,6 +17,7 @@ struct Dim3 {
 thread_local Dim3 threadIdx;
 Dim3 blockIdx, blockDim, gridDim;
 static std::barrier<> *sync_all;
+static std::vector<std::unique_ptr<std::barrier<>>> sync_warp;
 static std::vector<float> shfl;
 
 #define __global__
@@ -21,12 +25,13 @@ static std::vector<float> shfl;
 #define __shared__ static
 void __syncthreads() { sync_all->arrive_and_wait(); }
 float __shfl_xor_sync(unsigned, float v, int o) {
-  // Every thread of the block takes part (the kernels call shuffles uniformly).
+  // Every thread of the warp takes part (the kernels call shuffles uniformly, in whole warps).
+  std::barrier<> &warp = *sync_warp[threadIdx.x >> 5];
   shfl[threadIdx.x] = v;
-  __syncthreads();
+  warp.arrive_and_wait();
   const unsigned lane = threadIdx.x & 31, base = threadIdx.x & ~31u;
   const float r = shfl[base + (lane ^ o)];
-  __syncthreads();
+  warp.arrive_and_wait();
   return r;
 }
 float rsqrtf(float x) { return 1.f / std::sqrt(x); }
@@ -52,6 +57,9 @@ void launch(unsigned blocks, unsigned threads, const std::function<void()> &f) {
   blockDim.x = threads;
   gridDim.x = blocks;
   shfl.assign(threads, 0.f);
+  sync_warp.clear();
+  for (unsigned w = 0; w < threads; w += 32)
+    sync_warp.push_back(std::make_unique<std::barrier<>>(std::min(32u, threads - w)));
   for (unsigned b = 0; b < blocks; b++) {
     blockIdx.x = b;
     std::barrier<> bar(threads);
