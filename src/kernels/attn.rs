@@ -198,17 +198,7 @@ mod device {
         n: usize,
         scale: f32,
     ) -> candle_core::Result<CudaStorage> {
-        let func = dev.get_or_load_custom_func("diffuse_softmax_fwd_f32", MODULE, PTX)?;
-        // SAFETY: the kernel writes every element.
-        let y = unsafe { dev.alloc::<f32>(x.len())? };
-        let mut b = func.builder();
-        b.arg(x);
-        b.arg(&y);
-        candle_core::builder_arg!(b, n as i32, scale);
-        // SAFETY: argument types and order match diffuse_softmax_fwd_f32's signature.
-        unsafe { b.launch(rows(x.len(), n)) }.w()?;
-        launched();
-        Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+        run(dev, "diffuse_softmax_fwd_f32", &[x], n, scale)
     }
 
     /// dx = scale * y * (dy - sum(dy * y)) over rows of `n`.
@@ -219,17 +209,31 @@ mod device {
         n: usize,
         scale: f32,
     ) -> candle_core::Result<CudaStorage> {
-        let func = dev.get_or_load_custom_func("diffuse_softmax_bwd_f32", MODULE, PTX)?;
-        // SAFETY: the kernel writes every element.
-        let dx = unsafe { dev.alloc::<f32>(y.len())? };
+        run(dev, "diffuse_softmax_bwd_f32", &[y, dy], n, scale)
+    }
+
+    /// Launches `kernel` over `inputs` (of equal lengths) into a new buffer of their length.
+    fn run(
+        dev: &CudaDevice,
+        kernel: &str,
+        inputs: &[&CudaView<f32>],
+        n: usize,
+        scale: f32,
+    ) -> candle_core::Result<CudaStorage> {
+        let len = inputs[0].len();
+        let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
+        // SAFETY: both kernels write every element of their output.
+        let out = unsafe { dev.alloc::<f32>(len)? };
         let mut b = func.builder();
-        b.arg(y);
-        b.arg(dy);
-        b.arg(&dx);
+        for x in inputs {
+            b.arg(*x);
+        }
+        b.arg(&out);
         candle_core::builder_arg!(b, n as i32, scale);
-        // SAFETY: argument types and order match diffuse_softmax_bwd_f32's signature.
-        unsafe { b.launch(rows(y.len(), n)) }.w()?;
+        // SAFETY: both kernels take (inputs..., output, int n, float scale): the forward
+        // (x, y, ...), the backward (y, dy, dx, ...).
+        unsafe { b.launch(rows(len, n)) }.w()?;
         launched();
-        Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
 }
